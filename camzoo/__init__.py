@@ -1,0 +1,17 @@
+"""camzoo: benchmark CAM-style visual explainers of CNN image classifiers under one roof.
+
+Public API::
+
+    import camzoo
+    bb = camzoo.load_backbone("efficientnet_lite0")        # embedded ImageNet default
+    maps = camzoo.explain("gradcam", bb, x)                # x: [B,3,224,224] normalized
+"""
+__version__ = "0.1.0"
+
+from .backbones import Backbone, backbone_from_module, list_backbones, load_backbone  # noqa: E402
+from .explainers import Explainer, explain, get_explainer, list_explainers, register_explainer  # noqa: E402
+
+__all__ = [
+    "__version__", "Backbone", "load_backbone", "list_backbones", "backbone_from_module",
+    "Explainer", "explain", "get_explainer", "list_explainers", "register_explainer",
+]

@@ -1,0 +1,140 @@
+"""The Explainer base class and the map post-processing every explainer shares.
+
+Conventions (the L-CAM paper's protocol):
+
+- CAM-style methods (Grad-CAM family, L-CAM, LFI-CAM) min-max normalize at feature
+  resolution, then upsample bilinearly (``align_corners=False``) to the input size:
+  :func:`cam_to_map`.
+- Perturbation methods (Score-CAM, RISE) work at input resolution and min-max last:
+  :func:`minmax`.
+- A constant map (no information) becomes all zeros; maps are float32 and NaN-free.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar, Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..registry import EXPLAINER_ENTRY_POINT_GROUP, Registry
+
+EXPLAINERS: Registry[type] = Registry("explainer", EXPLAINER_ENTRY_POINT_GROUP)
+
+
+def register_explainer(cls: type) -> type:
+    """Class decorator adding an :class:`Explainer` subclass to the registry by its ``name``."""
+    EXPLAINERS.add(cls.name, cls)
+    return cls
+
+
+def minmax(maps: Tensor, eps: float = 0.0) -> Tensor:
+    """Per-sample min-max of ``[B,...]`` maps to [0,1]; constant (or non-finite) maps -> 0.
+
+    Args:
+        maps: float tensor ``[B,...]`` (any range; NaN/inf treated as 0).
+        eps: added to the range in the denominator (0 = exact min-max).
+    Returns:
+        float32 tensor of the same shape in [0,1].
+    """
+    m = torch.nan_to_num(maps.float(), nan=0.0, posinf=0.0, neginf=0.0)
+    flat = m.reshape(m.shape[0], -1)
+    lo = flat.min(dim=1, keepdim=True).values
+    hi = flat.max(dim=1, keepdim=True).values
+    rng = hi - lo
+    out = torch.where(rng > 0, (flat - lo) / (rng + eps), torch.zeros_like(flat))
+    return out.clamp_(0.0, 1.0).reshape(m.shape)
+
+
+def upsample(maps: Tensor, size: Tuple[int, int]) -> Tensor:
+    """Bilinear (``align_corners=False``) resize of ``[B,h,w]`` maps to ``[B,*size]``."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def cam_to_map(cam: Tensor, size: Tuple[int, int], relu: bool = True) -> Tensor:
+    """Feature-resolution CAM ``[B,h,w]`` -> map ``[B,*size]`` in [0,1]: ReLU, min-max, upsample."""
+    if relu:
+        cam = F.relu(cam)
+    return upsample(minmax(cam), size).clamp_(0.0, 1.0)
+
+
+class Explainer:
+    """Base class of every explainer.
+
+    Subclasses set ``name``, ``defaults`` (option -> default value) and implement
+    :meth:`_explain` and :meth:`forward_passes`. Options are given at construction
+    (``Explainer(**options)``); unknown options are rejected with the valid ones listed.
+    """
+
+    name: ClassVar[str] = ""
+    defaults: ClassVar[Dict[str, Any]] = {}
+    #: learned explainers need a training artifact (``checkpoint=...``) before they work
+    needs_checkpoint: ClassVar[bool] = False
+    #: True when the maps depend on gradients (explain() then enables autograd)
+    uses_gradients: ClassVar[bool] = False
+    #: one-line description for ``camzoo list``
+    summary: ClassVar[str] = ""
+
+    def __init__(self, **options: Any) -> None:
+        unknown = set(options) - set(self.defaults)
+        if unknown:
+            raise ValueError(
+                f"explainer {self.name!r} has no option(s) {', '.join(sorted(unknown))}; "
+                f"options: {', '.join(f'{k}={v!r}' for k, v in self.defaults.items()) or 'none'}"
+            )
+        self.options: Dict[str, Any] = {**self.defaults, **options}
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        return f"{type(self).__name__}({opts})"
+
+    def forward_passes(self, model) -> int:
+        """Forward passes of ``model`` needed per image to make one map (#FW column)."""
+        raise NotImplementedError
+
+    def explain(self, model, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
+        """Saliency maps for ``x`` and classes ``y``.
+
+        Args:
+            model: a :class:`camzoo.backbones.Backbone`.
+            x: normalized float batch ``[B,3,H,W]`` on the model's device.
+            y: LongTensor ``[B]`` of classes to explain; ``None`` = the model's top-1.
+        Returns:
+            float32 ``[B,H,W]`` in [0,1] on ``x.device``, NaN-free (constant map = zeros).
+        """
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"x must be a normalized batch [B,3,H,W]; got shape {tuple(x.shape)}")
+        x = x.detach()
+        if y is None:
+            y = predict(model, x)
+        else:
+            y = torch.as_tensor(y, dtype=torch.long, device=x.device).reshape(-1)
+            if y.numel() == 1 and x.shape[0] > 1:
+                y = y.expand(x.shape[0])
+            if y.shape[0] != x.shape[0]:
+                raise ValueError(f"y has {y.shape[0]} classes for a batch of {x.shape[0]} images")
+        model.check_classes(y)
+        maps = self._explain(model, x, y)
+        maps = torch.nan_to_num(maps.float(), nan=0.0).clamp_(0.0, 1.0)
+        assert maps.shape == (x.shape[0], x.shape[2], x.shape[3]), maps.shape
+        return maps
+
+    __call__ = explain
+
+    def _explain(self, model, x: Tensor, y: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+@torch.inference_mode()
+def predict(model, x: Tensor) -> Tensor:
+    """Top-1 classes ``[B]`` (LongTensor) of ``model`` for the normalized batch ``x``."""
+    return model.model(x).argmax(dim=1)
+
+
+def make_generator(seed: int, device: torch.device) -> torch.Generator:
+    """A seeded ``torch.Generator`` on ``device`` (library code never touches global RNG)."""
+    g = torch.Generator(device=device)
+    g.manual_seed(int(seed))
+    return g

@@ -1,0 +1,78 @@
+"""Reading images robustly, and the bundled sample photos.
+
+Every loader returns an 8-bit RGB PIL image: grayscale, palette, RGBA/LA (alpha composited
+on white), CMYK, 16-bit and float images are converted. An unreadable or corrupt file raises
+:class:`ImageReadError` naming the file.
+"""
+from __future__ import annotations
+
+import os
+from typing import List, Tuple, Union
+
+import numpy as np
+from PIL import Image
+
+SAMPLE_PHOTOS = ("chelsea", "coffee", "rocket", "astronaut", "camera", "motorcycle_left")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+class ImageReadError(ValueError):
+    """An image file that cannot be read; the message names the file and the reason."""
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL image to 8-bit RGB (high bit depths rescaled, alpha on white)."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        if img.mode.startswith("I;16"):
+            hi = 65535.0
+        else:
+            lo, hi_v = float(np.nanmin(arr)), float(np.nanmax(arr))
+            arr = arr - min(lo, 0.0)
+            hi = max(hi_v - min(lo, 0.0), 1e-12)
+            if img.mode != "F" and hi_v <= 255 and lo >= 0:
+                hi = 255.0
+        arr8 = np.clip(np.round(arr / hi * 255.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr8, mode="L").convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(bg, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_image(path: Union[str, os.PathLike]) -> Image.Image:
+    """Read ``path`` as 8-bit RGB; raise :class:`ImageReadError` naming the file on failure."""
+    path = os.fspath(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return to_rgb(im)
+    except Exception as exc:  # PIL raises many types for broken files
+        raise ImageReadError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from None
+
+
+def sample_photos() -> List[Tuple[str, Image.Image]]:
+    """scikit-image's bundled sample photos as ``(name, RGB image)`` pairs (offline)."""
+    import skimage.data as skdata
+
+    data_dir = os.path.dirname(skdata.__file__)
+    out = []
+    for name in SAMPLE_PHOTOS:
+        # motorcycle_left has no loader function (it is half of stereo_motorcycle): read files
+        files = [f for f in os.listdir(data_dir) if os.path.splitext(f)[0] == name]
+        if not files:
+            raise FileNotFoundError(f"scikit-image sample photo {name!r} not found in {data_dir}")
+        out.append((name, load_image(os.path.join(data_dir, files[0]))))
+    return out
+
+
+def list_images(folder: Union[str, os.PathLike]) -> List[str]:
+    """Image files directly inside ``folder`` (sorted), by extension."""
+    folder = os.fspath(folder)
+    return sorted(
+        os.path.join(folder, f) for f in os.listdir(folder)
+        if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, f))
+    )

@@ -1,0 +1,36 @@
+import os
+
+import pytest
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA = os.path.normpath(os.path.join(REPO, "..", "shared", "data"))
+SAMPLES = os.path.join(SHARED_DATA, "imagenet-samples")
+IMAGENETTE = os.path.join(SHARED_DATA, "imagenette-224")
+
+
+@pytest.fixture(scope="session")
+def lite0():
+    """The embedded pretrained backbone on CPU (built once per test session)."""
+    import camzoo
+
+    return camzoo.load_backbone("efficientnet_lite0", device="cpu")
+
+
+@pytest.fixture
+def tiny():
+    from camzoo.testing import tiny_backbone
+
+    return tiny_backbone()
+
+
+@pytest.fixture(scope="session")
+def sample_batch(lite0):
+    """The 6 scikit-image sample photos, preprocessed for Lite0: [6,3,224,224]."""
+    from camzoo.images import sample_photos
+
+    return torch.stack([lite0.preprocess(im) for _, im in sample_photos()])
+
+
+def pytest_configure(config):
+    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
