@@ -81,5 +81,12 @@ def explain_cmd(images, backbone, weights, methods, out_dir, target, layer, devi
         sys.exit(1)
 
 
+@main.group("train")
+def train() -> None:
+    """Train learned explainers (L-CAM heads, LFI-CAM)."""
+
+
+# Sub-commands living in their own modules register themselves on import (one line each).
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -94,6 +94,15 @@ class Explainer:
         """Forward passes of ``model`` needed per image to make one map (#FW column)."""
         raise NotImplementedError
 
+    def evaluated_backbone(self, model):
+        """The classifier whose decisions the metrics evaluate for this explainer.
+
+        Post-hoc explainers explain ``model`` itself (the default). An explainer that *is*
+        its own classifier (an end-to-end LFI-CAM checkpoint) returns that classifier as a
+        Backbone, and the engine computes Y, c and every perturbed forward with it.
+        """
+        return model
+
     def explain(self, model, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
         """Saliency maps for ``x`` and classes ``y``.
 
