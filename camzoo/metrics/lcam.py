@@ -1,0 +1,184 @@
+"""Protocol ``lcam``: Average Drop / Increase in Confidence at thresholds nu (L-CAM paper).
+
+Source: I. Gkartzonika, N. Gkalelis, V. Mezaris, "Learning visual explanations for DCNN-based
+image classifiers using an attention mechanism", ECCV 2022 Workshops, Eqs. (10)-(11) and
+Table 1; authors' code github.com/bmezaris/L-CAM (``utils/Metrics.py``: ``drop_Npercent``,
+``AD``, ``IC``; ``Evaluation_L_CAM_*.py``: images in [0,1], masked before normalization).
+
+For an image ``x01`` in [0,1], its map ``V`` and class ``c``::
+
+    O_nu = softmax(f(normalize(x01 * phi_nu(V))))[c]
+    AD(nu) = 100 * mean_i max(0, Y_i - O_i) / Y_i        IC(nu) = 100 * mean_i [O_i > Y_i]
+
+``phi_nu`` keeps the ``ceil(nu*H*W)`` highest pixels of ``V`` with their soft values and sets
+the rest to 0; pixels tied at the threshold are dropped in raster (row-major) order first, as
+the authors' ``drop_Npercent`` does, so exactly ``ceil(nu*H*W)`` pixels stay.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from .scoring import Scorer, index_chunks
+
+DEFAULT_NUS = (1.0, 0.5, 0.15)
+FAMILY = "lcam"
+
+
+def nu_label(nu: float) -> str:
+    """Label of a threshold: ``1.0 -> "100"``, ``0.15 -> "15"``, ``0.125 -> "12.5"``."""
+    return f"{round(float(nu) * 100, 6):g}"
+
+
+def keep_count(nu: float, n: int) -> int:
+    """Pixels kept by ``phi_nu`` out of ``n``: ``ceil(nu * n)``, robust to float noise.
+
+    ``0.15 * 100`` is ``15.000000000000002`` in floating point; rounding to 9 decimals first
+    makes it 15 (not 16). Raises for ``nu`` outside (0, 1].
+    """
+    nu = float(nu)
+    if not 0.0 < nu <= 1.0:
+        raise ValueError(f"nu must be in (0, 1] (fraction of pixels kept); got {nu}")
+    return min(n, max(1, math.ceil(round(nu * n, 9))))
+
+
+def ascending_rank(V: Tensor) -> Tensor:
+    """Rank of every pixel in a stable ascending sort of its map.
+
+    Args:
+        V: maps ``[B,H,W]`` (any real values).
+    Returns:
+        int64 ``[B,H*W]``: 0 for the lowest pixel, ``H*W-1`` for the highest; among equal
+        values the pixel earlier in raster order has the lower rank.
+    """
+    flat = V.reshape(V.shape[0], -1)
+    order = torch.sort(flat, dim=1, stable=True).indices
+    rank = torch.empty_like(order)
+    ar = torch.arange(flat.shape[1], device=flat.device).expand_as(order)
+    return rank.scatter_(1, order, ar)
+
+
+def keep_top(V: Tensor, nu: float) -> Tensor:
+    """``phi_nu(V)``: keep the top ``ceil(nu*H*W)`` pixels of each map with their soft values.
+
+    Args:
+        V: maps ``[B,H,W]`` in [0,1].
+        nu: fraction of pixels kept, in (0, 1]; ``nu = 1`` returns ``V`` unchanged.
+    Returns:
+        float ``[B,H,W]``: ``V`` on the kept pixels, 0 elsewhere. Exactly ``ceil(nu*H*W)``
+        pixels are kept per map; among pixels tied at the threshold, those earlier in raster
+        order are dropped first (the L-CAM code's ``drop_Npercent``).
+    """
+    n = V.shape[-1] * V.shape[-2]
+    k = keep_count(nu, n)
+    if k == n:
+        return V
+    keep = ascending_rank(V) >= (n - k)
+    return torch.where(keep, V.reshape(V.shape[0], -1), 0.0).reshape(V.shape)
+
+
+@torch.inference_mode()
+def masked_confidence(
+    scorer: Scorer,
+    x01: Tensor,
+    V: Tensor,
+    c: Tensor,
+    normalize: Callable[[Tensor], Tensor],
+    nus: Sequence[float] = DEFAULT_NUS,
+) -> Tensor:
+    """``O[i, j]`` = prob of ``c[i]`` on ``normalize(x01[i] * phi_{nus[j]}(V[i]))``.
+
+    The (image, nu) pairs are packed into forwards of ``scorer.eval_batch_size`` images
+    (counted under family ``"lcam"``); each map is sorted once for all thresholds.
+
+    Args:
+        scorer: the counting :class:`Scorer` of the evaluated classifier.
+        x01: images ``[B,3,H,W]`` in [0,1].
+        V: maps ``[B,H,W]`` in [0,1].
+        c: LongTensor ``[B]``, the classes evaluated.
+        normalize: ``[N,3,H,W]`` in [0,1] -> the classifier's normalized input
+            (``Backbone.normalize``).
+        nus: fractions of pixels kept, each in (0, 1].
+    Returns:
+        float32 ``[B, len(nus)]`` in [0,1].
+    """
+    B = x01.shape[0]
+    n = V.shape[-1] * V.shape[-2]
+    if V.shape != (B, *x01.shape[2:]):
+        raise ValueError(f"V must be [B,H,W] = {(B, *x01.shape[2:])}; got {tuple(V.shape)}")
+    flat = V.reshape(B, -1).to(x01.dtype)
+    need_rank = any(keep_count(nu, n) < n for nu in nus)
+    rank = ascending_rank(V) if need_rank else None
+    # a pixel survives threshold j iff rank >= thr[j]; nu = 1 -> thr = 0 keeps all
+    thr = torch.tensor([n - keep_count(nu, n) for nu in nus], device=x01.device)
+    J = len(nus)
+    c = c.reshape(-1).to(x01.device)
+
+    def chunks():
+        for p in index_chunks(B * J, scorer.eval_batch_size, x01.device):
+            i, j = p // J, p % J
+            m = flat.index_select(0, i)
+            if rank is not None:
+                m = torch.where(rank.index_select(0, i) >= thr[j, None], m, 0.0)
+            xin = x01.index_select(0, i) * m.view(-1, 1, *x01.shape[2:])
+            yield normalize(xin), c.index_select(0, i)
+
+    return scorer.probs_stream(chunks(), FAMILY).view(B, J)
+
+
+def average_drop(Y: Tensor, O: Tensor) -> Tensor:
+    """Per-image Average Drop terms ``100 * max(0, Y - O) / Y`` (percent).
+
+    Args:
+        Y: float ``[B]`` prob of c on the clean image, in (0,1].
+        O: float ``[B]`` or ``[B,n]`` prob of c on the masked image(s), in [0,1].
+    Returns:
+        float ``[B]`` or ``[B,n]`` in [0,100] (0 where ``Y == 0``: nothing can drop).
+        ``AD(nu)`` is the mean of these terms over images.
+    """
+    Yb = Y.reshape(-1, *([1] * (O.ndim - 1))).to(O.dtype)
+    drop = (Yb - O).clamp(min=0.0)
+    return torch.where(Yb > 0, 100.0 * drop / Yb.clamp(min=torch.finfo(O.dtype).tiny), 0.0)
+
+
+def increase_in_confidence(Y: Tensor, O: Tensor) -> Tensor:
+    """Per-image Increase-in-Confidence terms ``100 * [O > Y]`` (strict), float.
+
+    Args:
+        Y: float ``[B]``; O: float ``[B]`` or ``[B,n]`` (as in :func:`average_drop`).
+    Returns:
+        float ``[B]`` or ``[B,n]`` with values 0 or 100; ``IC(nu)`` is their mean.
+    """
+    Yb = Y.reshape(-1, *([1] * (O.ndim - 1))).to(O.dtype)
+    return (O > Yb).to(O.dtype) * 100.0
+
+
+def lcam_scores(
+    scorer: Scorer,
+    x01: Tensor,
+    V: Tensor,
+    c: Tensor,
+    Y: Tensor,
+    normalize: Callable[[Tensor], Tensor],
+    nus: Sequence[float] = DEFAULT_NUS,
+) -> dict:
+    """All per-image quantities of the protocol, keyed for the result store.
+
+    Returns:
+        ``{"O_<L>": [B], "ad_<L>": [B], "ic_<L>": [B]}`` for each nu with label
+        ``L = nu_label(nu)`` (``"100"``, ``"50"``, ``"15"``): O in [0,1], AD and IC terms in
+        [0,100]; table values are their means.
+    """
+    O = masked_confidence(scorer, x01, V, c, normalize, nus)
+    ad = average_drop(Y, O)
+    ic = increase_in_confidence(Y, O)
+    out = {}
+    for j, nu in enumerate(nus):
+        L = nu_label(nu)
+        out[f"O_{L}"] = O[:, j]
+        out[f"ad_{L}"] = ad[:, j]
+        out[f"ic_{L}"] = ic[:, j]
+    return out

@@ -1,0 +1,119 @@
+"""Batched, counting classifier scoring shared by every metric protocol.
+
+Every protocol reduces to "softmax probability of class c for many perturbed inputs".
+:class:`Scorer` does exactly that: it packs inputs into forwards of ``eval_batch_size``
+images (channels_last, ``torch.inference_mode``) and counts every image it sends through the
+model, per metric family, so the engine can report and benchmark against forward counts.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Dict, Iterable, List, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+
+class Scorer:
+    """Batched, counting forward: softmax probability of class ``c`` for many inputs.
+
+    Args:
+        model: a classifier mapping a normalized ``[N,3,H,W]`` batch to logits
+            ``[N,num_classes]`` (e.g. ``Backbone.model``); used as is (eval mode expected).
+        eval_batch_size: the most images per forward (>= 1).
+
+    Attributes:
+        counts: images sent through ``model`` per family name (``dict[str, int]``).
+        device: the model's device; inputs are moved there chunk by chunk.
+    """
+
+    def __init__(self, model: nn.Module, eval_batch_size: int = 64) -> None:
+        eval_batch_size = int(eval_batch_size)
+        if eval_batch_size < 1:
+            raise ValueError(f"eval_batch_size must be >= 1; got {eval_batch_size}")
+        self.model = model
+        self.eval_batch_size = eval_batch_size
+        self.counts: Dict[str, int] = defaultdict(int)
+        try:
+            self.device: Optional[torch.device] = next(model.parameters()).device
+        except StopIteration:  # a parameter-free model: keep the inputs where they are
+            self.device = None
+
+    def __repr__(self) -> str:
+        return f"Scorer(eval_batch_size={self.eval_batch_size}, counts={dict(self.counts)})"
+
+    @property
+    def total(self) -> int:
+        """All images sent through the model so far, over every family."""
+        return sum(self.counts.values())
+
+    def reset_counts(self) -> None:
+        """Forget the forward counts."""
+        self.counts.clear()
+
+    def _forward(self, x: Tensor, c: Tensor, family: str) -> Tensor:
+        """One forward of at most ``eval_batch_size`` images -> float32 ``[n]`` probs of ``c``."""
+        if self.device is not None:
+            x = x.to(self.device, non_blocking=True)
+            c = c.to(self.device, non_blocking=True)
+        x = x.contiguous(memory_format=torch.channels_last)
+        logits = self.model(x)
+        p = torch.softmax(logits.float(), dim=1)
+        self.counts[family] += int(x.shape[0])
+        return p.gather(1, c.long().reshape(-1, 1)).squeeze(1)
+
+    @torch.inference_mode()
+    def probs(self, x: Tensor, c: Tensor, family: str) -> Tensor:
+        """Softmax probability of class ``c[i]`` for input ``x[i]``.
+
+        Args:
+            x: normalized float batch ``[N,3,H,W]`` (any N; split into chunks of
+                ``eval_batch_size``).
+            c: LongTensor ``[N]`` of class indices in ``[0, num_classes)``.
+            family: the metric family the forwards are counted under (``counts[family] += N``).
+        Returns:
+            float32 ``[N]`` in [0,1], on the model's device.
+        """
+        if x.ndim != 4 or c.reshape(-1).shape[0] != x.shape[0]:
+            raise ValueError(
+                f"probs expects x [N,3,H,W] and c [N]; got x {tuple(x.shape)}, c {tuple(c.shape)}"
+            )
+        c = c.reshape(-1)
+        n, bs = x.shape[0], self.eval_batch_size
+        if n == 0:
+            return torch.zeros(0, dtype=torch.float32, device=self.device or x.device)
+        outs = [self._forward(x[i:i + bs], c[i:i + bs], family) for i in range(0, n, bs)]
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+    @torch.inference_mode()
+    def probs_stream(self, chunks: Iterable[Tuple[Tensor, Tensor]], family: str) -> Tensor:
+        """:meth:`probs` over a stream of ``(x_chunk [n,3,H,W], c_chunk [n])`` pairs.
+
+        The chunks are built lazily by the caller (a generator), so no more than one chunk of
+        perturbed images exists at a time. Chunks larger than ``eval_batch_size`` are split.
+
+        Returns:
+            float32 ``[sum n]`` in [0,1]: the probabilities of all chunks, concatenated in order.
+        """
+        outs: List[Tensor] = []
+        bs = self.eval_batch_size
+        for x, c in chunks:
+            c = c.reshape(-1)
+            if x.shape[0] != c.shape[0]:
+                raise ValueError(f"chunk has {x.shape[0]} images but {c.shape[0]} classes")
+            for i in range(0, x.shape[0], bs):
+                outs.append(self._forward(x[i:i + bs], c[i:i + bs], family))
+        if not outs:
+            return torch.zeros(0, dtype=torch.float32, device=self.device)
+        return torch.cat(outs)
+
+
+def index_chunks(n: int, chunk_size: int, device: Optional[torch.device] = None):
+    """Yield LongTensors ``arange(a, b)`` covering ``[0, n)`` in chunks of ``chunk_size``.
+
+    Protocols use it to enumerate (image, perturbation) pairs lazily: pair ``p`` of a chunk is
+    decoded with integer division, and only one chunk of perturbed images is built at a time.
+    """
+    chunk_size = max(1, int(chunk_size))
+    for a in range(0, n, chunk_size):
+        yield torch.arange(a, min(n, a + chunk_size), device=device)
