@@ -1,0 +1,325 @@
+"""Datasets for ``camzoo bench --data DIR``: image ids, files, ground-truth labels, subsets.
+
+Layouts (detected in this order, see docs/bench.md):
+
+1. ``data=None``: the six scikit-image sample photos bundled offline (model truth only).
+2. ``labels=FILE`` given: a folder of images plus a ground-truth file. ``FILE`` is either the
+   ImageNet validation ground truth as *one 0-based class index per line, in sorted-filename
+   order* (the order ``sorted(os.listdir(DIR))`` gives), or rows ``file,class_index`` (CSV,
+   optional header; also ``file class_index`` separated by spaces/tabs; a wnid instead of an
+   index is mapped through the sorted 1000 ImageNet wnids). File names are relative to DIR.
+3. ``DIR/labels.csv`` present: rows ``file,class_index[,...]`` with a header, file paths
+   relative to DIR (``imagenet-samples`` and ``imagenette-224`` use this).
+4. ImageNet-val layout: sub-folders named by wnid (``n01440764/...``); the class index is the
+   position of the wnid in the sorted list of the 1000 ImageNet-1k wnids (timm ships this list
+   offline as ``timm/data/_info/imagenet_synsets.txt``; torchvision's weight meta has names
+   only). Standard 0..999 order, the one torchvision and timm classifiers use.
+5. Any other folder: every image file below DIR (recursively), no labels (model truth only).
+
+Image id = path relative to DIR without extension, with ``/`` separators (stable and unique;
+two files differing only by extension keep their extension in the id).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from PIL import Image
+
+from .images import IMAGE_EXTENSIONS, ImageReadError, load_image, sample_photos
+
+_WNID = re.compile(r"^n\d{8}$")
+PathLike = Union[str, os.PathLike]
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    """One image of a dataset.
+
+    Attributes:
+        image_id: stable unique id (relative path without extension; sample photo name).
+        path: absolute file path, or ``None`` for an in-memory sample photo.
+        label: ground-truth class index (0-based) or ``None`` when the layout has none.
+    """
+
+    image_id: str
+    path: Optional[str]
+    label: Optional[int]
+
+
+@dataclass
+class Dataset:
+    """An ordered list of :class:`ImageItem` plus how it was found.
+
+    Attributes:
+        root: absolute data folder (``None`` for the sample photos).
+        layout: ``"samples"``, ``"labels-file"``, ``"labels.csv"``, ``"wnid-folders"`` or
+            ``"folder"``.
+        items: images in processing order (sorted by id; a ``limit`` subset keeps that order).
+        labels_file: the ``--labels`` file, if any.
+    """
+
+    root: Optional[str]
+    layout: str
+    items: List[ImageItem]
+    labels_file: Optional[str] = None
+    _memory: Dict[str, Image.Image] = field(default_factory=dict, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def has_labels(self) -> bool:
+        """True when every item has a ground-truth label."""
+        return bool(self.items) and all(it.label is not None for it in self.items)
+
+    def load(self, item: ImageItem) -> Image.Image:
+        """The item's image as 8-bit RGB PIL; raises :class:`ImageReadError` when unreadable."""
+        if item.path is None:
+            return self._memory[item.image_id]
+        return load_image(item.path)
+
+    def rel_path(self, item: ImageItem) -> str:
+        """The item's path relative to ``root`` (``<sample>`` for the embedded photos)."""
+        if item.path is None or self.root is None:
+            return f"<sample:{item.image_id}>"
+        return os.path.relpath(item.path, self.root).replace(os.sep, "/")
+
+    def manifest_csv(self) -> str:
+        """The chosen file list as CSV text: ``index,image_id,path,label``."""
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["index", "image_id", "path", "label"])
+        for i, it in enumerate(self.items):
+            w.writerow([i, it.image_id, self.rel_path(it), "" if it.label is None else it.label])
+        return buf.getvalue()
+
+    def manifest_hash(self) -> str:
+        """sha256 (first 16 hex digits) of :meth:`manifest_csv`."""
+        return hashlib.sha256(self.manifest_csv().encode()).hexdigest()[:16]
+
+    def write_manifest(self, path: PathLike) -> None:
+        """Write :meth:`manifest_csv` to ``path`` (atomically)."""
+        tmp = os.fspath(path) + ".tmp"
+        with open(tmp, "w", newline="") as f:
+            f.write(self.manifest_csv())
+        os.replace(tmp, path)
+
+
+def imagenet_wnids() -> List[str]:
+    """The 1000 ImageNet-1k wnids in class-index order (sorted), read offline from timm."""
+    from timm.data import ImageNetInfo
+
+    wnids = list(ImageNetInfo("imagenet-1k").label_names())
+    if len(wnids) != 1000 or wnids != sorted(wnids):
+        raise RuntimeError("timm's ImageNet-1k synset list is not the 1000 sorted wnids")
+    return wnids
+
+
+def _wnid_index() -> Dict[str, int]:
+    return {w: i for i, w in enumerate(imagenet_wnids())}
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _walk_images(root: str) -> List[str]:
+    """Image files below ``root`` (recursive, hidden entries skipped) as sorted relative paths."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for f in filenames:
+            if _is_image(f) and not f.startswith("."):
+                out.append(os.path.relpath(os.path.join(dirpath, f), root).replace(os.sep, "/"))
+    return sorted(out)
+
+
+def _make_ids(rel_paths: Sequence[str]) -> List[str]:
+    """Relative path without extension; paths that would collide keep their extension."""
+    stems = [os.path.splitext(p)[0] for p in rel_paths]
+    counts: Dict[str, int] = {}
+    for s in stems:
+        counts[s] = counts.get(s, 0) + 1
+    return [s if counts[s] == 1 else p for s, p in zip(stems, rel_paths)]
+
+
+def _parse_label(value: str, wnids: Optional[Dict[str, int]], where: str) -> Tuple[int, Optional[Dict[str, int]]]:
+    value = value.strip()
+    if _WNID.match(value):
+        wnids = wnids or _wnid_index()
+        if value not in wnids:
+            raise ValueError(f"{where}: {value!r} is not one of the 1000 ImageNet-1k wnids")
+        return wnids[value], wnids
+    try:
+        return int(value), wnids
+    except ValueError:
+        raise ValueError(f"{where}: label {value!r} is neither a class index nor a wnid") from None
+
+
+def _read_labels_csv(root: str, csv_path: str) -> List[Tuple[str, int]]:
+    """Rows ``(file relative to root, class_index)`` of a ``labels.csv`` with a header."""
+    with open(csv_path, newline="") as f:
+        reader = csv.DictReader(f)
+        cols = reader.fieldnames or []
+        if "file" not in cols or "class_index" not in cols:
+            raise ValueError(f"{csv_path}: needs a header with columns file,class_index; got {cols}")
+        rows = []
+        for n, r in enumerate(reader, start=2):
+            try:
+                rows.append((r["file"].strip(), int(r["class_index"])))
+            except (TypeError, ValueError):
+                raise ValueError(f"{csv_path}:{n}: bad class_index {r.get('class_index')!r}") from None
+    return rows
+
+
+def _read_labels_file(root: str, path: str) -> List[Tuple[str, int]]:
+    """Parse ``--labels``: one index per line (sorted-filename order) or ``file,label`` rows."""
+    with open(path, newline="") as f:
+        lines = [ln.strip() for ln in f.read().splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith("#")]
+    if not lines:
+        raise ValueError(f"labels file {path} is empty")
+    split = [re.split(r"\s*,\s*|\s+", ln) for ln in lines]
+    wnids: Optional[Dict[str, int]] = None
+    if all(len(s) == 1 for s in split):
+        # the ImageNet-val ground truth: one label per line, in sorted-filename order
+        files = sorted(f for f in os.listdir(root) if _is_image(f) and os.path.isfile(os.path.join(root, f)))
+        if len(files) != len(lines):
+            raise ValueError(
+                f"labels file {path} has {len(lines)} lines but {root} holds {len(files)} images; "
+                "a one-label-per-line file must list every image, in sorted-filename order")
+        labels = []
+        for n, s in enumerate(split, start=1):
+            lab, wnids = _parse_label(s[0], wnids, f"{path}:{n}")
+            labels.append(lab)
+        if max(labels) >= 1000 and min(labels) >= 1:
+            raise ValueError(
+                f"labels file {path} holds 1-based labels up to {max(labels)}: the ImageNet devkit's "
+                "ILSVRC2012_validation_ground_truth.txt uses ILSVRC2012_IDs (meta.mat order), not the "
+                "0-based sorted-wnid index camzoo needs; convert it (e.g. to file,wnid rows)")
+        return list(zip(files, labels))
+    rows = []
+    start = 0
+    if len(split[0]) >= 2:  # optional header, e.g. "file,class_index" or "ImageId,PredictionString"
+        try:
+            _parse_label(split[0][1], None, "")
+        except ValueError:
+            start = 1
+    for n, s in enumerate(split[start:], start=start + 1):
+        if len(s) < 2:
+            raise ValueError(f"{path}:{n}: expected 'file,class_index'; got {lines[n - 1]!r}")
+        lab, wnids = _parse_label(s[1], wnids, f"{path}:{n}")
+        rows.append((s[0], lab))
+    return rows
+
+
+def _resolve(root: str, rel: str) -> str:
+    """``rel`` relative to ``root``; a bare name without extension gets the image's extension."""
+    p = os.path.join(root, rel)
+    if not os.path.splitext(rel)[1] and not os.path.exists(p):
+        for ext in (".JPEG", ".jpg", ".jpeg", ".png"):
+            if os.path.exists(p + ext):
+                return p + ext
+    return p
+
+
+def _items_from_rows(root: str, rows: List[Tuple[str, int]], source: str) -> List[ImageItem]:
+    seen = set()
+    paths, labels = [], []
+    for rel, lab in rows:
+        full = os.path.normpath(_resolve(root, rel))
+        if full in seen:
+            raise ValueError(f"{source}: file {rel!r} is listed twice")
+        seen.add(full)
+        paths.append(full)
+        labels.append(lab)
+    rels = [os.path.relpath(p, root).replace(os.sep, "/") for p in paths]
+    ids = _make_ids(rels)
+    # missing files stay in the list: loading them fails and they go to the errors table
+    return [ImageItem(i, p, l) for i, p, l in zip(ids, paths, labels)]
+
+
+def subset(items: Sequence[ImageItem], limit: Optional[int], seed: int = 0) -> List[ImageItem]:
+    """A deterministic subset of ``limit`` items, in the original order.
+
+    The chosen items are the first ``limit`` of a permutation drawn from
+    ``torch.Generator().manual_seed(seed)``, so a larger ``limit`` with the same seed extends
+    a smaller one. ``limit=None`` (or >= len) keeps everything.
+    """
+    if limit is None or limit >= len(items):
+        return list(items)
+    if limit < 0:
+        raise ValueError(f"limit must be >= 0; got {limit}")
+    g = torch.Generator().manual_seed(int(seed))
+    keep = sorted(torch.randperm(len(items), generator=g)[:limit].tolist())
+    return [items[i] for i in keep]
+
+
+def open_dataset(
+    data: Optional[PathLike] = None,
+    labels: Optional[PathLike] = None,
+    limit: Optional[int] = None,
+    seed: int = 0,
+) -> Dataset:
+    """Find the images (and labels) of ``data``; see the module docstring for the layouts.
+
+    Args:
+        data: folder, or ``None`` for the embedded sample photos.
+        labels: ground-truth file for a flat folder (``--labels``).
+        limit: keep a deterministic subset of this many images (see :func:`subset`).
+        seed: seed of that subset.
+    Raises:
+        FileNotFoundError: ``data`` or ``labels`` does not exist.
+        ValueError: a malformed labels file, unknown wnid, or a folder without images.
+    """
+    if data is None:
+        if labels is not None:
+            raise ValueError("--labels needs --data DIR (the sample photos have no labels)")
+        photos = sample_photos()
+        items = [ImageItem(name, None, None) for name, _ in photos]
+        ds = Dataset(None, "samples", subset(items, limit, seed), _memory=dict(photos))
+        return ds
+    root = os.path.abspath(os.fspath(data))
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"data folder not found: {root}")
+    if labels is not None:
+        lab = os.path.abspath(os.fspath(labels))
+        if not os.path.isfile(lab):
+            raise FileNotFoundError(f"labels file not found: {lab}")
+        items = _items_from_rows(root, _read_labels_file(root, lab), lab)
+        layout, labels_file = "labels-file", lab
+    elif os.path.isfile(os.path.join(root, "labels.csv")):
+        csv_path = os.path.join(root, "labels.csv")
+        items = _items_from_rows(root, _read_labels_csv(root, csv_path), csv_path)
+        layout, labels_file = "labels.csv", csv_path
+    else:
+        subdirs = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+        wnid_dirs = [d for d in subdirs if _WNID.match(d)]
+        labels_file = None
+        if wnid_dirs and len(wnid_dirs) == len([d for d in subdirs if not d.startswith(".")]):
+            index = _wnid_index()
+            unknown = [d for d in wnid_dirs if d not in index]
+            if unknown:
+                raise ValueError(f"{root}: folder(s) {', '.join(unknown[:5])} are not ImageNet-1k wnids")
+            rels = []
+            for d in wnid_dirs:
+                rels += [f"{d}/{r}" for r in _walk_images(os.path.join(root, d))]
+            ids = _make_ids(rels)
+            items = [ImageItem(i, os.path.join(root, r), index[r.split("/", 1)[0]]) for i, r in zip(ids, rels)]
+            layout = "wnid-folders"
+        else:
+            rels = _walk_images(root)
+            ids = _make_ids(rels)
+            items = [ImageItem(i, os.path.join(root, r), None) for i, r in zip(ids, rels)]
+            layout = "folder"
+    if not items:
+        raise ValueError(f"no images found in {root} (extensions: {', '.join(IMAGE_EXTENSIONS)})")
+    items.sort(key=lambda it: it.image_id)
+    return Dataset(root, layout, subset(items, limit, seed), labels_file=labels_file)

@@ -1,0 +1,224 @@
+"""Crash-safe result store of a bench run: one SQLite file (``rows.sqlite``) in WAL mode.
+
+Tables (schema in docs/bench.md):
+
+- ``rows``: one row per (method, image_id) — primary key — with the image's class, Y, its map
+  time, one REAL column per per-image metric value (the protocols' ``row_keys``) and one
+  float32 blob per curve (``ins_curve``, ``del_curve``).
+- ``errors``: unreadable images (image_id primary key, path, reason).
+- ``forwards``: forward passes the engine made, per (method, family), summed over batches.
+- ``meta``: key/value (schema version; the value and curve columns of ``rows``).
+
+Every batch is written by :meth:`ResultStore.write_batch` in ONE transaction (rows, errors and
+forward counts together), so a process killed at any point leaves whole batches only; a
+resumed run skips the stored (method, image) pairs and adds the rest.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
+
+import numpy as np
+import pandas as pd
+
+SCHEMA_VERSION = 1
+DB_NAME = "rows.sqlite"
+
+#: identity / bookkeeping columns of every row, in order, with SQL types
+BASE_COLUMNS: Tuple[Tuple[str, str], ...] = (
+    ("method", "TEXT NOT NULL"),
+    ("image_id", "TEXT NOT NULL"),
+    ("idx", "INTEGER NOT NULL"),          # position in the run's manifest
+    ("path", "TEXT"),                     # relative to the data root
+    ("label", "INTEGER"),                 # ground truth (NULL when the data has none)
+    ("classifier", "TEXT NOT NULL"),      # which classifier Y, c and the metrics refer to
+    ("pred", "INTEGER NOT NULL"),         # that classifier's top-1 on the clean image
+    ("c", "INTEGER NOT NULL"),            # the explained and evaluated class
+    ("Y", "REAL NOT NULL"),               # softmax prob of c on the clean image
+    ("seconds", "REAL NOT NULL"),         # map time per image (batch time / batch size)
+)
+
+
+def encode_curve(curve: Optional[np.ndarray]) -> Optional[bytes]:
+    """float32 little-endian bytes of a 1-D curve (``None`` stays ``None``)."""
+    return None if curve is None else np.asarray(curve, dtype="<f4").tobytes()
+
+
+def decode_curve(blob: Optional[bytes]) -> Optional[np.ndarray]:
+    """Inverse of :func:`encode_curve`."""
+    return None if blob is None else np.frombuffer(blob, dtype="<f4").copy()
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+class ResultStore:
+    """The per-image result database of one run directory.
+
+    Args:
+        path: the ``.sqlite`` file (created with its tables when missing).
+        value_columns: per-image scalar metric values (REAL columns), e.g. the protocols'
+            ``row_keys`` (``O_100``, ``ad_100``, ..., ``coherency``, ``ins_auc``).
+        curve_columns: per-image curves stored as float32 blobs (``ins_curve``, ``del_curve``).
+
+    When the file exists, its stored columns are used; passing different ones raises
+    ``ValueError`` (a resumed run must compute the same values).
+    """
+
+    def __init__(self, path: str, value_columns: Optional[Sequence[str]] = None,
+                 curve_columns: Optional[Sequence[str]] = None) -> None:
+        self.path = os.fspath(path)
+        exists = os.path.isfile(self.path)
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves (one transaction per batch)
+        self.conn = sqlite3.connect(self.path, isolation_level=None, timeout=60.0)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")  # WAL+NORMAL: durable across process crashes
+        stored = self._meta("columns") if exists else None
+        if stored is not None:
+            cols = json.loads(stored)
+            for given, key in ((value_columns, "values"), (curve_columns, "curves")):
+                if given is not None and list(given) != cols[key]:
+                    raise ValueError(f"{self.path} stores {key} {cols[key]}; this run computes "
+                                     f"{list(given)} (use a new --out, or the same metrics)")
+            self.value_columns, self.curve_columns = list(cols["values"]), list(cols["curves"])
+        else:
+            if value_columns is None:
+                raise ValueError(f"{self.path} is not a camzoo result store; pass value_columns")
+            self.value_columns = list(value_columns)
+            self.curve_columns = list(curve_columns or [])
+            self._create()
+        self.columns: List[Tuple[str, str]] = [
+            *BASE_COLUMNS, *((n, "REAL") for n in self.value_columns),
+            *((n, "BLOB") for n in self.curve_columns)]
+        self.column_names = [c for c, _ in self.columns]
+
+    # -- schema ------------------------------------------------------------------------
+    def _meta(self, key: str) -> Optional[str]:
+        try:
+            r = self.conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        except sqlite3.OperationalError:
+            return None
+        return None if r is None else r[0]
+
+    def _create(self) -> None:
+        names = [c for c, _ in BASE_COLUMNS] + self.value_columns + self.curve_columns
+        lower = [n.lower() for n in names]
+        dup = sorted({n for n in names if lower.count(n.lower()) > 1})
+        if dup:
+            raise ValueError(f"duplicate result column(s) {dup} (SQLite names are case-insensitive)")
+        cols = [*BASE_COLUMNS, *((n, "REAL") for n in self.value_columns),
+                *((n, "BLOB") for n in self.curve_columns)]
+        ddl = ", ".join(f"{_q(c)} {t}" for c, t in cols)
+        c = self.conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            c.execute(f"CREATE TABLE IF NOT EXISTS rows ({ddl}, PRIMARY KEY (method, image_id))")
+            c.execute("CREATE TABLE IF NOT EXISTS errors (image_id TEXT PRIMARY KEY, idx INTEGER, "
+                      "path TEXT, reason TEXT NOT NULL)")
+            c.execute("CREATE TABLE IF NOT EXISTS forwards (method TEXT NOT NULL, family TEXT NOT NULL, "
+                      "forwards INTEGER NOT NULL, PRIMARY KEY (method, family))")
+            c.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            c.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            c.execute("INSERT OR REPLACE INTO meta VALUES ('columns', ?)", (json.dumps(
+                {"values": self.value_columns, "curves": self.curve_columns}),))
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+
+    # -- resume ------------------------------------------------------------------------
+    def done_pairs(self) -> Set[Tuple[str, str]]:
+        """The stored ``(method, image_id)`` pairs."""
+        return set(self.conn.execute("SELECT method, image_id FROM rows").fetchall())
+
+    def error_ids(self) -> Set[str]:
+        """Image ids recorded as unreadable."""
+        return {r[0] for r in self.conn.execute("SELECT image_id FROM errors")}
+
+    # -- writing -----------------------------------------------------------------------
+    def write_batch(
+        self,
+        rows: Iterable[Mapping[str, object]],
+        errors: Iterable[Tuple[str, int, str, str]] = (),
+        forwards: Optional[Mapping[Tuple[str, str], int]] = None,
+    ) -> None:
+        """Write one batch atomically (rows, errors and forward counts in one transaction).
+
+        Args:
+            rows: dicts keyed by column name (missing value/curve columns are NULL; curves may
+                be numpy arrays, stored as float32 blobs). An existing (method, image_id) raises
+                ``sqlite3.IntegrityError`` and nothing of the batch is written.
+            errors: ``(image_id, idx, path, reason)`` of unreadable images.
+            forwards: ``{(method, family): count}`` added to the stored counts.
+        """
+        names = self.column_names
+        curves = set(self.curve_columns)
+        sql = (f"INSERT INTO rows ({', '.join(_q(n) for n in names)}) "
+               f"VALUES ({', '.join('?' * len(names))})")
+        values = []
+        for r in rows:
+            unknown = set(r) - set(names)
+            if unknown:
+                raise KeyError(f"unknown row column(s) {sorted(unknown)}; columns: {names}")
+            v = []
+            for n in names:
+                x = r.get(n)
+                if n in curves:
+                    x = encode_curve(x)
+                elif isinstance(x, (np.floating, np.integer, np.bool_)):
+                    x = x.item()
+                v.append(x)
+            values.append(v)
+        c = self.conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            c.executemany(sql, values)
+            c.executemany("INSERT OR REPLACE INTO errors VALUES (?, ?, ?, ?)", list(errors))
+            for (method, family), n in (forwards or {}).items():
+                c.execute("INSERT INTO forwards VALUES (?, ?, ?) ON CONFLICT(method, family) "
+                          "DO UPDATE SET forwards = forwards + excluded.forwards",
+                          (method, family, int(n)))
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+
+    # -- reading -----------------------------------------------------------------------
+    def rows(self, curves: bool = False) -> pd.DataFrame:
+        """All per-image rows ordered by (method, idx); curves (numpy arrays) only if ``curves``."""
+        cols = [n for n in self.column_names if curves or n not in self.curve_columns]
+        q = f"SELECT {', '.join(_q(n) for n in cols)} FROM rows ORDER BY method, idx"
+        df = pd.read_sql_query(q, self.conn)
+        if curves:
+            for n in self.curve_columns:
+                df[n] = df[n].map(decode_curve)
+        return df
+
+    def errors(self) -> pd.DataFrame:
+        """Unreadable images: ``image_id, idx, path, reason`` ordered by idx."""
+        return pd.read_sql_query("SELECT * FROM errors ORDER BY idx, image_id", self.conn)
+
+    def forwards(self) -> pd.DataFrame:
+        """Forward counts: ``method, family, forwards``."""
+        return pd.read_sql_query("SELECT * FROM forwards ORDER BY method, family", self.conn)
+
+    def curves(self, method: str, column: str) -> Optional[np.ndarray]:
+        """float32 ``[N,L]`` curves of ``method`` in ``column`` (manifest order), or ``None``."""
+        if column not in self.curve_columns:
+            return None
+        blobs = [r[0] for r in self.conn.execute(
+            f"SELECT {_q(column)} FROM rows WHERE method=? AND {_q(column)} IS NOT NULL ORDER BY idx",
+            (method,))]
+        return np.stack([decode_curve(b) for b in blobs]) if blobs else None
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> "ResultStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
