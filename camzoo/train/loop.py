@@ -1,0 +1,402 @@
+"""One training loop for every learned explainer (L-CAM heads, LFI-CAM's FIN, ...).
+
+Contract
+========
+A learned explainer plugs in by subclassing :class:`TrainTask`:
+
+``name``
+    short string stored in checkpoints (``"lcam"``, ``"lficam"``); resume refuses another.
+``modules() -> nn.Module``
+    the trainable part. Its ``state_dict`` is what a checkpoint stores; the optimizer gets
+    its parameters that require grad. Frozen parts (the backbone) are *not* in it.
+``train_mode()`` / ``eval_mode()``
+    put the trainable part in train / eval mode and keep frozen parts in eval mode
+    (defaults: ``modules().train()`` / ``.eval()``; the frozen backbone is never touched).
+``loss(net, x, y) -> (loss, logs)``
+    ``net`` is ``modules()`` itself, or a ``DistributedDataParallel`` wrapper around it when
+    running under torchrun: the task must run the trainable forward by calling ``net(...)``
+    (exactly once per step, so DDP can synchronize gradients), never ``self.modules()``.
+    ``x`` is the batch from the dataset (normalized images ``[B,3,H,W]``) and ``y`` its
+    labels (LongTensor ``[B]``, ``-1`` where unknown), both on the device. Returns the scalar
+    loss to minimize and a dict of float-valued tensors (0-dim, detached) to log (loss
+    components); they are averaged over the epoch (and over ranks) for the progress bar and
+    the history.
+``evaluate(loader) -> dict[str, float]``
+    held-out metrics after each epoch, run by rank 0 only, in eval mode and under
+    ``torch.inference_mode()`` unless the task enables gradients itself (default: ``{}``).
+``metadata() -> dict``
+    what the explainer needs to rebuild / validate itself (backbone, layer, variant, loss
+    weights, ...); plain Python values only (str, int, float, bool, None, lists, dicts),
+    since checkpoints are read with ``weights_only=True``. Stored in the checkpoint; on ``resume`` the keys listed in
+    ``identity_keys`` must match the checkpoint's or training is refused.
+``to(device)``
+    move the trainable part (default: ``modules().to(device)``); the task owns its frozen
+    backbone's placement.
+
+:func:`fit` then handles: the data loaders (a ``DistributedSampler`` in every case, seeded by
+``seed`` and the epoch; datasets with ``set_epoch(epoch)`` get it called, so per-sample
+augmentation can be seeded per epoch too), the optimizer and per-epoch scheduler (given as
+factories), a tqdm progress bar showing the running loss components, a checkpoint written
+atomically after every epoch, ``resume``, and DistributedDataParallel when
+``torch.distributed`` is initialized (see :func:`distributed`; ``torchrun --nproc_per_node N
+-m camzoo train ...``; gloo on CPU, NCCL on CUDA). Only rank 0 writes files and evaluates.
+
+Checkpoint format (``torch.save`` of a dict; load with :func:`load_checkpoint`)::
+
+    {"format": "camzoo.train/1", "task": name, "state_dict": ..., "optimizer": ...,
+     "scheduler": ... or None, "epoch": completed epochs, "epochs": planned epochs,
+     "metadata": {**task.metadata(), "camzoo_version", "torch_version", "seed", "world_size",
+                  "batch_size", "data": {"train_manifest", "val_manifest", "n_train", "n_val"}},
+     "history": [{"epoch", "train": {...}, "val": {...}, "lr", "seconds"}, ...]}
+
+Reproducibility: with the same seed, world size and batch size, an interrupted run resumed
+from its checkpoint ends with the same weights as an uninterrupted one (tested).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import os
+import time
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+
+CHECKPOINT_FORMAT = "camzoo.train/1"
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
+
+
+class TrainTask:
+    """Base class of a learned explainer's training logic (see the module docstring)."""
+
+    name: str = "task"
+    #: metadata keys that must match between a checkpoint and the task to resume from it
+    identity_keys: Sequence[str] = ()
+
+    def modules(self) -> nn.Module:
+        raise NotImplementedError
+
+    def train_mode(self) -> None:
+        self.modules().train()
+
+    def eval_mode(self) -> None:
+        self.modules().eval()
+
+    def to(self, device: torch.device) -> "TrainTask":
+        self.modules().to(device)
+        return self
+
+    def loss(self, net: nn.Module, x: Tensor, y: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
+        raise NotImplementedError
+
+    def evaluate(self, loader: Iterable) -> Dict[str, float]:
+        return {}
+
+    def metadata(self) -> Dict[str, Any]:
+        return {}
+
+
+# -- optimizers / schedulers as factories ---------------------------------------------------
+def sgd(lr: float, momentum: float = 0.9, nesterov: bool = True,
+        weight_decay: float = 5e-4) -> OptimizerFactory:
+    """Factory for ``torch.optim.SGD`` (defaults: the L-CAM paper's settings)."""
+    return lambda params: torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov,
+                                          weight_decay=weight_decay)
+
+
+def exponential_decay(gamma: float) -> SchedulerFactory:
+    """Factory for a per-epoch ``ExponentialLR(gamma)`` (lr <- lr * gamma after each epoch)."""
+    return lambda opt: torch.optim.lr_scheduler.ExponentialLR(opt, gamma=gamma)
+
+
+def multistep(milestones: Sequence[int], gamma: float = 0.1) -> SchedulerFactory:
+    """Factory for a per-epoch ``MultiStepLR`` (lr divided by 1/gamma at each milestone epoch)."""
+    return lambda opt: torch.optim.lr_scheduler.MultiStepLR(opt, list(milestones), gamma=gamma)
+
+
+# -- distributed --------------------------------------------------------------------------
+def rank_and_world() -> Tuple[int, int]:
+    """``(rank, world_size)`` of this process; ``(0, 1)`` when not distributed."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+@contextlib.contextmanager
+def distributed(device: Union[None, str, torch.device] = None) -> Iterator[torch.device]:
+    """Initialize ``torch.distributed`` when launched by torchrun; yield this rank's device.
+
+    Under torchrun (env ``WORLD_SIZE`` > 1) the process group is created with NCCL for CUDA
+    and gloo for CPU, and destroyed on exit. ``device=None`` picks ``cuda:LOCAL_RANK`` when
+    CUDA is available, else CPU; an explicit ``"cuda"`` becomes ``cuda:LOCAL_RANK``. Outside
+    torchrun this only resolves the device.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None and world > 1:
+        dev = torch.device("cuda", local)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    started = False
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        started = True
+    try:
+        yield dev
+    finally:
+        if started:
+            dist.destroy_process_group()
+
+
+def _barrier() -> None:
+    if rank_and_world()[1] > 1:
+        dist.barrier()
+
+
+# -- checkpoints ----------------------------------------------------------------------------
+def manifest_hash(dataset: Optional[Dataset]) -> str:
+    """A short hash identifying a dataset: of ``dataset.manifest()`` (a list of strings, e.g.
+    relative file names with labels) when it has one, else of its class name and length."""
+    if dataset is None:
+        return "none"
+    h = hashlib.sha256()
+    if hasattr(dataset, "manifest"):
+        for item in dataset.manifest():
+            h.update(str(item).encode())
+            h.update(b"\n")
+    else:
+        h.update(f"{type(dataset).__name__}:{len(dataset)}".encode())  # type: ignore[arg-type]
+    return h.hexdigest()[:16]
+
+
+def save_checkpoint(obj: Dict[str, Any], path: Union[str, os.PathLike]) -> None:
+    """``torch.save`` to ``path`` atomically (temporary file + rename)."""
+    path = os.fspath(path)
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Union[str, os.PathLike], map_location: Any = "cpu") -> Dict[str, Any]:
+    """Load a checkpoint written by :func:`fit` (``weights_only=True``); clear errors when the
+    file is missing or is not a camzoo training checkpoint."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ck = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
+    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a camzoo training checkpoint (expected format "
+                         f"{CHECKPOINT_FORMAT!r}; got {ck.get('format') if isinstance(ck, dict) else type(ck).__name__!r})")
+    return ck
+
+
+def _camzoo_version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def _mean_logs(sums: Dict[str, Tensor], count: Tensor) -> Dict[str, float]:
+    """Average summed logs over all ranks (one all_reduce)."""
+    if not sums:
+        return {}
+    keys = sorted(sums)
+    vec = torch.stack([sums[k].float() for k in keys] + [count.float()])
+    if rank_and_world()[1] > 1:
+        vec = vec.to("cpu") if dist.get_backend() == "gloo" else vec
+        dist.all_reduce(vec)
+    vec = vec.cpu()
+    n = max(float(vec[-1]), 1.0)
+    return {k: float(v) / n for k, v in zip(keys, vec[:-1])}
+
+
+def _fmt(d: Dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4g}" for k, v in d.items())
+
+
+# -- the loop -------------------------------------------------------------------------------
+def fit(
+    task: TrainTask,
+    train_set: Dataset,
+    val_set: Optional[Dataset] = None,
+    *,
+    epochs: int,
+    batch_size: int,
+    optimizer: OptimizerFactory,
+    scheduler: Optional[SchedulerFactory] = None,
+    out: Union[str, os.PathLike, None] = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    seed: int = 0,
+    num_workers: int = 0,
+    device: Union[None, str, torch.device] = None,
+    progress: bool = True,
+    eval_batch_size: Optional[int] = None,
+    log: Callable[[str], None] = print,
+) -> Dict[str, Any]:
+    """Train ``task`` on ``train_set``; evaluate on ``val_set`` and checkpoint after each epoch.
+
+    Args:
+        task: the :class:`TrainTask`.
+        train_set, val_set: map-style datasets of ``(x, y)``; ``x`` a float tensor (normalized
+            image ``[3,H,W]``), ``y`` an int (``-1`` = unknown). ``val_set`` may be None.
+        epochs: total epochs (with ``resume``, the run continues up to this number).
+        batch_size: the *global* batch size; each of N ranks gets ``batch_size // N``
+            (must divide).
+        optimizer: factory ``params -> Optimizer`` (e.g. :func:`sgd`).
+        scheduler: factory ``optimizer -> scheduler`` stepped once per epoch, or None.
+        out: checkpoint path written after every epoch (None: no checkpoint).
+        resume: continue from ``out`` if it exists (weights, optimizer, scheduler, epoch,
+            history); the task's ``identity_keys`` metadata must match.
+        overwrite: replace an existing ``out`` when not resuming (otherwise an error).
+        seed: seeds the sampler order (``seed + epoch``) and is passed to datasets via
+            ``set_epoch``; the task seeds its own initialization.
+        num_workers: DataLoader worker processes.
+        device: where the trainable part runs (default: ``task``'s parameters' device).
+        progress: show a tqdm bar (rank 0 only).
+        eval_batch_size: batch size of the held-out loader (default: ``batch_size``).
+        log: where per-epoch summary lines go (rank 0 only).
+    Returns:
+        the final checkpoint dict (without optimizer/scheduler states) with ``history``.
+    """
+    rank, world = rank_and_world()
+    if batch_size % world:
+        raise ValueError(f"batch_size {batch_size} is not divisible by the {world} processes")
+    per_rank = batch_size // world
+    if device is None:
+        p = next(iter(task.modules().parameters()), None)
+        device = p.device if p is not None else torch.device("cpu")
+    device = torch.device(device)
+    task.to(device)
+    module = task.modules()
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"task {task.name!r} has no trainable parameters")
+    opt = optimizer(params)
+    sched = scheduler(opt) if scheduler is not None else None
+
+    meta = dict(task.metadata())
+    meta.update(camzoo_version=_camzoo_version(), torch_version=str(torch.__version__), seed=seed,
+                world_size=world, batch_size=batch_size,
+                data={"train_manifest": manifest_hash(train_set),
+                      "val_manifest": manifest_hash(val_set),
+                      "n_train": len(train_set),  # type: ignore[arg-type]
+                      "n_val": len(val_set) if val_set is not None else 0})  # type: ignore[arg-type]
+    start_epoch, history = 0, []
+    out = os.fspath(out) if out is not None else None
+    if out is not None and os.path.exists(out):
+        if resume:
+            ck = load_checkpoint(out)
+            if ck.get("task") != task.name:
+                raise ValueError(f"cannot resume: {out} was trained by task {ck.get('task')!r}, "
+                                 f"this is {task.name!r}")
+            bad = {k: (ck["metadata"].get(k), meta.get(k)) for k in task.identity_keys
+                   if ck["metadata"].get(k) != meta.get(k)}
+            if bad:
+                raise ValueError(f"cannot resume from {out}: it differs in " + "; ".join(
+                    f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in bad.items()))
+            module.load_state_dict(ck["state_dict"])
+            opt.load_state_dict(ck["optimizer"])
+            if sched is not None and ck.get("scheduler") is not None:
+                sched.load_state_dict(ck["scheduler"])
+            start_epoch, history = int(ck["epoch"]), list(ck.get("history", []))
+            if rank == 0:
+                log(f"resuming {out} after epoch {start_epoch}/{epochs}")
+        elif not overwrite:
+            raise FileExistsError(f"{out} exists; pass resume=True (--resume) to continue it or "
+                                  f"overwrite=True (--overwrite) to start over")
+
+    net: nn.Module = module
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        net = DDP(module, device_ids=[device.index] if device.type == "cuda" else None)
+
+    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True,
+                                 seed=seed, drop_last=False)
+    loader = DataLoader(train_set, batch_size=per_rank, sampler=sampler, num_workers=num_workers,
+                        pin_memory=device.type == "cuda", drop_last=False,
+                        persistent_workers=False)
+    val_loader = None
+    if val_set is not None and len(val_set) > 0:  # type: ignore[arg-type]
+        val_loader = DataLoader(val_set, batch_size=eval_batch_size or batch_size, shuffle=False,
+                                num_workers=num_workers, pin_memory=device.type == "cuda")
+
+    def checkpoint(epoch: int) -> Dict[str, Any]:
+        return {"format": CHECKPOINT_FORMAT, "task": task.name,
+                "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict() if sched is not None else None,
+                "epoch": epoch, "epochs": epochs, "metadata": meta, "history": history}
+
+    for epoch in range(start_epoch, epochs):
+        t0 = time.perf_counter()
+        sampler.set_epoch(epoch)
+        for ds in (train_set, val_set):
+            if ds is not None and hasattr(ds, "set_epoch"):
+                ds.set_epoch(epoch)
+        task.train_mode()
+        sums: Dict[str, Tensor] = {}
+        count = torch.zeros((), device=device)
+        bar = None
+        it: Iterable = loader
+        if progress and rank == 0:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=True, dynamic_ncols=True)
+            it = bar
+        lr = opt.param_groups[0]["lr"]
+        for step, (x, y) in enumerate(it):
+            x = x.to(device, non_blocking=True)
+            y = torch.as_tensor(y).to(device, non_blocking=True).long()
+            loss, logs = task.loss(net, x, y)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss {float(loss)} at epoch {epoch + 1} "
+                                         f"step {step}: {_fmt({k: float(v) for k, v in logs.items()})}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            b = x.shape[0]
+            for k, v in {"loss": loss.detach(), **logs}.items():
+                v = torch.as_tensor(v, device=device).detach().float() * b
+                sums[k] = sums[k] + v if k in sums else v
+            count += b
+            if bar is not None and (step % 5 == 0 or step == len(loader) - 1):
+                bar.set_postfix_str(_fmt({k: float(v / count) for k, v in sums.items()}))
+        if bar is not None:
+            bar.close()
+        train_logs = _mean_logs(sums, count)
+        if sched is not None:
+            sched.step()
+        val_logs: Dict[str, float] = {}
+        if rank == 0 and val_loader is not None:
+            task.eval_mode()
+            val_logs = dict(task.evaluate(val_loader))
+        history.append({"epoch": epoch + 1, "train": train_logs, "val": val_logs, "lr": lr,
+                        "seconds": time.perf_counter() - t0})
+        if rank == 0:
+            log(f"epoch {epoch + 1}/{epochs} lr={lr:.3g} train: {_fmt(train_logs)}"
+                + (f" | val: {_fmt(val_logs)}" if val_logs else "")
+                + f" ({history[-1]['seconds']:.1f}s)")
+            if out is not None:
+                save_checkpoint(checkpoint(epoch + 1), out)
+        _barrier()
+    final = checkpoint(history[-1]["epoch"] if history else start_epoch)
+    final.pop("optimizer")
+    final.pop("scheduler")
+    return final
