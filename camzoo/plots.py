@@ -1,7 +1,7 @@
 """Figures: map overlays and explanation grids (matplotlib, Agg backend)."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 
@@ -47,3 +47,109 @@ def explanation_grid(
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# -- bench figures ---------------------------------------------------------------------------
+def mean_curves(curves: dict, path: str, steps_label: str = "fraction of pixels") -> None:
+    """Save one figure with the mean insertion (left) and deletion (right) curve per method.
+
+    Args:
+        curves: ``{method: {"insertion": [N,L], "deletion": [N,L]}}`` float arrays of softmax
+            probabilities in [0,1] (either key may be missing).
+        path: PNG file to write.
+    """
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), squeeze=False)
+    for ax, kind in zip(axes[0], ("insertion", "deletion")):
+        for method, cs in curves.items():
+            c = cs.get(kind)
+            if c is None or len(c) == 0:
+                continue
+            mean = np.asarray(c, dtype=np.float64).mean(axis=0)
+            t = np.linspace(0.0, 1.0, len(mean))
+            area = (mean.sum() - mean[0] / 2 - mean[-1] / 2) / (len(mean) - 1)
+            ax.plot(t, mean, label=f"{method} ({100 * area:.1f})", lw=1.4)
+        ax.set_title(f"{kind} (mean over images; AUC x100)", fontsize=9)
+        ax.set_xlabel(steps_label)
+        ax.set_ylabel("softmax probability of c")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def overlay_grid(images01: Sequence[np.ndarray], maps: Sequence[Sequence[Optional[np.ndarray]]],
+                 row_titles: Sequence[str], col_titles: Sequence[str], path: str) -> None:
+    """Save a grid: one row per image (input, then one overlay per method).
+
+    Args:
+        images01: ``[H,W,3]`` images in [0,1].
+        maps: ``maps[i][j]`` = ``[H,W]`` map in [0,1] of image i by method j (None = blank).
+        row_titles: one per image; col_titles: one per method.
+    """
+    plt = _plt()
+    n, m = len(images01), len(col_titles)
+    fig, axes = plt.subplots(n, m + 1, figsize=(1.9 * (m + 1), 2.0 * n + 0.3), squeeze=False)
+    for i, img in enumerate(images01):
+        axes[i][0].imshow(img)
+        axes[i][0].set_title(row_titles[i], fontsize=7)
+        for j in range(m):
+            ax = axes[i][j + 1]
+            v = maps[i][j]
+            if v is not None:
+                ax.imshow(overlay(img, np.asarray(v, dtype=np.float32)))
+            if i == 0:
+                ax.set_title(col_titles[j], fontsize=8)
+    for row in axes:
+        for ax in row:
+            ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def bench_figures(run, ds, bb, n_images: int = 4) -> List[str]:
+    """Write ``curves.png`` (mean insertion/deletion curves, when the run has them) and
+    ``grid.png`` (overlays of the first ``n_images`` images for every method) into a bench
+    run directory; return the written paths."""
+    import os
+
+    import torch
+
+    written = []
+    curves = {}
+    for m in run.methods:
+        cs = {k: run.store.curves(m, col) for k, col in (("insertion", "ins_curve"), ("deletion", "del_curve"))}
+        cs = {k: v for k, v in cs.items() if v is not None}
+        if cs:
+            curves[m] = cs
+    if curves:
+        p = os.path.join(run.dir, "curves.png")
+        mean_curves(curves, p)
+        written.append(p)
+    grid_dir = os.path.join(run.dir, "grid")
+    if n_images > 0 and os.path.isdir(grid_dir):
+        errors = set(run.store.error_ids())
+        items = [it for it in ds.items if it.image_id not in errors][:n_images]
+        rows = run.rows()
+        imgs, maps, titles = [], [], []
+        for it in items:
+            files = [os.path.join(grid_dir, m, it.image_id + ".npy") for m in run.methods]
+            if not any(os.path.isfile(f) for f in files):
+                continue
+            x = bb.preprocess(ds.load(it)).unsqueeze(0).to(bb.device)
+            imgs.append(bb.denormalize(x)[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy())
+            maps.append([np.load(f).astype(np.float32) if os.path.isfile(f) else None for f in files])
+            r = rows[rows.image_id == it.image_id]
+            cls = int(r["c"].iloc[0]) if len(r) else None
+            name = bb.class_names[cls][:18] if cls is not None and cls < len(bb.class_names) else ""
+            titles.append(f"{it.image_id[-22:]}\n{name}")
+        if imgs:
+            p = os.path.join(run.dir, "grid.png")
+            overlay_grid(imgs, maps, titles, run.methods, p)
+            written.append(p)
+    return written

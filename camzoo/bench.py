@@ -1,0 +1,670 @@
+"""The evaluation engine: every explainer x every metric protocol over a dataset, crash-safe.
+
+``run(BenchConfig(...)) -> Run``. For each batch of images:
+
+1. one clean forward per evaluated classifier gives ``Y`` (softmax prob of ``c``) and ``c``
+   (its top-1, or the ground truth with ``target="gt"``) for every method and metric;
+2. each method makes its maps once (timed per image, CUDA synchronized);
+3. every selected protocol (:data:`camzoo.metrics.PROTOCOLS`) evaluates those maps through
+   one counting :class:`~camzoo.metrics.Scorer` per method, which packs the perturbed inputs
+   of all images and steps into forwards of ``eval_batch_size``;
+4. the batch's rows, unreadable images and forward counts are written to the run's SQLite
+   store in one transaction (see :mod:`camzoo.store`), so a killed run resumes exactly.
+
+At the end the tables (:mod:`camzoo.tables`) and figures (:mod:`camzoo.plots`) are written
+into the run directory. See docs/bench.md.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import importlib
+import json
+import os
+import platform
+import queue
+import sys
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from .backbones import Backbone, load_backbone
+from .data import Dataset, ImageItem, open_dataset
+from .explainers import EXPLAINERS, Explainer, get_explainer
+from .images import ImageReadError
+from .store import DB_NAME, ResultStore
+
+ALL_PROTOCOLS = ("lcam", "adcc", "rise")
+CONFIG_NAME = "config.json"
+MANIFEST_NAME = "manifest.csv"
+TIMINGS_NAME = "timings.json"
+#: the shared clean forward of the benchmarked backbone is counted under this method name
+CLEAN_METHOD = "*"
+
+
+@dataclass
+class BenchConfig:
+    """Everything a bench run depends on (the CLI maps its options onto these fields).
+
+    Attributes:
+        backbone: backbone name (``camzoo list``), ``timm:<model>``, or ``py:module:function``
+            (a callable returning a :class:`~camzoo.Backbone`, e.g.
+            ``py:camzoo.testing:tiny_backbone``).
+        weights: state_dict file, ``"random"``, or ``None`` (the backbone's default weights).
+        layer: explanation layer for every method with a ``layer`` option (None = default).
+        methods: ``"all"`` or names. ``"all"`` = every registered explainer whose class has
+            ``needs_checkpoint == False``, plus learned ones given ``options[m]["checkpoint"]``.
+        options: per-method explainer options, ``{"rise": {"n_masks": 8000}}``.
+        metrics: ``"all"`` or protocol names among ``lcam``, ``adcc``, ``rise``.
+        metric_options: per-protocol options, ``{"lcam": {"nus": [1.0, 0.5]}}``.
+        data, labels: see :func:`camzoo.data.open_dataset` (``None`` = the sample photos).
+        limit, seed: deterministic subset of the data (see :func:`camzoo.data.subset`).
+        steps: insertion/deletion steps (``rise`` protocol); None = the protocol's 224.
+        batch_size: images per engine batch (maps are made per batch).
+        eval_batch_size: perturbed images per metric forward.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; None = CUDA when available.
+        out: run directory; None = ``results/<backbone>-<timestamp>``.
+        resume: continue an existing run directory (skip stored (method, image) pairs).
+        save_maps: also write ``maps/<method>/<image_id>.npy`` (float32 ``[H,W]``).
+        target: ``"pred"`` (the classifier's top-1) or ``"gt"`` (the data's labels).
+        grid_images: images shown in the overlay grid figure.
+        figures: write the figures at the end.
+        progress: show tqdm bars (one per method).
+    """
+
+    backbone: str = "efficientnet_lite0"
+    weights: Optional[str] = None
+    layer: Optional[str] = None
+    methods: Union[str, Sequence[str]] = "all"
+    options: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    metrics: Union[str, Sequence[str]] = "all"
+    metric_options: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    data: Optional[str] = None
+    labels: Optional[str] = None
+    limit: Optional[int] = None
+    seed: int = 0
+    steps: Optional[int] = None
+    batch_size: int = 16
+    eval_batch_size: int = 64
+    device: Optional[str] = None
+    out: Optional[str] = None
+    resume: bool = False
+    save_maps: bool = False
+    target: str = "pred"
+    grid_images: int = 4
+    figures: bool = True
+    progress: bool = True
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["methods"] = d["methods"] if isinstance(d["methods"], str) else list(d["methods"])
+        d["metrics"] = d["metrics"] if isinstance(d["metrics"], str) else list(d["metrics"])
+        return _jsonable(d)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "BenchConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# -- small helpers ---------------------------------------------------------------------------
+def _jsonable(obj: Any) -> Any:
+    """JSON round trip (tuples -> lists, unknown objects -> str) for stable comparisons."""
+    return json.loads(json.dumps(obj, default=str, sort_keys=True))
+
+
+def _split(v: Union[str, Sequence[str]]) -> List[str]:
+    if isinstance(v, str):
+        return [p.strip() for p in v.split(",") if p.strip()]
+    return [str(p) for p in v]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _atomic_write(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _save_npy(path: str, arr: np.ndarray) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp.npy"
+    np.save(tmp, arr)
+    os.replace(tmp, path)
+
+
+def resolve_device(device: Optional[str]) -> torch.device:
+    """``None`` -> CUDA when available, else CPU; otherwise ``torch.device(device)``."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    return dev
+
+
+def build_backbone(name: str, weights: Optional[str], device: torch.device) -> Backbone:
+    """:func:`camzoo.load_backbone`, plus ``py:module:function`` for user-made backbones."""
+    if name.startswith("py:"):
+        spec = name[3:]
+        if ":" not in spec:
+            raise ValueError(f"--backbone {name!r}: expected py:module:function")
+        mod, fn = spec.rsplit(":", 1)
+        factory = getattr(importlib.import_module(mod), fn)
+        bb = factory() if weights is None else factory(weights=weights)
+        if not isinstance(bb, Backbone):
+            raise ValueError(f"{name} returned {type(bb).__name__}, not a camzoo Backbone")
+        return bb.to(device)
+    return load_backbone(name, weights=weights, device=device)
+
+
+def resolve_methods(methods: Union[str, Sequence[str]], options: Dict[str, Dict[str, Any]]) -> List[str]:
+    """Method names of a config: ``"all"`` expands as documented in :class:`BenchConfig`."""
+    names = _split(methods)
+    if names == ["all"]:
+        out = []
+        for n in EXPLAINERS.names():
+            cls = EXPLAINERS.get(n)
+            if not getattr(cls, "needs_checkpoint", False) or options.get(n, {}).get("checkpoint"):
+                out.append(n)
+        return out
+    if not names:
+        raise ValueError("no methods given; use 'all' or names from: " + ", ".join(EXPLAINERS.names()))
+    for n in names:
+        EXPLAINERS.get(n)  # unknown names raise, listing the valid ones
+    if len(set(names)) != len(names):
+        raise ValueError(f"methods listed twice: {names}")
+    return names
+
+
+def resolve_protocols(metrics: Union[str, Sequence[str]]) -> List[str]:
+    """Protocol names of a config (``"all"`` = lcam, adcc, rise), validated."""
+    from .metrics import PROTOCOLS
+
+    names = _split(metrics)
+    if names == ["all"]:
+        return list(ALL_PROTOCOLS)
+    if not names:
+        raise ValueError(f"no metrics given; valid: all, {', '.join(PROTOCOLS.names())}")
+    for n in names:
+        PROTOCOLS.get(n)
+    return list(dict.fromkeys(names))
+
+
+def default_out(backbone: str) -> str:
+    """``results/<backbone>-<YYYYmmdd-HHMMSS>`` (``:`` and ``/`` in the name become ``_``)."""
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    safe = backbone.replace(":", "_").replace("/", "_")
+    return os.path.join("results", f"{safe}-{stamp}")
+
+
+def _classifier_key(method: str, bb: Backbone, ev: Backbone) -> str:
+    return "backbone" if ev is bb else f"{method}:{ev.name}"
+
+
+def _same_normalization(a: Backbone, b: Backbone) -> bool:
+    return a is b or (torch.equal(a.mean.cpu(), b.mean.cpu()) and torch.equal(a.std.cpu(), b.std.cpu()))
+
+
+# -- the prepared run ------------------------------------------------------------------------
+@dataclass
+class _Method:
+    name: str
+    explainer: Explainer
+    classifier: Backbone
+    classifier_key: str
+    forward_passes: int
+    warm: bool = False
+
+
+class Run:
+    """A run directory: its config, result store and derived tables.
+
+    Attributes:
+        dir: the run directory.
+        config: the parsed ``config.json``.
+        store: the :class:`~camzoo.store.ResultStore` of ``rows.sqlite``.
+        timings: engine seconds per part of the last (resumed) process (``timings.json``).
+    """
+
+    def __init__(self, path: str) -> None:
+        self.dir = os.fspath(path)
+        cfg = os.path.join(self.dir, CONFIG_NAME)
+        if not os.path.isfile(cfg):
+            raise FileNotFoundError(f"{self.dir} is not a camzoo run (no {CONFIG_NAME})")
+        with open(cfg) as f:
+            self.config: Dict[str, Any] = json.load(f)
+        self.store = ResultStore(os.path.join(self.dir, DB_NAME))
+        tpath = os.path.join(self.dir, TIMINGS_NAME)
+        self.timings: Dict[str, Any] = json.load(open(tpath)) if os.path.isfile(tpath) else {}
+
+    def __repr__(self) -> str:
+        return f"Run({self.dir!r})"
+
+    @property
+    def methods(self) -> List[str]:
+        """Method names in config order."""
+        return list(self.config["methods"])
+
+    def rows(self, curves: bool = False) -> pd.DataFrame:
+        """Per-image rows (one per method and image), see :meth:`ResultStore.rows`."""
+        return self.store.rows(curves=curves)
+
+    def errors(self) -> pd.DataFrame:
+        """Unreadable images with the reason."""
+        return self.store.errors()
+
+    def forwards(self) -> pd.DataFrame:
+        """Forward passes the engine made, per method and family."""
+        return self.store.forwards()
+
+    def table(self) -> pd.DataFrame:
+        """The summary table (one row per method), see :func:`camzoo.tables.summary`."""
+        from .tables import summary
+
+        return summary(self).df
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def _config_identity(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """The parts of ``config.json`` a resumed run must share with the stored one."""
+    return _jsonable({
+        "backbone": {k: cfg["backbone"][k] for k in ("name", "weights_id", "layer")},
+        "methods": {m: {"options": v["options"], "classifier": v["classifier"]}
+                    for m, v in cfg["methods"].items()},
+        "protocols": cfg["protocols"],
+        "target": cfg["target"],
+        "data": {k: cfg["data"][k] for k in ("manifest_hash", "n_images")},
+    })
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> List[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else str(k))
+        return out
+    return [] if a == b else [f"{prefix}: stored {a!r}, now {b!r}"]
+
+
+class _Prefetcher:
+    """Loads and preprocesses the next batches in a background thread (PIL decoding releases
+    the GIL), yielding ``(items, x [B,3,H,W] CPU, errors)`` in manifest order."""
+
+    def __init__(self, ds: Dataset, items: List[Tuple[int, ImageItem]], preprocess: Callable,
+                 batch_size: int, depth: int = 2) -> None:
+        self.q: "queue.Queue" = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        self.t = threading.Thread(target=self._work, args=(ds, items, preprocess, batch_size),
+                                  daemon=True)
+        self.t.start()
+
+    def _work(self, ds, items, preprocess, batch_size) -> None:
+        try:
+            good: List[Tuple[int, ImageItem]] = []
+            xs: List[Tensor] = []
+            errs: List[Tuple[str, int, str, str]] = []
+            for idx, it in items:
+                if self.stop.is_set():
+                    return
+                try:
+                    xs.append(preprocess(ds.load(it)))
+                    good.append((idx, it))
+                except ImageReadError as exc:
+                    errs.append((it.image_id, idx, ds.rel_path(it), str(exc)))
+                if len(good) == batch_size:
+                    self._put((good, torch.stack(xs), errs))
+                    good, xs, errs = [], [], []
+            if good or errs:
+                self._put((good, torch.stack(xs) if xs else None, errs))
+            self._put(None)
+        except BaseException as exc:  # re-raised in the main thread
+            self._put(exc)
+
+    def _put(self, obj) -> None:
+        while not self.stop.is_set():
+            try:
+                self.q.put(obj, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def __iter__(self):
+        while True:
+            obj = self.q.get()
+            if obj is None:
+                return
+            if isinstance(obj, BaseException):
+                raise obj
+            yield obj
+
+    def close(self) -> None:
+        self.stop.set()
+
+
+def _prepare(config: BenchConfig, echo: Callable[[str], None]):
+    """Build everything a run needs and write / check ``config.json``."""
+    import camzoo
+    from .metrics import PROTOCOLS
+
+    if config.target not in ("pred", "gt"):
+        raise ValueError(f"target must be 'pred' or 'gt'; got {config.target!r}")
+    if int(config.batch_size) < 1 or int(config.eval_batch_size) < 1:
+        raise ValueError("batch_size and eval_batch_size must be >= 1")
+    device = resolve_device(config.device)
+    protocols = resolve_protocols(config.metrics)
+    method_names = resolve_methods(config.methods, config.options)
+    unknown_opts = sorted(set(config.options) - set(method_names))
+    if unknown_opts:
+        raise ValueError(f"options given for method(s) not in this run: {', '.join(unknown_opts)}; "
+                         f"methods: {', '.join(method_names)}")
+    popts: Dict[str, Dict[str, Any]] = {}
+    for p in protocols:
+        o = dict(config.metric_options.get(p, {}))
+        if p == "rise" and config.steps is not None:
+            o["steps"] = int(config.steps)
+        popts[p] = PROTOCOLS.get(p).options(**o)  # validates, fills defaults
+    bad = sorted(set(config.metric_options) - set(protocols))
+    if bad:
+        raise ValueError(f"metric options given for protocol(s) not in this run: {', '.join(bad)}")
+
+    ds = open_dataset(config.data, config.labels, config.limit, config.seed)
+    if config.target == "gt" and not ds.has_labels:
+        raise ValueError(f"target 'gt' needs ground-truth labels; data layout {ds.layout!r} has none "
+                         "(use a folder with labels.csv, wnid sub-folders, or --labels FILE)")
+
+    bb = build_backbone(config.backbone, config.weights, device)
+    if config.layer is not None:
+        bb.layer(config.layer)  # validates, listing the valid layers
+    methods: List[_Method] = []
+    for m in method_names:
+        opts = dict(config.options.get(m, {}))
+        cls = EXPLAINERS.get(m)
+        if config.layer is not None and "layer" in getattr(cls, "defaults", {}) and "layer" not in opts:
+            opts["layer"] = config.layer
+        ex = get_explainer(m, **opts)
+        ev = ex.evaluated_backbone(bb)
+        if ev is not bb:
+            ev.to(device)
+        methods.append(_Method(m, ex, ev, _classifier_key(m, bb, ev), int(ex.forward_passes(bb))))
+
+    out = config.out or default_out(config.backbone)
+    db = os.path.join(out, DB_NAME)
+    cfg_path = os.path.join(out, CONFIG_NAME)
+    if os.path.exists(db) and not config.resume:
+        raise FileExistsError(f"{out} already holds a run; pass resume=True (--resume) to continue "
+                              "it, or choose another out directory")
+    os.makedirs(out, exist_ok=True)
+
+    value_cols: List[str] = []
+    curve_cols: List[str] = []
+    for p in protocols:
+        proto = PROTOCOLS.get(p)
+        value_cols += [k for k in proto.row_keys(**popts[p]) if k not in value_cols]
+        curve_cols += [k for k in proto.curve_keys(**popts[p]) if k not in curve_cols]
+
+    cfg = {
+        "camzoo_version": camzoo.__version__,
+        "torch_version": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "backbone": {
+            "name": config.backbone, "weights": config.weights, "weights_id": bb.weights_id,
+            "layer": config.layer or bb.default_layer, "default_layer": bb.default_layer,
+            "input_size": bb.input_size, "num_classes": bb.num_classes,
+            "mean": bb.mean.tolist(), "std": bb.std.tolist(),
+        },
+        "methods": {
+            m.name: {
+                "class": f"{type(m.explainer).__module__}.{type(m.explainer).__qualname__}",
+                "options": _jsonable(m.explainer.options),
+                "forward_passes": m.forward_passes,
+                "classifier": {"key": m.classifier_key, "name": m.classifier.name,
+                               "weights_id": m.classifier.weights_id},
+            } for m in methods
+        },
+        "protocols": {p: {"options": _jsonable(popts[p]), "source": PROTOCOLS.get(p).source}
+                      for p in protocols},
+        "target": config.target,
+        "seed": config.seed,
+        "data": {
+            "root": ds.root, "layout": ds.layout, "labels_file": ds.labels_file,
+            "limit": config.limit, "seed": config.seed, "n_images": len(ds),
+            "manifest": MANIFEST_NAME, "manifest_hash": ds.manifest_hash(),
+        },
+        "columns": {"values": value_cols, "curves": curve_cols},
+        "bench_config": config.to_dict(),
+        "created": _dt.datetime.now().isoformat(timespec="seconds"),
+    }
+    if config.resume and os.path.isfile(cfg_path):
+        with open(cfg_path) as f:
+            old = json.load(f)
+        diffs = _diff(_config_identity(old), _config_identity(cfg))
+        if diffs:
+            raise ValueError(f"cannot resume {out}: the run differs from the stored one:\n  "
+                             + "\n  ".join(diffs))
+        cfg["created"] = old.get("created", cfg["created"])
+        cfg["resumed"] = old.get("resumed", []) + [_dt.datetime.now().isoformat(timespec="seconds")]
+    _atomic_write(cfg_path, json.dumps(cfg, indent=2, default=str))
+    ds.write_manifest(os.path.join(out, MANIFEST_NAME))
+    store = ResultStore(db, value_cols, curve_cols)
+    return device, bb, ds, methods, protocols, popts, out, store, cfg
+
+
+def run(config: BenchConfig, echo: Callable[[str], None] = print) -> Run:
+    """Run (or resume) a benchmark; returns the finished :class:`Run`.
+
+    Raises ``ValueError`` for bad names/options (listing the valid ones), ``FileExistsError``
+    when ``out`` already holds a run and ``resume`` is False. Unreadable images do not raise:
+    they go to the ``errors`` table.
+    """
+    from .metrics import PROTOCOLS, MetricInputs, Scorer
+
+    device, bb, ds, methods, protocols, popts, out, store, cfg = _prepare(config, echo)
+    done = store.done_pairs()
+    known_errors = store.error_ids()
+    indexed = [(i, it) for i, it in enumerate(ds.items) if it.image_id not in known_errors]
+    pending = [(i, it) for i, it in indexed if any((m.name, it.image_id) not in done for m in methods)]
+    grid_ids = {it.image_id for _, it in indexed[: max(0, int(config.grid_images))]}
+
+    scorers = {m.name: Scorer(m.classifier.model, config.eval_batch_size) for m in methods}
+    timings: Dict[str, float] = defaultdict(float)
+    bars = {}
+    if config.progress:
+        from tqdm.auto import tqdm
+
+        for pos, m in enumerate(methods):
+            n_done = sum((m.name, it.image_id) in done for _, it in indexed)
+            bars[m.name] = tqdm(total=len(indexed), initial=n_done, desc=f"{m.name:>16s}",
+                                unit="img", position=pos, leave=True, dynamic_ncols=True)
+    if pending:
+        echo(f"bench: {len(methods)} method(s) x {len(pending)} image(s) to do "
+             f"({len(indexed) - len(pending)} done, {len(known_errors)} unreadable) -> {out}")
+    classifiers: Dict[str, Backbone] = {}
+    for m in methods:
+        classifiers.setdefault(m.classifier_key, m.classifier)
+
+    loader = _Prefetcher(ds, pending, bb.preprocess, int(config.batch_size))
+    t_wait = time.perf_counter()
+    try:
+        for batch_items, x_cpu, errs in loader:
+            timings["load_wait"] += time.perf_counter() - t_wait
+            forwards: Dict[Tuple[str, str], int] = defaultdict(int)
+            rows: List[Dict[str, Any]] = []
+            for e in errs:
+                echo(f"error: {e[3]}")
+                for b in bars.values():
+                    b.total -= 1
+                    b.refresh()
+            if batch_items:
+                rows = _run_batch(batch_items, x_cpu, ds, bb, methods, classifiers, protocols, popts,
+                                  scorers, done, forwards, timings, device, config, out, grid_ids,
+                                  bars, MetricInputs, PROTOCOLS)
+            t0 = time.perf_counter()
+            store.write_batch(rows, errs, forwards)
+            timings["store"] += time.perf_counter() - t0
+            t_wait = time.perf_counter()
+    finally:
+        loader.close()
+        for b in bars.values():
+            b.close()
+    timings_out = {"seconds": dict(timings),
+                   "forwards": {f"{k[0]}/{k[1]}": v for k, v in _scorer_totals(scorers).items()}}
+    _atomic_write(os.path.join(out, TIMINGS_NAME), json.dumps(timings_out, indent=2))
+    store.close()
+    result = Run(out)
+    _finish(result, ds, bb, config, echo)
+    return result
+
+
+def _scorer_totals(scorers) -> Dict[Tuple[str, str], int]:
+    return {(m, f): int(n) for m, s in scorers.items() for f, n in s.counts.items()}
+
+
+#: methods needing at most this many forwards per map get one untimed warm-up call
+WARMUP_MAX_FORWARDS = 16
+
+
+def _run_batch(batch_items, x_cpu, ds, bb, methods, classifiers, protocols, popts, scorers, done,
+               forwards, timings, device, config, out, grid_ids, bars, MetricInputs, PROTOCOLS):
+    """Clean forward(s), maps and metrics of one batch; returns its rows."""
+    x = x_cpu.to(device, non_blocking=True)
+    B = x.shape[0]
+    x01 = bb.denormalize(x).clamp_(0.0, 1.0)
+    labels = [it.label for _, it in batch_items]
+
+    # 1. one clean forward per classifier: Y, pred, c shared by every method and metric
+    t0 = time.perf_counter()
+    clean: Dict[str, Tuple[Tensor, Tensor, Tensor, Tensor]] = {}
+    for key, clf in classifiers.items():
+        xc = x if _same_normalization(bb, clf) else clf.normalize(x01)
+        with torch.inference_mode():
+            probs = torch.softmax(clf.model(xc.contiguous(memory_format=torch.channels_last)).float(), dim=1)
+            pred = probs.argmax(dim=1)
+        if config.target == "gt":
+            c = torch.tensor(labels, dtype=torch.long, device=device)
+            clf.check_classes(c)
+        else:
+            c = pred
+        with torch.inference_mode():
+            Y = probs.gather(1, c[:, None])[:, 0]
+        # clones outside inference mode: explainers may use c in autograd (index saved for backward)
+        clean[key] = (xc.clone(), c.clone(), Y.clone(), pred.clone())
+        forwards[(CLEAN_METHOD if key == "backbone" else key.split(":", 1)[0], "clean")] += B
+    _sync(device)
+    timings["clean"] += time.perf_counter() - t0
+
+    rows: List[Dict[str, Any]] = []
+    for m in methods:
+        if not m.warm and m.forward_passes <= WARMUP_MAX_FORWARDS:
+            # first-call costs (lazy imports, autograd / allocator set-up) stay out of s/img
+            m.explainer.explain(bb, x[:1], clean[m.classifier_key][1][:1])
+            m.warm = True
+        sel = [j for j, (_, it) in enumerate(batch_items) if (m.name, it.image_id) not in done]
+        if not sel:
+            continue
+        xc, c, Y, pred = clean[m.classifier_key]
+        if len(sel) < B:
+            ii = torch.tensor(sel, device=device)
+            xs, cs, Ys, preds, xm = xc[ii], c[ii], Y[ii], pred[ii], x[ii]
+        else:
+            xs, cs, Ys, preds, xm = xc, c, Y, pred, x
+        n = len(sel)
+
+        # 2. the maps, once, timed
+        _sync(device)
+        t0 = time.perf_counter()
+        V = m.explainer.explain(bb, xm, cs)
+        _sync(device)
+        dt = time.perf_counter() - t0
+        timings[f"explain/{m.name}"] += dt
+        if m.forward_passes:
+            forwards[(m.name, "explain")] += m.forward_passes * n
+
+        # 3. the metrics, reusing the maps, through the method's counting scorer
+        scorer = scorers[m.name]
+        before = dict(scorer.counts)
+        clf = m.classifier
+        same = _same_normalization(bb, clf)
+
+        def explain_fn(E: Tensor, cc: Tensor, _m=m, _same=same, _clf=clf) -> Tensor:
+            t = time.perf_counter()
+            Ein = E if _same else bb.normalize(_clf.denormalize(E))
+            V2 = _m.explainer.explain(bb, Ein, cc)
+            _sync(device)
+            timings["adcc_explain"] += time.perf_counter() - t
+            if _m.forward_passes:
+                forwards[(_m.name, "adcc_explain")] += _m.forward_passes * E.shape[0]
+            return V2
+
+        inputs = MetricInputs(scorer=scorer, x=xs, V=V, c=cs, Y=Ys, normalize=clf.normalize,
+                              denormalize=clf.denormalize, explain_fn=explain_fn,
+                              x01=x01 if n == B else x01[torch.tensor(sel, device=device)])
+        values: Dict[str, Tensor] = {}
+        for p in protocols:
+            t0 = time.perf_counter()
+            explain_before = timings["adcc_explain"]
+            values.update(PROTOCOLS.get(p).evaluate(inputs, **popts[p]))
+            _sync(device)
+            timings[f"metric/{p}"] += time.perf_counter() - t0 - (timings["adcc_explain"] - explain_before)
+        for fam, cnt in scorer.counts.items():
+            if cnt - before.get(fam, 0) > 0:
+                forwards[(m.name, fam)] += cnt - before.get(fam, 0)
+
+        # 4. rows (one device->host copy per quantity)
+        t0 = time.perf_counter()
+        host = {k: v.detach().float().cpu().numpy() for k, v in values.items()}
+        c_h, Y_h, p_h = cs.cpu().tolist(), Ys.float().cpu().tolist(), preds.cpu().tolist()
+        V_h = V.detach().float().cpu().numpy() if (config.save_maps or grid_ids) else None
+        for r, j in enumerate(sel):
+            idx, it = batch_items[j]
+            row = {"method": m.name, "image_id": it.image_id, "idx": idx, "path": ds.rel_path(it),
+                   "label": it.label, "classifier": m.classifier_key, "pred": p_h[r], "c": c_h[r],
+                   "Y": Y_h[r], "seconds": dt / n}
+            for k, arr in host.items():
+                row[k] = arr[r] if arr.ndim > 1 else float(arr[r])
+            rows.append(row)
+            if config.save_maps:
+                _save_npy(os.path.join(out, "maps", m.name, it.image_id + ".npy"),
+                          V_h[r].astype(np.float32))
+            if it.image_id in grid_ids:
+                _save_npy(os.path.join(out, "grid", m.name, it.image_id + ".npy"),
+                          V_h[r].astype(np.float16))
+        timings["rows"] += time.perf_counter() - t0
+        if m.name in bars:
+            bars[m.name].update(n)
+            bars[m.name].set_postfix_str(f"{dt / n:.3g} s/img map", refresh=False)
+    return rows
+
+
+def _finish(result: Run, ds: Dataset, bb: Backbone, config: BenchConfig, echo) -> None:
+    """Tables and figures of a finished run."""
+    from .tables import write_tables
+
+    md = write_tables(result)
+    if config.figures:
+        from .plots import bench_figures
+
+        try:
+            bench_figures(result, ds, bb, n_images=config.grid_images)
+        except Exception as exc:  # a figure must never lose a finished run
+            echo(f"warning: figures failed: {type(exc).__name__}: {exc}")
+    echo(md)
+    echo(f"run directory: {result.dir}")
