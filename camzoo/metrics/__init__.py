@@ -18,11 +18,11 @@ from .protocols import (
     PROTOCOLS, TABLE_ORDER, MetricInputs, MetricSpec, Protocol, evaluate_all, table_metrics,
 )
 from .rise import auc, blur, blur_kernel, descending_rank, insertion_deletion, rise_scores, step_counts
-from .scoring import Scorer, index_chunks
+from .scoring import Scorer
 
 __all__ = [
     "PROTOCOLS", "TABLE_ORDER", "MetricInputs", "MetricSpec", "Protocol", "evaluate_all",
-    "table_metrics", "Scorer", "index_chunks",
+    "table_metrics", "Scorer",
     "DEFAULT_NUS", "ascending_rank", "average_drop", "increase_in_confidence", "keep_count",
     "keep_top", "lcam_scores", "masked_confidence", "nu_label",
     "adcc", "adcc_scores", "average_drop_fraction", "coherency", "complexity",

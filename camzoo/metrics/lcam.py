@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .scoring import Scorer, index_chunks
+from .scoring import Scorer
 
 DEFAULT_NUS = (1.0, 0.5, 0.15)
 FAMILY = "lcam"
@@ -92,7 +92,8 @@ def masked_confidence(
     """``O[i, j]`` = prob of ``c[i]`` on ``normalize(x01[i] * phi_{nus[j]}(V[i]))``.
 
     The (image, nu) pairs are packed into forwards of ``scorer.eval_batch_size`` images
-    (counted under family ``"lcam"``); each map is sorted once for all thresholds.
+    (counted under family ``"lcam"``), built lazily chunk by chunk; each map is sorted once
+    for all thresholds.
 
     Args:
         scorer: the counting :class:`Scorer` of the evaluated classifier.
@@ -109,24 +110,33 @@ def masked_confidence(
     n = V.shape[-1] * V.shape[-2]
     if V.shape != (B, *x01.shape[2:]):
         raise ValueError(f"V must be [B,H,W] = {(B, *x01.shape[2:])}; got {tuple(V.shape)}")
+    H, W = x01.shape[2:]
     flat = V.reshape(B, -1).to(x01.dtype)
-    need_rank = any(keep_count(nu, n) < n for nu in nus)
-    rank = ascending_rank(V) if need_rank else None
-    # a pixel survives threshold j iff rank >= thr[j]; nu = 1 -> thr = 0 keeps all
-    thr = torch.tensor([n - keep_count(nu, n) for nu in nus], device=x01.device)
+    # a pixel survives threshold j iff its ascending rank >= thr[j]; nu = 1 -> thr 0 keeps all
+    thr = [n - keep_count(nu, n) for nu in nus]
+    rank = ascending_rank(V).to(x01.device) if any(thr) else None
     J = len(nus)
     c = c.reshape(-1).to(x01.device)
 
     def chunks():
-        for p in index_chunks(B * J, scorer.eval_batch_size, x01.device):
-            i, j = p // J, p % J
-            m = flat.index_select(0, i)
-            if rank is not None:
-                m = torch.where(rank.index_select(0, i) >= thr[j, None], m, 0.0)
-            xin = x01.index_select(0, i) * m.view(-1, 1, *x01.shape[2:])
-            yield normalize(xin), c.index_select(0, i)
+        # pairs p = j * B + i (threshold-major): a chunk is a few runs of consecutive images
+        # at one threshold, each built from slices (no gathers)
+        for a in range(0, J * B, scorer.eval_batch_size):
+            e = min(J * B, a + scorer.eval_batch_size)
+            xs, cs = [], []
+            p = a
+            while p < e:
+                j, i0 = divmod(p, B)
+                i1 = min(B, i0 + e - p)
+                m = flat[i0:i1]
+                if thr[j] > 0:
+                    m = torch.where(rank[i0:i1] >= thr[j], m, 0.0)
+                xs.append(normalize(x01[i0:i1] * m.view(-1, 1, H, W)))
+                cs.append(c[i0:i1])
+                p += i1 - i0
+            yield (xs[0], cs[0]) if len(xs) == 1 else (torch.cat(xs), torch.cat(cs))
 
-    return scorer.probs_stream(chunks(), FAMILY).view(B, J)
+    return scorer.probs_stream(chunks(), FAMILY).view(J, B).t().contiguous()
 
 
 def average_drop(Y: Tensor, O: Tensor) -> Tensor:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .scoring import Scorer, index_chunks
+from .scoring import Scorer
 
 MODES = ("insertion", "deletion")
 BLUR_KERNELS = ("rise", "gaussian")
@@ -128,8 +128,11 @@ def insertion_deletion(
     Pair ``p = i * (steps+1) + k`` (image ``i``, point ``k``) is built only when its chunk of
     ``scorer.eval_batch_size`` pairs is fed to the model, as
     ``where(rank_i < n_k, x_i, blur(x)_i)`` (insertion) or ``where(rank_i < n_k, 0, x_i)``
-    (deletion), with each image's rank map computed once by a stable sort. Forwards count under
-    the family named by the mode.
+    (deletion), with each image's rank map computed once by a stable sort. A chunk holds a few
+    runs of consecutive points of one image; each run is one broadcast ``where`` written into
+    a reused channels_last buffer (no per-pair gathers, no fresh multi-MB allocations). At most
+    one chunk of perturbed images exists at a time. Forwards count under the family named by
+    the mode.
 
     Args:
         scorer: the counting :class:`Scorer` of the evaluated classifier.
@@ -150,24 +153,40 @@ def insertion_deletion(
         raise ValueError(f"unknown mode(s) {bad}; valid: {', '.join(MODES)}")
     n = H * W
     S1 = int(steps) + 1
+    bs = scorer.eval_batch_size
     counts = step_counts(n, steps, x.device)
     rank = descending_rank(V.to(x.device))
     c = c.reshape(-1).to(x.device)
-    xf = x.reshape(B, C, n)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    zero = torch.zeros((), dtype=x.dtype, device=x.device)
+    # one reusable chunk buffer (fresh multi-MB allocations page-fault on CPU) and mask buffer;
+    # a buffer is rewritten only after the forward that read it was issued (stream order)
+    buf = torch.empty((min(bs, B * S1), C, H, W), dtype=x.dtype, device=x.device,
+                      memory_format=torch.channels_last)
+    mbuf = torch.empty((min(bs, B * S1), n), dtype=torch.bool, device=x.device)
     out: Dict[str, Tensor] = {}
     for mode in modes:
-        base = blur(x, kernel_size, sigma, kernel).reshape(B, C, n) if mode == "insertion" else None
+        base = (blur(x, kernel_size, sigma, kernel).contiguous(memory_format=torch.channels_last)
+                if mode == "insertion" else None)
 
         def chunks(base=base):
-            for p in index_chunks(B * S1, scorer.eval_batch_size, x.device):
-                i, k = p // S1, p % S1
-                changed = (rank.index_select(0, i) < counts.index_select(0, k)[:, None])[:, None]
-                xi = xf.index_select(0, i)
-                if base is None:  # deletion: changed pixels -> 0
-                    xin = xi.masked_fill(changed, 0.0)
-                else:  # insertion: changed pixels -> original, others blurred
-                    xin = torch.where(changed, xi, base.index_select(0, i))
-                yield xin.view(-1, C, H, W), c.index_select(0, i)
+            for a in range(0, B * S1, bs):
+                e = min(B * S1, a + bs)
+                # pairs a..e-1 are image-major: a few runs (image b, points k0..k1-1), each
+                # built by broadcasting image b against the run's masks -- no gathers
+                p = a
+                while p < e:
+                    b, k0 = divmod(p, S1)
+                    k1 = min(S1, k0 + e - p)
+                    r0, r1 = p - a, p - a + (k1 - k0)
+                    m4 = torch.lt(rank[b][None], counts[k0:k1, None], out=mbuf[r0:r1])
+                    m4 = m4.view(-1, 1, H, W)
+                    if base is None:  # deletion: changed pixels -> 0
+                        torch.where(m4, zero, x_cl[b:b + 1], out=buf[r0:r1])
+                    else:  # insertion: changed pixels -> original, others blurred
+                        torch.where(m4, x_cl[b:b + 1], base[b:b + 1], out=buf[r0:r1])
+                    p += k1 - k0
+                yield buf[:e - a], c[torch.arange(a, e, device=x.device) // S1]
 
         out[mode] = scorer.probs_stream(chunks(), mode).view(B, S1)
     return out

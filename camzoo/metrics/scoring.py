@@ -107,13 +107,3 @@ class Scorer:
             return torch.zeros(0, dtype=torch.float32, device=self.device)
         return torch.cat(outs)
 
-
-def index_chunks(n: int, chunk_size: int, device: Optional[torch.device] = None):
-    """Yield LongTensors ``arange(a, b)`` covering ``[0, n)`` in chunks of ``chunk_size``.
-
-    Protocols use it to enumerate (image, perturbation) pairs lazily: pair ``p`` of a chunk is
-    decoded with integer division, and only one chunk of perturbed images is built at a time.
-    """
-    chunk_size = max(1, int(chunk_size))
-    for a in range(0, n, chunk_size):
-        yield torch.arange(a, min(n, a + chunk_size), device=device)
