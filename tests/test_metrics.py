@@ -68,6 +68,10 @@ def test_scorer_chunking_counts_and_values():
     assert model.calls == [4, 3, 3] and dict(s.counts) == {"other": 10}
     with pytest.raises(ValueError, match="eval_batch_size"):
         Scorer(model, eval_batch_size=0)
+    # a bfloat16 model gets its inputs cast; probabilities come back float32
+    p16 = Scorer(MeanStub().to(torch.bfloat16), 4).probs(x, c, "f")
+    assert p16.dtype == torch.float32
+    torch.testing.assert_close(p16, expected, atol=2e-2, rtol=0)
 
 
 # ----------------------------------------------------------------------------- lcam

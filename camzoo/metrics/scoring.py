@@ -24,7 +24,8 @@ class Scorer:
 
     Attributes:
         counts: images sent through ``model`` per family name (``dict[str, int]``).
-        device: the model's device; inputs are moved there chunk by chunk.
+        device: the model's device; inputs are moved there chunk by chunk (and cast to the
+            model's floating dtype, so half-precision models work).
     """
 
     def __init__(self, model: nn.Module, eval_batch_size: int = 64) -> None:
@@ -34,10 +35,10 @@ class Scorer:
         self.model = model
         self.eval_batch_size = eval_batch_size
         self.counts: Dict[str, int] = defaultdict(int)
-        try:
-            self.device: Optional[torch.device] = next(model.parameters()).device
-        except StopIteration:  # a parameter-free model: keep the inputs where they are
-            self.device = None
+        p = next(iter(model.parameters()), None)
+        # a parameter-free model keeps the inputs where (and as) they are
+        self.device: Optional[torch.device] = p.device if p is not None else None
+        self.dtype: Optional[torch.dtype] = p.dtype if p is not None and p.is_floating_point() else None
 
     def __repr__(self) -> str:
         return f"Scorer(eval_batch_size={self.eval_batch_size}, counts={dict(self.counts)})"
@@ -54,7 +55,7 @@ class Scorer:
     def _forward(self, x: Tensor, c: Tensor, family: str) -> Tensor:
         """One forward of at most ``eval_batch_size`` images -> float32 ``[n]`` probs of ``c``."""
         if self.device is not None:
-            x = x.to(self.device, non_blocking=True)
+            x = x.to(self.device, self.dtype or x.dtype, non_blocking=True)
             c = c.to(self.device, non_blocking=True)
         x = x.contiguous(memory_format=torch.channels_last)
         logits = self.model(x)
