@@ -162,13 +162,17 @@ def train_tiny_classifier(
     distractor: bool = False,
     shape: str = "square",
     size: int = 32,
+    dim_augment: bool = True,
 ) -> Backbone:
     """Train a :class:`camzoo.testing.TinyCNN` on :func:`make_shapes` images (seconds on CPU).
 
     Adam on cross-entropy, data seed ``seed``, init and batch order from a generator seeded
-    with ``seed`` too. Returns a frozen Backbone (eval mode, mean = std = 0.5, layer
-    ``"features"`` ``[B,channels,size/4,size/4]``) with attribute ``train_accuracy`` (float,
-    on its last 512 training images).
+    with ``seed`` too. ``dim_augment``: train on randomly darkened images and darkened
+    backgrounds (``x01 * factor``), so that the classifier's evidence is the object and
+    survives the multiplicative masks that L-CAM-Img and the AD/IC metrics apply.
+    Returns a frozen Backbone named ``"tiny-shapes"`` (eval mode, mean = std = 0.5, layer
+    ``"features"`` ``[B,channels,size/4,size/4]``, head supported) with attribute
+    ``train_accuracy`` (float, on its last 512 training images, undarkened).
     """
     from .testing import TinyCNN, tiny_backbone
 
@@ -179,21 +183,30 @@ def train_tiny_classifier(
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_uniform_(m.weight, a=5 ** 0.5, generator=g)
                 nn.init.zeros_(m.bias)
-    x01, y, _ = make_shapes(n_train, num_classes=num_classes, seed=seed + 7919,
-                            distractor=distractor, shape=shape, size=size)
-    x = (x01 - 0.5) / 0.5
+    x01, y, mask = make_shapes(n_train, num_classes=num_classes, seed=seed + 7919,
+                               distractor=distractor, shape=shape, size=size)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     with torch.enable_grad():
         for _ in range(steps):
             idx = torch.randint(0, n_train, (batch_size,), generator=g)
-            loss = F.cross_entropy(model(x[idx]), y[idx])
+            xb = x01[idx]
+            if dim_augment:
+                # scale the image by a random factor in [0.2, 1] and, for half the batch, the
+                # background by another in [0.2, 1]: the class then depends on the object
+                # only, as for a real classifier whose evidence survives masking
+                k = xb.shape[0]
+                xb = xb * (0.2 + 0.8 * torch.rand(k, 1, 1, 1, generator=g))
+                dim = 0.8 * torch.rand(k, 1, 1, 1, generator=g) * \
+                    (torch.rand(k, 1, 1, 1, generator=g) < 0.5)
+                xb = xb * (1 - dim * (~mask[idx][:, None]).float())
+            loss = F.cross_entropy(model((xb - 0.5) / 0.5), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
     bb = tiny_backbone(num_classes=num_classes, channels=channels, model=model, input_size=size)
     with torch.inference_mode():
-        acc = (bb.model(x[-512:]).argmax(1) == y[-512:]).float().mean()
+        acc = (bb.model((x01[-512:] - 0.5) / 0.5).argmax(1) == y[-512:]).float().mean()
     bb.train_accuracy = float(acc)  # type: ignore[attr-defined]
     bb.name = "tiny-shapes"
     return bb

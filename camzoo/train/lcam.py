@@ -1,0 +1,224 @@
+"""Training L-CAM heads (``camzoo train lcam``): the :class:`LCAMTask` for the shared loop.
+
+One training step (paper Sec. 3.2, Fig. 2a/b), for a batch ``x`` of normalized images:
+
+1. one forward of the frozen classifier (no grad) gives the explanation layer's features
+   ``A`` ``[B,K,h,w]`` and the logits; the target ``y`` is the model's top-1 ("model
+   truth", the paper's choice) or the ground truth (``labels="gt"``);
+2. the head gives each sample's *own* class map ``L^(y_i)`` ``[B,h,w]``; ``S = sigmoid(L)``.
+   (The authors' training script builds the maps of every class in the batch for every
+   sample, an ``N x N`` set, and masks with the wrong ones; camzoo uses one map per sample,
+   as the paper's equations say.)
+3. Fm: logits of ``Backbone.head(A * S)``; Img: logits of the whole model on the image
+   (in [0,1]) times ``S`` upsampled bilinearly, renormalized;
+4. loss = ``l1*TV(S) + l2*AV(S) + l3*CE(y, logits)`` (:func:`camzoo.explainers.lcam.lcam_loss`).
+
+The classifier stays in eval mode (no dropout, frozen BatchNorm statistics) with
+``requires_grad=False``; gradients flow *through* it to the head only.
+
+:func:`train_lcam` is the Python API behind the CLI.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Dict, Iterable, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..backbones import Backbone
+from ..explainers.base import minmax, upsample
+from ..explainers.lcam import PAPER_WEIGHTS, VARIANTS, LCAMHead, lcam_loss, masked_logits
+from .loop import TrainTask, exponential_decay, fit, sgd
+
+#: default (epochs, lr decay per epoch) per backbone; paper: VGG-16 7 x 0.75, ResNet-50 25 x 0.95
+SCHEDULES: Dict[str, Tuple[int, float]] = {
+    "vgg16": (7, 0.75),
+    "resnet50": (25, 0.95),
+    "resnet18": (25, 0.95),
+    "resnet101": (25, 0.95),
+    "resnext50_32x4d": (25, 0.95),
+    "resnext101_32x8d": (25, 0.95),
+    "efficientnet_lite0": (25, 0.95),
+}
+DEFAULT_SCHEDULE = (25, 0.95)
+
+
+def default_schedule(backbone: str) -> Tuple[int, float]:
+    """``(epochs, lr_decay)`` defaults: the paper's for VGG-16 (7, 0.75) and ResNet-50
+    (25, 0.95); every other backbone uses ResNet-50's (a reasonable choice for a
+    global-pooling CNN; not tuned)."""
+    return SCHEDULES.get(backbone, DEFAULT_SCHEDULE)
+
+
+class LCAMTask(TrainTask):
+    """Train an :class:`LCAMHead` on the frozen ``backbone`` at ``layer``.
+
+    Args:
+        backbone: the frozen classifier (not modified; kept in eval mode).
+        variant: ``"fm"`` or ``"img"``.
+        layer: explanation layer (default: ``backbone.default_layer``); Fm needs
+            ``Backbone.head`` support at that layer.
+        labels: ``"model"`` (top-1 of the frozen model on the same crop) or ``"gt"`` (the
+            dataset's labels; ``-1`` labels are an error).
+        ce_only: the paper's ablation (L-CAM-Fm*, L-CAM-Img*): ``l1 = l2 = 0``.
+        l1, l2, l3, l4: loss weights (default: the paper's).
+        seed: seeds the head's initialization.
+    """
+
+    name = "lcam"
+    identity_keys = ("variant", "backbone", "weights_id", "layer", "in_channels", "num_classes",
+                     "labels", "l1", "l2", "l3", "l4")
+
+    def __init__(self, backbone: Backbone, variant: str, layer: Optional[str] = None, *,
+                 labels: str = "model", ce_only: bool = False,
+                 l1: float = PAPER_WEIGHTS["l1"], l2: float = PAPER_WEIGHTS["l2"],
+                 l3: float = PAPER_WEIGHTS["l3"], l4: float = PAPER_WEIGHTS["l4"],
+                 seed: int = 0) -> None:
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown L-CAM variant {variant!r}; variants: {', '.join(VARIANTS)}")
+        if labels not in ("model", "gt"):
+            raise ValueError(f"labels must be 'model' or 'gt'; got {labels!r}")
+        self.bb = backbone
+        self.variant = variant
+        self.layer = layer or backbone.default_layer
+        backbone.layer(self.layer)  # validates the name
+        if variant == "fm" and self.layer not in backbone.heads:
+            raise ValueError(f"L-CAM-Fm needs the rest of the network after layer {self.layer!r}, "
+                             f"which backbone {backbone.name!r} cannot run; layers with a head: "
+                             f"{', '.join(backbone.heads) or 'none'} (L-CAM-Img works at any layer)")
+        self.labels = labels
+        self.weights = {"l1": 0.0 if ce_only else float(l1), "l2": 0.0 if ce_only else float(l2),
+                        "l3": float(l3), "l4": float(l4)}
+        self.ce_only = ce_only
+        K = self._channels()
+        g = torch.Generator().manual_seed(int(seed))
+        self.net = LCAMHead(K, backbone.num_classes, generator=g).to(backbone.device)
+
+    def _channels(self) -> int:
+        s = self.bb.input_size
+        with torch.no_grad():
+            A, _ = self.bb.features_and_logits(
+                torch.zeros(1, 3, s, s, device=self.bb.device), self.layer)
+        return int(A.shape[1])
+
+    # -- TrainTask ------------------------------------------------------------------------
+    def modules(self) -> nn.Module:
+        return self.net
+
+    def train_mode(self) -> None:
+        self.net.train()
+        self.bb.model.eval()
+
+    def eval_mode(self) -> None:
+        self.net.eval()
+        self.bb.model.eval()
+
+    def metadata(self) -> Dict[str, Any]:
+        return {"variant": self.variant, "backbone": self.bb.name,
+                "weights_id": self.bb.weights_id, "layer": self.layer,
+                "in_channels": self.net.in_channels, "num_classes": self.net.num_classes,
+                "labels": self.labels, "ce_only": self.ce_only, **self.weights,
+                "explainer": f"lcam-{self.variant}"}
+
+    def targets(self, logits: Tensor, y: Tensor) -> Tensor:
+        """The classes trained on: the model's top-1, or the given labels (checked)."""
+        if self.labels == "model":
+            return logits.argmax(dim=1)
+        if bool((y < 0).any()):
+            raise ValueError("labels='gt' but some images have no ground-truth label (-1)")
+        self.bb.check_classes(y)
+        return y
+
+    def step(self, net: nn.Module, x: Tensor, y: Tensor) -> Dict[str, Any]:
+        """One training forward.
+
+        Returns a dict: ``loss`` (0-dim), ``logs`` (loss components), ``t`` (targets ``[B]``),
+        ``L`` (the head's maps ``[B,h,w]``, pre-sigmoid) and ``logits`` (clean, ``[B,R]``).
+        """
+        with torch.no_grad():
+            A, logits = self.bb.features_and_logits(x, self.layer)
+        t = self.targets(logits, y)
+        L = net(A, t)
+        S = torch.sigmoid(L.float())
+        out = masked_logits(self.bb, self.variant, self.layer, x, A, S)
+        loss, logs = lcam_loss(S, out, t, **self.weights)
+        logs["masked_acc"] = (out.argmax(dim=1) == t).float().mean()
+        return {"loss": loss, "logs": logs, "t": t, "L": L, "logits": logits}
+
+    def loss(self, net: nn.Module, x: Tensor, y: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
+        r = self.step(net, x, y)
+        return r["loss"], r["logs"]
+
+    def evaluate(self, loader: Iterable) -> Dict[str, float]:
+        """Held-out loss components and AD/IC(100%) of the maps (percent; lower/higher is better).
+
+        AD/IC(100%) follow :mod:`camzoo.metrics.lcam`: ``O = softmax(f(normalize(x01 * V)))[c]``
+        with ``V`` the inference map (min-max, upsampled) and ``c`` the target class.
+        """
+        from ..metrics.lcam import average_drop, increase_in_confidence
+
+        tot: Dict[str, float] = {}
+        n = 0
+        with torch.inference_mode():
+            for x, y in loader:
+                x = x.to(self.bb.device)
+                y = torch.as_tensor(y).to(self.bb.device).long()
+                r = self.step(self.net, x, y)
+                t = r["t"]
+                Y = r["logits"].float().softmax(1).gather(1, t[:, None])[:, 0]
+                V = upsample(minmax(r["L"]), tuple(x.shape[-2:])).clamp_(0, 1)
+                xo = self.bb.normalize(self.bb.denormalize(x) * V[:, None])
+                O = self.bb.model(xo).float().softmax(1).gather(1, t[:, None])[:, 0]
+                b = x.shape[0]
+                vals = {"loss": r["loss"], **r["logs"], "ad100": average_drop(Y, O).mean(),
+                        "ic100": increase_in_confidence(Y, O).mean()}
+                for k, v in vals.items():
+                    tot[k] = tot.get(k, 0.0) + float(v) * b
+                n += b
+        return {k: v / max(n, 1) for k, v in tot.items()}
+
+
+def train_lcam(
+    backbone: Backbone,
+    train_set,
+    val_set=None,
+    *,
+    variant: str,
+    layer: Optional[str] = None,
+    labels: str = "model",
+    ce_only: bool = False,
+    epochs: Optional[int] = None,
+    batch_size: int = 64,
+    lr: float = 1e-4,
+    lr_decay: Optional[float] = None,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    out: Union[str, os.PathLike, None] = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    seed: int = 0,
+    num_workers: int = 0,
+    progress: bool = True,
+    log=print,
+    **loss_weights: float,
+) -> Dict[str, Any]:
+    """Train an L-CAM head with the paper's recipe; returns :func:`camzoo.train.loop.fit`'s result.
+
+    SGD (momentum 0.9, Nesterov, weight decay 5e-4), batch 64, lr 1e-4 decayed per epoch by
+    ``lr_decay``; ``epochs`` / ``lr_decay`` default per backbone (:func:`default_schedule`).
+    ``train_set`` / ``val_set`` yield ``(x normalized [3,H,W], y int or -1)`` (e.g.
+    :func:`camzoo.train.data.training_data`). ``loss_weights``: ``l1``..``l4`` overrides.
+    """
+    d_epochs, d_decay = default_schedule(backbone.name)
+    epochs = d_epochs if epochs is None else epochs
+    lr_decay = d_decay if lr_decay is None else lr_decay
+    task = LCAMTask(backbone, variant, layer, labels=labels, ce_only=ce_only, seed=seed,
+                    **loss_weights)
+    return fit(task, train_set, val_set, epochs=epochs, batch_size=batch_size,
+               optimizer=sgd(lr, momentum=momentum, nesterov=True, weight_decay=weight_decay),
+               scheduler=exponential_decay(lr_decay), out=out, resume=resume,
+               overwrite=overwrite, seed=seed, num_workers=num_workers,
+               device=backbone.device, progress=progress, log=log)
