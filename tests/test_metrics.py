@@ -77,6 +77,7 @@ def test_scorer_chunking_counts_and_values():
 # ----------------------------------------------------------------------------- lcam
 def test_keep_top_ties_follow_lcam_drop_order():
     V = torch.tensor([[0.9, 0.5, 0.5, 0.5], [0.5, 0.1, 0.5, 0.2]])[None]
+    assert ascending_rank(V)[0].tolist() == [7, 2, 3, 4, 5, 0, 6, 1]  # stable: ties by index
     out = keep_top(V, 0.5)
     # 4 kept: 0.9 and three of the five tied 0.5s; the first tied in raster order are dropped
     expected = torch.tensor([[0.9, 0.0, 0.0, 0.5], [0.5, 0.0, 0.5, 0.0]])[None]
@@ -145,7 +146,8 @@ def test_masked_confidence_ad_ic_by_hand():
     ad = average_drop(Y, O)
     ic = increase_in_confidence(Y, O)
     for j in range(3):
-        assert float(ad[0, j]) == pytest.approx(100 * (float(Y[0]) - float(exp[0, j])) / float(Y[0]), abs=1e-4)
+        y0, o0 = float(Y[0]), float(exp[0, j])
+        assert float(ad[0, j]) == pytest.approx(100 * (y0 - o0) / y0, abs=1e-4)
         assert float(ad[1, j]) == 0.0  # confidence rose: no drop
         assert float(ic[0, j]) == 0.0 and float(ic[1, j]) == 100.0
     # strictness: O == Y is not an increase; 1-D inputs work too

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Dict, Iterable, List, Optional, Sequence, Tuple
 
-import torch
 from torch import Tensor
 
 from ..registry import Registry

@@ -1,0 +1,113 @@
+"""Overhead of the metric protocols over the forwards they need, measured in one run.
+
+For each metric family (``lcam``, ``adcc``, ``insertion``, ``deletion``) this prints::
+
+    ratio = time of the protocol call / (forwards it made x best per-image forward time)
+
+where the best per-image forward time is the fastest of a few timed forwards of
+``eval_batch_size`` images (channels_last, inference mode) of the same backbone. Both wall-clock
+and process CPU time are reported (on a shared, loaded machine CPU time is the steadier).
+Families with few forwards (``lcam``, ``adcc`` on a handful of images) run below the best batch
+size, so their ratios include small-batch inefficiency; the engine packs them across a batch. A ratio of 1.00
+means the protocol costs exactly its forwards; the excess is input construction, softmax and
+bookkeeping. It also prints ``build-only``: the same insertion/deletion calls with a
+parameter-free null model, per perturbed image, divided by the forward time (the pure
+construction overhead).
+
+Usage::
+
+    python benchmarks/bench_metrics.py                           # Lite0, 2 photos, steps 64
+    python benchmarks/bench_metrics.py --images 4 --steps 224 --eval-batch-size 64
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+
+class _Null(torch.nn.Module):
+    """Parameter-free stand-in: touches one value per image, returns [N, 1000] logits."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(x.shape[0], 1000, device=x.device) + x[:, :1, 0, 0]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backbone", default="efficientnet_lite0")
+    ap.add_argument("--images", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=64)
+    ap.add_argument("--eval-batch-size", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    import camzoo
+    from camzoo.images import sample_photos
+    from camzoo.metrics import Scorer, adcc_scores, insertion_deletion, masked_confidence
+
+    dev = torch.device(args.device)
+    bb = camzoo.load_backbone(args.backbone, device=dev)
+    photos = sample_photos()
+    x = torch.stack([bb.preprocess(photos[i % len(photos)][1]) for i in range(args.images)]).to(dev)
+    B, bs = x.shape[0], args.eval_batch_size
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    with torch.inference_mode():
+        probs = torch.softmax(bb.model(x.contiguous(memory_format=torch.channels_last)).float(), 1)
+    c = probs.argmax(1)
+    Y = probs[torch.arange(B, device=dev), c]
+    V = camzoo.explain("gradcam", bb, x, c)
+
+    # best per-image forward time at eval_batch_size
+    xb = torch.randn(bs, 3, *x.shape[2:], device=dev).contiguous(memory_format=torch.channels_last)
+    best, best_cpu = float("inf"), float("inf")
+    with torch.inference_mode():
+        bb.model(xb)
+        for _ in range(3):
+            sync()
+            t, tc = time.perf_counter(), time.process_time()
+            bb.model(xb)
+            sync()
+            best = min(best, (time.perf_counter() - t) / bs)
+            best_cpu = min(best_cpu, (time.process_time() - tc) / bs)
+
+    def timed(fn):
+        sync()
+        t, tc = time.perf_counter(), time.process_time()
+        fn()
+        sync()
+        return time.perf_counter() - t, time.process_time() - tc
+
+    rows = []
+    s = Scorer(bb.model, bs)
+    dt = timed(lambda: masked_confidence(s, bb.denormalize(x), V, c, bb.normalize))
+    rows.append(("lcam", dt, s.counts["lcam"]))
+    s = Scorer(bb.model, bs)
+    dt = timed(lambda: adcc_scores(s, x, V, c, Y, lambda E, cc: V))  # V' cost is the explainer's
+    rows.append(("adcc", dt, s.counts["adcc"]))
+    for mode in ("insertion", "deletion"):
+        s = Scorer(bb.model, bs)
+        dt = timed(lambda: insertion_deletion(s, x, V, c, steps=args.steps, modes=(mode,)))
+        rows.append((mode, dt, s.counts[mode]))
+    null = Scorer(_Null(), bs)
+    dt_null = timed(lambda: insertion_deletion(null, x, V, c, steps=args.steps))
+
+    print(f"backbone {args.backbone}, {B} images {tuple(x.shape[2:])}, steps {args.steps}, "
+          f"eval batch {bs}, device {dev}, threads {torch.get_num_threads()}")
+    print(f"best forward: {best * 1e3:.2f} ms/image wall, {best_cpu * 1e3:.2f} ms/image CPU, "
+          f"at batch {bs}")
+    print(f"{'family':<10} {'forwards':>8} {'wall s':>8} {'ratio':>6} {'CPU s':>8} {'CPU ratio':>9}")
+    for fam, (dt, dc), n in rows:
+        print(f"{fam:<10} {n:>8d} {dt:>8.2f} {dt / (n * best):>6.3f} {dc:>8.2f} "
+              f"{dc / (n * best_cpu):>9.3f}")
+    per, per_cpu = dt_null[0] / null.total, dt_null[1] / null.total
+    print(f"build-only (null model): {per * 1e3:.3f} ms wall per perturbed image = "
+          f"{per / best:.3f} x one forward ({per_cpu / best_cpu:.3f} in CPU time)")
+
+
+if __name__ == "__main__":
+    main()
