@@ -215,6 +215,18 @@ def test_resume_continues_to_the_same_weights(tmp_path):
     assert meta["camzoo_version"] == camzoo.__version__ and len(meta["data"]["train_manifest"]) == 16
 
 
+def test_lite0_stays_bit_for_bit_unchanged_by_training(lite0, sample_batch, tmp_path):
+    # Img runs the whole network (all BatchNorms) with gradients on the masked image
+    sd = {k: v.clone() for k, v in lite0.model.state_dict().items()}  # incl. BatchNorm buffers
+    data = torch.utils.data.TensorDataset(sample_batch[:4], torch.full((4,), -1))
+    res = train_lcam(lite0, data, None, variant="img", epochs=1, batch_size=4, lr=0.01,
+                     out=str(tmp_path / "h.pt"), **QUIET)
+    assert res["history"][0]["train"]["ce"] > 0
+    assert not lite0.model.training
+    assert all(not p.requires_grad for p in lite0.model.parameters())
+    assert all(torch.equal(sd[k], v) for k, v in lite0.model.state_dict().items())
+
+
 # -- the CLI on the embedded backbone, then the bench ---------------------------------------
 @pytest.mark.skipif(not os.path.isdir(IMAGENETTE), reason="shared imagenette-224 not present")
 def test_cli_train_on_lite0_then_explain_and_bench(lite0, tmp_path):
