@@ -287,6 +287,8 @@ def test_inference_model_folds_batchnorm():
     bb = backbone_from_module(net, {"features": net.body}, input_size=32)
     fast = inference_model(bb.model, 32)
     assert fast is not bb.model and not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in bb.model.modules()) == 2  # model untouched
+    assert getattr(fast.body, "0") is not bb.model.body[0] and fast.fc is bb.model.fc  # only convs new
     assert inference_model(bb.model, 32) is fast  # cached
     x, y = _x(2), torch.tensor([1, 2])
     with torch.no_grad():

@@ -134,7 +134,8 @@ class RISE(Explainer):
             for p0 in range(0, B * m, bs):
                 p = pair[p0:p0 + bs]
                 b, i = p // m, p % m
-                masked = (xc[b] * masks[i, None]).contiguous(memory_format=torch.channels_last)
+                masked = xc[b]  # [n,3,H,W], channels-last (advanced indexing keeps the layout)
+                masked.mul_(masks[i, None])
                 with amp:
                     logits = net(masked)
                 probs.view(-1)[p] = torch.softmax(logits.float(), dim=1).gather(1, y[b, None])[:, 0]

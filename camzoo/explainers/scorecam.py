@@ -78,16 +78,60 @@ def _state_key(model: nn.Module) -> tuple:
             tuple(t._version for t in ts), tuple(t.data_ptr() for t in ts))
 
 
-def inference_model(model: nn.Module, input_size: int = 224) -> nn.Module:
-    """A copy of ``model`` with eval-mode BatchNorm folded into the preceding convolutions.
+def _fold_batchnorm(model: nn.Module) -> nn.Module:
+    """``torch.fx`` copy of ``model`` with each eval-mode ``BatchNorm2d`` that follows a
+    ``Conv2d`` (its only user) folded into that convolution.
 
-    Used for the many masked forwards of Score-CAM and RISE: one fewer memory pass per
-    conv+BN pair (about 5-8% faster on CPU for ResNets, and a lower activation peak). The copy
-    is made with ``torch.fx`` (``torch.fx.experimental.optimization.fuse``), keeps the model's
-    memory format, is checked once against ``model`` on a random ``[1,3,S,S]`` input and cached
-    until the model's parameters, buffers, device or layout change. When the model has no
-    plain ``nn.BatchNorm2d``, cannot be traced (e.g. timm EfficientNets) or the check fails,
-    ``model`` itself is returned. Logits ``[B,num_classes]`` equal ``model``'s to float rounding.
+    The copy shares every other submodule (and its weights) with ``model``; only the folded
+    convolutions are new, so it costs about the convolution weights in memory. ``model`` is not
+    modified. Raises whatever ``torch.fx.symbolic_trace`` raises for untraceable models.
+    """
+    import torch.fx as fx
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    gm = fx.symbolic_trace(model)  # leaf modules shared, containers new
+    mods = dict(gm.named_modules())
+    folded = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or type(mods.get(node.target)) is not nn.BatchNorm2d:
+            continue
+        src = node.args[0] if node.args else None
+        if (not isinstance(src, fx.Node) or src.op != "call_module" or len(src.users) != 1
+                or type(mods.get(src.target)) is not nn.Conv2d):
+            continue
+        conv, bn = mods[src.target], mods[node.target]
+        if bn.training or bn.running_mean is None or conv.training:
+            continue
+        with torch.no_grad():
+            fused = fuse_conv_bn_eval(conv, bn)
+            if conv.weight.is_contiguous(memory_format=torch.channels_last):
+                fused = fused.to(memory_format=torch.channels_last)
+        for p in fused.parameters():
+            p.requires_grad_(False)
+        parent, _, leaf = src.target.rpartition(".")
+        setattr(gm.get_submodule(parent) if parent else gm, leaf, fused)  # gm's own container
+        node.replace_all_uses_with(src)
+        gm.graph.erase_node(node)
+        folded += 1
+    if folded == 0:
+        return model
+    gm.graph.lint()
+    gm.delete_all_unused_submodules()  # the folded BNs (only gm's references)
+    gm.recompile()
+    return gm.eval()
+
+
+def inference_model(model: nn.Module, input_size: int = 224) -> nn.Module:
+    """``model`` with eval-mode BatchNorm folded into the preceding convolutions (cached).
+
+    Used for the many masked forwards of Score-CAM and RISE: one memory pass fewer per
+    conv+BN pair (about 5-8% faster on CPU for ResNets, and a lower activation peak), at the
+    cost of a second copy of the folded convolutions' weights (see :func:`_fold_batchnorm`).
+    The result is checked once against ``model`` on a random ``[1,3,S,S]`` input
+    (``S = input_size``) and cached until ``model``'s parameters, buffers, device or memory
+    format change. When ``model`` has no plain ``nn.BatchNorm2d`` after a ``Conv2d``, cannot be
+    traced by ``torch.fx`` (e.g. timm EfficientNets) or fails the check, ``model`` itself is
+    returned. Logits ``[B,num_classes]`` equal ``model``'s to float rounding.
     """
     key = _state_key(model)
     hit = _FAST.get(model)
@@ -96,17 +140,14 @@ def inference_model(model: nn.Module, input_size: int = 224) -> nn.Module:
     fast = model
     if not model.training and any(type(m) is nn.BatchNorm2d for m in model.modules()):
         try:
-            from torch.fx.experimental.optimization import fuse
-
-            cand = fuse(model)  # a deep copy; ``model`` is untouched
-            if key[1]:
-                cand = cand.to(memory_format=torch.channels_last)
-            g = torch.Generator(device="cpu").manual_seed(0)
-            x = torch.randn(1, 3, input_size, input_size, generator=g).to(key[0] or "cpu")
-            with torch.inference_mode():
-                ref, out = model(x).float(), cand(x).float()
-            if torch.allclose(out, ref, rtol=1e-3, atol=1e-4 * float(ref.abs().max()) + 1e-5):
-                fast = cand
+            cand = _fold_batchnorm(model)
+            if cand is not model:
+                g = torch.Generator(device="cpu").manual_seed(0)
+                x = torch.randn(1, 3, input_size, input_size, generator=g).to(key[0] or "cpu")
+                with torch.inference_mode():
+                    ref, out = model(x).float(), cand(x).float()
+                if torch.allclose(out, ref, rtol=1e-3, atol=1e-4 * float(ref.abs().max()) + 1e-5):
+                    fast = cand
         except Exception:  # untraceable model: use it as it is
             fast = model
     _FAST[model] = (key, fast)
@@ -199,11 +240,10 @@ class ScoreCAM(Explainer):
             lo = m.amin(dim=(2, 3), keepdim=True)
             hi = m.amax(dim=(2, 3), keepdim=True)
             b = idx // K
-            if official:
-                m = (m - lo) / (hi - lo)
-            else:
-                m = (m - lo) / (hi - lo + 1e-8)
-            masked = (xc[b] * m).contiguous(memory_format=torch.channels_last)
+            # official: the range is > 0 for a non-constant channel; the clamp only guards 0/0
+            m.sub_(lo).div_((hi - lo).clamp_min_(1e-30) if official else hi - lo + 1e-8)
+            masked = xc[b]  # [n,3,H,W], channels-last (advanced indexing keeps the layout)
+            masked.mul_(m)
             del m
             with amp:
                 logits = net(masked)
