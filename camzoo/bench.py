@@ -55,9 +55,10 @@ class BenchConfig:
     """Everything a bench run depends on (the CLI maps its options onto these fields).
 
     Attributes:
-        backbone: backbone name (``camzoo list``), ``timm:<model>``, or ``py:module:function``
+        backbone: backbone name (``camzoo list``), ``timm:<model>``, ``py:module:function``
             (a callable returning a :class:`~camzoo.Backbone`, e.g.
-            ``py:camzoo.testing:tiny_backbone``).
+            ``py:camzoo.testing:tiny_backbone``), or a Backbone object (Python API only;
+            config.json then records its ``name`` and ``weights_id``).
         weights: state_dict file, ``"random"``, or ``None`` (the backbone's default weights).
         layer: explanation layer for every method with a ``layer`` option (None = default).
         methods: ``"all"`` or names. ``"all"`` = every registered explainer whose class has
@@ -80,7 +81,7 @@ class BenchConfig:
         progress: show tqdm bars (one per method).
     """
 
-    backbone: str = "efficientnet_lite0"
+    backbone: Union[str, Backbone] = "efficientnet_lite0"
     weights: Optional[str] = None
     layer: Optional[str] = None
     methods: Union[str, Sequence[str]] = "all"
@@ -104,7 +105,9 @@ class BenchConfig:
     progress: bool = True
 
     def to_dict(self) -> Dict[str, Any]:
-        d = dataclasses.asdict(self)
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if isinstance(d["backbone"], Backbone):
+            d["backbone"] = f"<object:{d['backbone'].name}>"
         d["methods"] = d["methods"] if isinstance(d["methods"], str) else list(d["methods"])
         d["metrics"] = d["metrics"] if isinstance(d["metrics"], str) else list(d["metrics"])
         return _jsonable(d)
@@ -156,8 +159,11 @@ def resolve_device(device: Optional[str]) -> torch.device:
     return dev
 
 
-def build_backbone(name: str, weights: Optional[str], device: torch.device) -> Backbone:
-    """:func:`camzoo.load_backbone`, plus ``py:module:function`` for user-made backbones."""
+def build_backbone(name: Union[str, Backbone], weights: Optional[str], device: torch.device) -> Backbone:
+    """:func:`camzoo.load_backbone`, plus ``py:module:function`` for user-made backbones
+    (a :class:`Backbone` object is moved to ``device`` and used as is)."""
+    if isinstance(name, Backbone):
+        return name.to(device)
     if name.startswith("py:"):
         spec = name[3:]
         if ":" not in spec:
@@ -403,7 +409,7 @@ def _prepare(config: BenchConfig, echo: Callable[[str], None]):
             ev.to(device)
         methods.append(_Method(m, ex, ev, _classifier_key(m, bb, ev), int(ex.forward_passes(bb))))
 
-    out = config.out or default_out(config.backbone)
+    out = config.out or default_out(bb.name if isinstance(config.backbone, Backbone) else config.backbone)
     db = os.path.join(out, DB_NAME)
     cfg_path = os.path.join(out, CONFIG_NAME)
     if os.path.exists(db) and not config.resume:
@@ -426,7 +432,8 @@ def _prepare(config: BenchConfig, echo: Callable[[str], None]):
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "backbone": {
-            "name": config.backbone, "weights": config.weights, "weights_id": bb.weights_id,
+            "name": bb.name if isinstance(config.backbone, Backbone) else config.backbone,
+            "weights": config.weights, "weights_id": bb.weights_id,
             "layer": config.layer or bb.default_layer, "default_layer": bb.default_layer,
             "input_size": bb.input_size, "num_classes": bb.num_classes,
             "mean": bb.mean.tolist(), "std": bb.std.tolist(),
@@ -468,6 +475,35 @@ def _prepare(config: BenchConfig, echo: Callable[[str], None]):
     return device, bb, ds, methods, protocols, popts, out, store, cfg
 
 
+#: methods needing at most this many forwards per map get one untimed warm-up call, so that
+#: first-call costs (lazy imports, autograd / allocator set-up) stay out of s/img
+WARMUP_MAX_FORWARDS = 16
+
+
+class _Clock:
+    """Accumulates wall-clock and process-CPU seconds per named part of the engine."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.wall: Dict[str, float] = defaultdict(float)
+        self.cpu: Dict[str, float] = defaultdict(float)
+
+    def start(self) -> Tuple[float, float]:
+        _sync(self.device)
+        return time.perf_counter(), time.process_time()
+
+    def stop(self, key: str, t0: Tuple[float, float]) -> float:
+        """Add the time since ``t0`` to ``key``; return the wall seconds."""
+        _sync(self.device)
+        w = time.perf_counter() - t0[0]
+        self.wall[key] += w
+        self.cpu[key] += time.process_time() - t0[1]
+        return w
+
+    def to_dict(self) -> Dict[str, Dict[str, float]]:
+        return {"wall_s": dict(self.wall), "cpu_s": dict(self.cpu)}
+
+
 def run(config: BenchConfig, echo: Callable[[str], None] = print) -> Run:
     """Run (or resume) a benchmark; returns the finished :class:`Run`.
 
@@ -475,183 +511,194 @@ def run(config: BenchConfig, echo: Callable[[str], None] = print) -> Run:
     when ``out`` already holds a run and ``resume`` is False. Unreadable images do not raise:
     they go to the ``errors`` table.
     """
-    from .metrics import PROTOCOLS, MetricInputs, Scorer
-
     device, bb, ds, methods, protocols, popts, out, store, cfg = _prepare(config, echo)
-    done = store.done_pairs()
-    known_errors = store.error_ids()
-    indexed = [(i, it) for i, it in enumerate(ds.items) if it.image_id not in known_errors]
-    pending = [(i, it) for i, it in indexed if any((m.name, it.image_id) not in done for m in methods)]
-    grid_ids = {it.image_id for _, it in indexed[: max(0, int(config.grid_images))]}
-
-    scorers = {m.name: Scorer(m.classifier.model, config.eval_batch_size) for m in methods}
-    timings: Dict[str, float] = defaultdict(float)
-    bars = {}
-    if config.progress:
-        from tqdm.auto import tqdm
-
-        for pos, m in enumerate(methods):
-            n_done = sum((m.name, it.image_id) in done for _, it in indexed)
-            bars[m.name] = tqdm(total=len(indexed), initial=n_done, desc=f"{m.name:>16s}",
-                                unit="img", position=pos, leave=True, dynamic_ncols=True)
-    if pending:
-        echo(f"bench: {len(methods)} method(s) x {len(pending)} image(s) to do "
-             f"({len(indexed) - len(pending)} done, {len(known_errors)} unreadable) -> {out}")
-    classifiers: Dict[str, Backbone] = {}
-    for m in methods:
-        classifiers.setdefault(m.classifier_key, m.classifier)
-
-    loader = _Prefetcher(ds, pending, bb.preprocess, int(config.batch_size))
-    t_wait = time.perf_counter()
+    engine = _Engine(config, device, bb, ds, methods, protocols, popts, out, store)
     try:
-        for batch_items, x_cpu, errs in loader:
-            timings["load_wait"] += time.perf_counter() - t_wait
-            forwards: Dict[Tuple[str, str], int] = defaultdict(int)
-            rows: List[Dict[str, Any]] = []
-            for e in errs:
-                echo(f"error: {e[3]}")
-                for b in bars.values():
-                    b.total -= 1
-                    b.refresh()
-            if batch_items:
-                rows = _run_batch(batch_items, x_cpu, ds, bb, methods, classifiers, protocols, popts,
-                                  scorers, done, forwards, timings, device, config, out, grid_ids,
-                                  bars, MetricInputs, PROTOCOLS)
-            t0 = time.perf_counter()
-            store.write_batch(rows, errs, forwards)
-            timings["store"] += time.perf_counter() - t0
-            t_wait = time.perf_counter()
+        engine.loop(echo)
     finally:
-        loader.close()
-        for b in bars.values():
-            b.close()
-    timings_out = {"seconds": dict(timings),
-                   "forwards": {f"{k[0]}/{k[1]}": v for k, v in _scorer_totals(scorers).items()}}
-    _atomic_write(os.path.join(out, TIMINGS_NAME), json.dumps(timings_out, indent=2))
-    store.close()
+        store.close()
     result = Run(out)
     _finish(result, ds, bb, config, echo)
     return result
 
 
-def _scorer_totals(scorers) -> Dict[Tuple[str, str], int]:
-    return {(m, f): int(n) for m, s in scorers.items() for f, n in s.counts.items()}
+class _Engine:
+    """The batch loop of :func:`run` (state shared by the batches of one process)."""
 
+    def __init__(self, config, device, bb, ds, methods, protocols, popts, out, store) -> None:
+        from .metrics import Scorer
 
-#: methods needing at most this many forwards per map get one untimed warm-up call
-WARMUP_MAX_FORWARDS = 16
+        self.config, self.device, self.bb, self.ds = config, device, bb, ds
+        self.methods: List[_Method] = methods
+        self.protocols, self.popts, self.out, self.store = protocols, popts, out, store
+        self.scorers = {m.name: Scorer(m.classifier.model, config.eval_batch_size) for m in methods}
+        self.classifiers: Dict[str, Backbone] = {}
+        for m in methods:
+            self.classifiers.setdefault(m.classifier_key, m.classifier)
+        self.clock = _Clock(device)
+        self.bars: Dict[str, Any] = {}
 
+    def loop(self, echo) -> None:
+        config, ds, methods, store = self.config, self.ds, self.methods, self.store
+        self.done = store.done_pairs()
+        known_errors = store.error_ids()
+        indexed = [(i, it) for i, it in enumerate(ds.items) if it.image_id not in known_errors]
+        pending = [(i, it) for i, it in indexed
+                   if any((m.name, it.image_id) not in self.done for m in methods)]
+        self.grid_ids = {it.image_id for _, it in indexed[: max(0, int(config.grid_images))]}
+        if config.progress:
+            from tqdm.auto import tqdm
 
-def _run_batch(batch_items, x_cpu, ds, bb, methods, classifiers, protocols, popts, scorers, done,
-               forwards, timings, device, config, out, grid_ids, bars, MetricInputs, PROTOCOLS):
-    """Clean forward(s), maps and metrics of one batch; returns its rows."""
-    x = x_cpu.to(device, non_blocking=True)
-    B = x.shape[0]
-    x01 = bb.denormalize(x).clamp_(0.0, 1.0)
-    labels = [it.label for _, it in batch_items]
+            for pos, m in enumerate(methods):
+                n_done = sum((m.name, it.image_id) in self.done for _, it in indexed)
+                self.bars[m.name] = tqdm(total=len(indexed), initial=n_done, desc=f"{m.name:>16s}",
+                                         unit="img", position=pos, leave=True, dynamic_ncols=True)
+        if pending:
+            echo(f"bench: {len(methods)} method(s) x {len(pending)} image(s) to do "
+                 f"({len(indexed) - len(pending)} done, {len(known_errors)} unreadable) -> {self.out}")
+        loader = _Prefetcher(ds, pending, self.bb.preprocess, int(config.batch_size))
+        clock = self.clock
+        t = clock.start()
+        try:
+            for batch_items, x_cpu, errs in loader:
+                clock.stop("load_wait", t)
+                forwards: Dict[Tuple[str, str], int] = defaultdict(int)
+                rows: List[Dict[str, Any]] = []
+                for e in errs:
+                    echo(f"error: {e[3]}")
+                    for b in self.bars.values():
+                        b.total -= 1
+                        b.refresh()
+                if batch_items:
+                    rows = self.batch(batch_items, x_cpu, forwards)
+                t = clock.start()
+                store.write_batch(rows, errs, forwards)
+                clock.stop("store", t)
+                t = clock.start()
+        finally:
+            loader.close()
+            for b in self.bars.values():
+                b.close()
+        timings = {**clock.to_dict(), "scorer_forwards": {
+            f"{m}/{f}": int(n) for m, s in self.scorers.items() for f, n in s.counts.items()}}
+        _atomic_write(os.path.join(self.out, TIMINGS_NAME), json.dumps(timings, indent=2))
 
-    # 1. one clean forward per classifier: Y, pred, c shared by every method and metric
-    t0 = time.perf_counter()
-    clean: Dict[str, Tuple[Tensor, Tensor, Tensor, Tensor]] = {}
-    for key, clf in classifiers.items():
-        xc = x if _same_normalization(bb, clf) else clf.normalize(x01)
-        with torch.inference_mode():
-            probs = torch.softmax(clf.model(xc.contiguous(memory_format=torch.channels_last)).float(), dim=1)
-            pred = probs.argmax(dim=1)
-        if config.target == "gt":
-            c = torch.tensor(labels, dtype=torch.long, device=device)
-            clf.check_classes(c)
-        else:
-            c = pred
-        with torch.inference_mode():
-            Y = probs.gather(1, c[:, None])[:, 0]
-        # clones outside inference mode: explainers may use c in autograd (index saved for backward)
-        clean[key] = (xc.clone(), c.clone(), Y.clone(), pred.clone())
-        forwards[(CLEAN_METHOD if key == "backbone" else key.split(":", 1)[0], "clean")] += B
-    _sync(device)
-    timings["clean"] += time.perf_counter() - t0
+    def clean_forward(self, x: Tensor, x01: Tensor, labels: List[Optional[int]],
+                      forwards: Dict[Tuple[str, str], int]) -> Dict[str, Tuple[Tensor, Tensor, Tensor, Tensor]]:
+        """One forward per classifier: ``{key: (x in its normalization, c, Y, pred)}``."""
+        out = {}
+        B = x.shape[0]
+        for key, clf in self.classifiers.items():
+            xc = x if _same_normalization(self.bb, clf) else clf.normalize(x01)
+            with torch.inference_mode():
+                logits = clf.model(xc.contiguous(memory_format=torch.channels_last))
+                probs = torch.softmax(logits.float(), dim=1)
+                pred = probs.argmax(dim=1)
+            if self.config.target == "gt":
+                c = torch.tensor(labels, dtype=torch.long, device=self.device)
+                clf.check_classes(c)
+            else:
+                c = pred
+            with torch.inference_mode():
+                Y = probs.gather(1, c[:, None])[:, 0]
+            # clones outside inference mode: explainers may use c in autograd (saved for backward)
+            out[key] = (xc.clone(), c.clone(), Y.clone(), pred.clone())
+            forwards[(CLEAN_METHOD if key == "backbone" else key.split(":", 1)[0], "clean")] += B
+        return out
 
-    rows: List[Dict[str, Any]] = []
-    for m in methods:
-        if not m.warm and m.forward_passes <= WARMUP_MAX_FORWARDS:
-            # first-call costs (lazy imports, autograd / allocator set-up) stay out of s/img
-            m.explainer.explain(bb, x[:1], clean[m.classifier_key][1][:1])
-            m.warm = True
-        sel = [j for j, (_, it) in enumerate(batch_items) if (m.name, it.image_id) not in done]
-        if not sel:
-            continue
-        xc, c, Y, pred = clean[m.classifier_key]
-        if len(sel) < B:
-            ii = torch.tensor(sel, device=device)
-            xs, cs, Ys, preds, xm = xc[ii], c[ii], Y[ii], pred[ii], x[ii]
-        else:
-            xs, cs, Ys, preds, xm = xc, c, Y, pred, x
-        n = len(sel)
+    def batch(self, batch_items, x_cpu: Tensor, forwards: Dict[Tuple[str, str], int]) -> List[Dict[str, Any]]:
+        """Clean forward(s), maps and metrics of one batch; returns its rows."""
+        from .metrics import PROTOCOLS, MetricInputs
 
-        # 2. the maps, once, timed
-        _sync(device)
-        t0 = time.perf_counter()
-        V = m.explainer.explain(bb, xm, cs)
-        _sync(device)
-        dt = time.perf_counter() - t0
-        timings[f"explain/{m.name}"] += dt
-        if m.forward_passes:
-            forwards[(m.name, "explain")] += m.forward_passes * n
+        config, device, bb, clock = self.config, self.device, self.bb, self.clock
+        x = x_cpu.to(device, non_blocking=True)
+        B = x.shape[0]
+        x01 = bb.denormalize(x).clamp_(0.0, 1.0)
+        t = clock.start()
+        clean = self.clean_forward(x, x01, [it.label for _, it in batch_items], forwards)
+        clock.stop("clean", t)
 
-        # 3. the metrics, reusing the maps, through the method's counting scorer
-        scorer = scorers[m.name]
-        before = dict(scorer.counts)
-        clf = m.classifier
-        same = _same_normalization(bb, clf)
+        rows: List[Dict[str, Any]] = []
+        for m in self.methods:
+            sel = [j for j, (_, it) in enumerate(batch_items) if (m.name, it.image_id) not in self.done]
+            if not sel:
+                continue
+            xc, c, Y, pred = clean[m.classifier_key]
+            if not m.warm and m.forward_passes <= WARMUP_MAX_FORWARDS:
+                m.explainer.explain(bb, x[:1], c[:1])
+                m.warm = True
+            n = len(sel)
+            if n < B:
+                ii = torch.tensor(sel, device=device)
+                xs, cs, Ys, preds, xm, x01s = xc[ii], c[ii], Y[ii], pred[ii], x[ii], x01[ii]
+            else:
+                xs, cs, Ys, preds, xm, x01s = xc, c, Y, pred, x, x01
 
-        def explain_fn(E: Tensor, cc: Tensor, _m=m, _same=same, _clf=clf) -> Tensor:
-            t = time.perf_counter()
-            Ein = E if _same else bb.normalize(_clf.denormalize(E))
-            V2 = _m.explainer.explain(bb, Ein, cc)
-            _sync(device)
-            timings["adcc_explain"] += time.perf_counter() - t
-            if _m.forward_passes:
-                forwards[(_m.name, "adcc_explain")] += _m.forward_passes * E.shape[0]
-            return V2
+            # the maps, once, timed
+            t = clock.start()
+            V = m.explainer.explain(bb, xm, cs)
+            dt = clock.stop(f"explain/{m.name}", t)
+            if m.forward_passes:
+                forwards[(m.name, "explain")] += m.forward_passes * n
 
-        inputs = MetricInputs(scorer=scorer, x=xs, V=V, c=cs, Y=Ys, normalize=clf.normalize,
-                              denormalize=clf.denormalize, explain_fn=explain_fn,
-                              x01=x01 if n == B else x01[torch.tensor(sel, device=device)])
-        values: Dict[str, Tensor] = {}
-        for p in protocols:
-            t0 = time.perf_counter()
-            explain_before = timings["adcc_explain"]
-            values.update(PROTOCOLS.get(p).evaluate(inputs, **popts[p]))
-            _sync(device)
-            timings[f"metric/{p}"] += time.perf_counter() - t0 - (timings["adcc_explain"] - explain_before)
-        for fam, cnt in scorer.counts.items():
-            if cnt - before.get(fam, 0) > 0:
-                forwards[(m.name, fam)] += cnt - before.get(fam, 0)
+            # every metric reuses them, through the method's counting scorer
+            scorer = self.scorers[m.name]
+            before = dict(scorer.counts)
+            clf = m.classifier
+            same = _same_normalization(bb, clf)
 
-        # 4. rows (one device->host copy per quantity)
-        t0 = time.perf_counter()
+            def explain_fn(E: Tensor, cc: Tensor, _m=m, _same=same, _clf=clf) -> Tensor:
+                t_e = clock.start()
+                V2 = _m.explainer.explain(bb, E if _same else bb.normalize(_clf.denormalize(E)), cc)
+                clock.stop("adcc_explain", t_e)
+                if _m.forward_passes:
+                    forwards[(_m.name, "adcc_explain")] += _m.forward_passes * E.shape[0]
+                return V2
+
+            inputs = MetricInputs(scorer=scorer, x=xs, V=V, c=cs, Y=Ys, normalize=clf.normalize,
+                                  denormalize=clf.denormalize, explain_fn=explain_fn, x01=x01s)
+            values: Dict[str, Tensor] = {}
+            for p in self.protocols:
+                w0, c0 = clock.wall["adcc_explain"], clock.cpu["adcc_explain"]
+                t = clock.start()
+                values.update(PROTOCOLS.get(p).evaluate(inputs, **self.popts[p]))
+                clock.stop(f"metric/{p}", t)
+                # the explainer's own time inside adcc is accounted under adcc_explain
+                clock.wall[f"metric/{p}"] -= clock.wall["adcc_explain"] - w0
+                clock.cpu[f"metric/{p}"] -= clock.cpu["adcc_explain"] - c0
+            for fam, cnt in scorer.counts.items():
+                if cnt - before.get(fam, 0) > 0:
+                    forwards[(m.name, fam)] += cnt - before.get(fam, 0)
+
+            # rows: one device -> host copy per quantity
+            t = clock.start()
+            rows += self.rows(m, batch_items, sel, values, cs, Ys, preds, V, dt / n)
+            clock.stop("rows", t)
+            if m.name in self.bars:
+                self.bars[m.name].update(n)
+                self.bars[m.name].set_postfix_str(f"{dt / n:.3g} s/img map", refresh=False)
+        return rows
+
+    def rows(self, m: _Method, batch_items, sel, values, cs, Ys, preds, V, seconds) -> List[Dict[str, Any]]:
+        config, ds, out = self.config, self.ds, self.out
         host = {k: v.detach().float().cpu().numpy() for k, v in values.items()}
         c_h, Y_h, p_h = cs.cpu().tolist(), Ys.float().cpu().tolist(), preds.cpu().tolist()
-        V_h = V.detach().float().cpu().numpy() if (config.save_maps or grid_ids) else None
+        need_maps = config.save_maps or any(batch_items[j][1].image_id in self.grid_ids for j in sel)
+        V_h = V.detach().float().cpu().numpy() if need_maps else None
+        rows = []
         for r, j in enumerate(sel):
             idx, it = batch_items[j]
             row = {"method": m.name, "image_id": it.image_id, "idx": idx, "path": ds.rel_path(it),
                    "label": it.label, "classifier": m.classifier_key, "pred": p_h[r], "c": c_h[r],
-                   "Y": Y_h[r], "seconds": dt / n}
+                   "Y": Y_h[r], "seconds": seconds}
             for k, arr in host.items():
                 row[k] = arr[r] if arr.ndim > 1 else float(arr[r])
             rows.append(row)
             if config.save_maps:
-                _save_npy(os.path.join(out, "maps", m.name, it.image_id + ".npy"),
-                          V_h[r].astype(np.float32))
-            if it.image_id in grid_ids:
-                _save_npy(os.path.join(out, "grid", m.name, it.image_id + ".npy"),
-                          V_h[r].astype(np.float16))
-        timings["rows"] += time.perf_counter() - t0
-        if m.name in bars:
-            bars[m.name].update(n)
-            bars[m.name].set_postfix_str(f"{dt / n:.3g} s/img map", refresh=False)
-    return rows
+                _save_npy(os.path.join(out, "maps", m.name, it.image_id + ".npy"), V_h[r].astype(np.float32))
+            if it.image_id in self.grid_ids:
+                _save_npy(os.path.join(out, "grid", m.name, it.image_id + ".npy"), V_h[r].astype(np.float16))
+        return rows
 
 
 def _finish(result: Run, ds: Dataset, bb: Backbone, config: BenchConfig, echo) -> None:
