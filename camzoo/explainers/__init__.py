@@ -10,7 +10,7 @@ from typing import Any, List, Optional
 from torch import Tensor
 
 from .base import EXPLAINERS, Explainer, cam_to_map, minmax, register_explainer, upsample
-from . import fakecam, gradient, lcam, rise, scorecam  # noqa: F401  (registers the built-ins)
+from . import fakecam, gradient, lcam, lficam, rise, scorecam  # noqa: F401  (registers the built-ins)
 
 __all__ = ["EXPLAINERS", "Explainer", "explain", "get_explainer", "list_explainers",
            "register_explainer", "minmax", "upsample", "cam_to_map"]
