@@ -89,6 +89,7 @@ def train() -> None:
 # Sub-commands living in their own modules register themselves on import (one line each).
 from . import cli_bench  # noqa: E402,F401
 from . import cli_lcam  # noqa: E402,F401
+from . import cli_lficam  # noqa: E402,F401
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -22,6 +22,7 @@ over :func:`stability_from_maps` (see :mod:`camzoo.cli_lficam`).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional
 
@@ -178,3 +179,187 @@ def stability_from_maps(maps: Mapping[str, Tensor], accuracy: Optional[Mapping[s
     acc = StabilityAccumulator(baseline, accuracy, threshold)
     acc.add(maps)
     return acc.result()
+
+
+# -- models from checkpoints / explainers on images (used by ``camzoo stability``) ----------
+@dataclass
+class MapSource:
+    """One set of maps to compare: an explainer on a backbone, and the classifier it explains.
+
+    Attributes:
+        name: label in the result (checkpoint file name or method name).
+        explainer: a :class:`camzoo.Explainer` (options set).
+        backbone: the :class:`camzoo.Backbone` it is called with.
+        classifier: the Backbone whose top-1 is explained (``explainer.evaluated_backbone``).
+        accuracy: held-out accuracy used to pick the baseline (``None`` if unknown).
+        accuracy_source: where ``accuracy`` came from (``"checkpoint:top1"``, ``"measured"``, ...).
+        class_map: original label of each classifier class (end-to-end with a new classifier).
+    """
+
+    name: str
+    explainer: object
+    backbone: object
+    classifier: object
+    accuracy: Optional[float] = None
+    accuracy_source: str = "none"
+    class_map: Optional[List[int]] = None
+
+
+def checkpoint_accuracy(ck: dict) -> tuple:
+    """``(accuracy, source)`` from a training checkpoint's last held-out metrics.
+
+    ``top1`` (LFI-CAM: accuracy of the trained classifier) when present, else ``masked_acc``
+    (L-CAM: accuracy of the frozen model on the masked input, a proxy of the head's quality;
+    every head of one frozen model has the same ``top1``), else ``(None, "none")``.
+    """
+    hist = ck.get("history") or []
+    val = hist[-1].get("val", {}) if hist else {}
+    for k in ("top1", "masked_acc"):
+        if val.get(k) is not None:
+            return float(val[k]), f"checkpoint:{k}"
+    return None, "none"
+
+
+def sources_from_checkpoints(paths, *, weights: Optional[str] = None, device=None,
+                             backbones: Optional[dict] = None) -> List[MapSource]:
+    """A :class:`MapSource` per learned-explainer checkpoint (LFI-CAM, L-CAM, ...).
+
+    The explainer is read from the checkpoint's metadata (``metadata["explainer"]``, e.g.
+    ``lficam``, ``lcam-fm``); the backbone is built by name from ``metadata["backbone"]``
+    (``weights``: a state_dict file for it; end-to-end LFI-CAM checkpoints hold every weight
+    and use random initial ones). ``backbones`` caches built backbones by (name, weights).
+    """
+    from .backbones import load_backbone
+    from .explainers import get_explainer
+    from .train.loop import load_checkpoint
+
+    backbones = {} if backbones is None else backbones
+    out = []
+    names = [os.path.basename(os.fspath(p)) for p in paths]
+    if len(set(names)) != len(names):
+        names = [os.fspath(p) for p in paths]
+    for path, label in zip(paths, names):
+        ck = load_checkpoint(path)
+        meta = ck.get("metadata", {})
+        method = meta.get("explainer") or ck.get("task")
+        if not method:
+            raise ValueError(f"{path}: the checkpoint does not say which explainer it belongs to")
+        if meta.get("mode") == "baseline":
+            raise ValueError(f"{path} is a plain classifier (LFI-CAM --mode baseline), not an "
+                             "explainer; its maps cannot be compared")
+        name = meta.get("backbone")
+        w = "random" if meta.get("mode") == "end-to-end" and weights is None else weights
+        key = (name, w)
+        if key not in backbones:
+            backbones[key] = load_backbone(name, weights=w, device=device)
+        bb = backbones[key]
+        ex = get_explainer(method, checkpoint=os.fspath(path))
+        ev = ex.evaluated_backbone(bb)
+        acc, src = checkpoint_accuracy(ck)
+        out.append(MapSource(label, ex, bb, ev, acc, src, meta.get("class_map")))
+    return out
+
+
+def sources_from_methods(methods, backbone, options: Optional[dict] = None) -> List[MapSource]:
+    """A :class:`MapSource` per explainer name on one ``backbone`` (``options[name]``: its options)."""
+    from .explainers import get_explainer
+
+    options = options or {}
+    out = []
+    for m in methods:
+        ex = get_explainer(m, **options.get(m, {}))
+        out.append(MapSource(m, ex, backbone, ex.evaluated_backbone(backbone)))
+    return out
+
+
+def run_stability(sources: List[MapSource], data=None, *, labels=None, limit: Optional[int] = None,
+                  seed: int = 0, batch_size: int = 16, threshold: float = DEFAULT_THRESHOLD,
+                  baseline: Optional[str] = None, measure_accuracy: bool = False,
+                  progress: bool = True, echo=print) -> StabilityResult:
+    """Maps of every source on the same images, compared against the most accurate source.
+
+    Each source preprocesses the images with its classifier's ``preprocess`` and explains that
+    classifier's top-1 ("model truth"); maps are resized (bilinear) to the first source's
+    resolution when they differ. Accuracy for the baseline choice: the sources' own (from
+    checkpoints), or measured on ``data`` when ``measure_accuracy`` or when unknown and the data
+    has labels (labels mapped through ``class_map`` for new classifiers). Unreadable images are
+    skipped (reported through ``echo``).
+
+    Returns:
+        :class:`StabilityResult` (``n_images`` = images compared).
+    """
+    from .data import open_dataset
+    from .explainers.base import upsample
+    from .images import ImageReadError
+
+    if len(sources) < 2:
+        raise ValueError(f"stability compares at least two models or methods; got {len(sources)}")
+    ds = open_dataset(data, labels=labels, limit=limit, seed=seed)
+    measure = {s.name for s in sources
+               if ds.has_labels and (measure_accuracy or s.accuracy is None)}
+    correct = {n: 0 for n in measure}
+    n_lab = 0
+    items = list(ds.items)
+    # the baseline may need measured accuracies first: keep the binarized masks (1 byte/pixel)
+    masks: Dict[str, List[Tensor]] = {s.name: [] for s in sources}
+    it = range(0, len(items), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, desc="stability", unit="batch")
+    size = None
+    for start in it:
+        imgs = []
+        labs = []
+        for item in items[start:start + batch_size]:
+            try:
+                imgs.append(ds.load(item))
+                labs.append(item.label)
+            except ImageReadError as exc:
+                echo(f"skipped: {exc}")
+        if not imgs:
+            continue
+        for s in sources:
+            clf = s.classifier
+            x = torch.stack([clf.preprocess(im) for im in imgs]).to(clf.device)
+            with torch.inference_mode():
+                pred = clf.model(x).argmax(1)
+            V = s.explainer.explain(s.backbone, x, pred)
+            if size is None:
+                size = tuple(V.shape[-2:])
+            masks[s.name].append(binarize(upsample(V, size).clamp(0, 1), threshold).cpu())
+            if s.name in measure:
+                y = torch.tensor(labs)
+                if s.class_map is not None:
+                    inv = {c: i for i, c in enumerate(s.class_map)}
+                    y = torch.tensor([inv.get(int(v), -1) for v in labs])
+                correct[s.name] += int((pred.cpu() == y).sum())
+        n_lab += len(imgs)
+    accuracy = {s.name: s.accuracy for s in sources}
+    for n in measure:
+        accuracy[n] = correct[n] / max(n_lab, 1)
+    if n_lab == 0:
+        raise ValueError(f"no readable images in {data}")
+    if baseline is None:
+        baseline = pick_baseline(accuracy)
+    elif baseline not in masks:
+        raise ValueError(f"baseline {baseline!r} is not among: {', '.join(masks)}")
+    ref = torch.cat(masks[baseline])
+    per_image = {k: iou(torch.cat(v), ref) for k, v in masks.items() if k != baseline}
+    per_model = {k: float(v.mean()) for k, v in per_image.items()}
+    overall = float(torch.tensor(list(per_model.values())).mean())
+    return StabilityResult(baseline, per_model, overall, accuracy, ref.shape[0], threshold, per_image)
+
+
+def format_result(res: StabilityResult, sources: Optional[List[MapSource]] = None) -> str:
+    """A plain-text table of a :class:`StabilityResult`."""
+    src = {s.name: s.accuracy_source for s in sources or []}
+    w = max(12, *(len(str(r["model"])) for r in res.table()))
+    lines = [f"{'model':{w}s}  {'role':8s}  {'accuracy':>8s}  {'mean IoU':>8s}"]
+    for r in res.table():
+        acc = "-" if r["accuracy"] is None else f"{r['accuracy']:.4f}"
+        note = f"  ({src[r['model']]})" if r["model"] in src and src[r["model"]] != "none" else ""
+        lines.append(f"{r['model']:{w}s}  {r['role']:8s}  {acc:>8s}  {r['mean_iou']:8.4f}{note}")
+    lines.append(f"overall mean IoU vs baseline {res.baseline!r}: {res.overall:.4f} "
+                 f"({res.n_images} images, high attention = map >= {res.threshold:.4f})")
+    return "\n".join(lines)

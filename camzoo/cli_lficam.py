@@ -1,0 +1,162 @@
+"""``camzoo train lficam`` and ``camzoo stability``: thin layers over :mod:`camzoo.train.lficam`
+and :mod:`camzoo.stability`.
+
+Multi-process training: ``torchrun --nproc_per_node N -m camzoo train lficam ...``
+(DistributedDataParallel through the shared loop; NCCL on CUDA, gloo on CPU).
+"""
+from __future__ import annotations
+
+import json
+
+import click
+
+from .cli import _split, main, parse_opts, train
+
+
+@train.command("lficam")
+@click.option("--backbone", default="efficientnet_lite0", show_default=True)
+@click.option("--weights", default=None,
+              help="backbone state_dict file (default: the embedded / torchvision weights; "
+                   "--init random needs none)")
+@click.option("--mode", type=click.Choice(["end-to-end", "frozen", "baseline"]), default="frozen",
+              show_default=True,
+              help="end-to-end: backbone + FIN + classifier (the paper); frozen: only the FIN, "
+                   "on the unchanged backbone; baseline: the same recipe without the FIN")
+@click.option("--init", type=click.Choice(["pretrained", "random"]), default="pretrained",
+              show_default=True, help="end-to-end / baseline: start from the backbone's weights or "
+                                      "from a seeded random initialization")
+@click.option("--num-classes", type=int, default=None,
+              help="end-to-end / baseline: a new classifier with N classes (the data's labels "
+                   "are mapped to 0..N-1 in sorted order), e.g. 10 for imagenette")
+@click.option("--layer", default=None, help="explanation layer (default: the backbone's)")
+@click.option("--data", "data", required=True, type=click.Path(exists=True, file_okay=False),
+              help="image folder (labels.csv, wnid folders or plain images)")
+@click.option("--labels", type=click.Choice(["model", "gt"]), default=None,
+              help="frozen mode: the frozen model's top-1 (default) or the ground truth; "
+                   "end-to-end / baseline always use the ground truth")
+@click.option("--labels-file", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="ground-truth file for a flat folder (see docs/bench.md)")
+@click.option("--epochs", type=int, default=10, show_default=True,
+              help="lr divided by 10 after 50 % and 75 % of them (paper: 300 small datasets, 90 ImageNet)")
+@click.option("--batch-size", type=int, default=64, show_default=True, help="global batch size")
+@click.option("--lr", type=float, default=0.1, show_default=True)
+@click.option("--momentum", type=float, default=0.9, show_default=True)
+@click.option("--weight-decay", type=float, default=None,
+              help="default 1e-4, 5e-4 for small images (--image-size <= 64)")
+@click.option("--image-size", type=int, default=None,
+              help="training / held-out resolution (default: the backbone's input size)")
+@click.option("--fin-depth", type=int, default=4, show_default=True, help="FIN conv blocks")
+@click.option("--val-fraction", type=float, default=0.2, show_default=True,
+              help="images held out (by image) for per-epoch top-1")
+@click.option("--limit", type=int, default=None, help="use a deterministic subset of N images")
+@click.option("--split-seed", type=int, default=0, show_default=True,
+              help="seed of --limit and of the held-out split (keep it fixed across --seed runs)")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="checkpoint (.pt)")
+@click.option("--resume", is_flag=True, help="continue from --out")
+@click.option("--overwrite", is_flag=True, help="replace an existing --out")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="seeds the FIN / new classifier / random init, the batch order and augmentation")
+@click.option("--workers", type=int, default=0, show_default=True, help="DataLoader workers")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: auto)")
+@click.option("--no-progress", is_flag=True, help="no progress bar")
+def lficam_cmd(backbone, weights, mode, init, num_classes, layer, data, labels, labels_file,
+               epochs, batch_size, lr, momentum, weight_decay, image_size, fin_depth, val_fraction,
+               limit, split_seed, out, resume, overwrite, seed, workers, device,
+               no_progress) -> None:
+    """Train LFI-CAM (paper recipe: SGD momentum 0.9, lr 0.1 / 10 at 50 % and 75 %)."""
+    from .backbones import load_backbone
+    from .train.lficam import lficam_data, train_lficam
+    from .train.loop import distributed, rank_and_world
+
+    try:
+        with distributed(device) as dev:
+            rank = rank_and_world()[0]
+            echo = click.echo if rank == 0 else (lambda *a, **k: None)
+            w = "random" if weights is None and init == "random" else weights
+            bb = load_backbone(backbone, weights=w, device=dev)
+            lab = labels or ("model" if mode == "frozen" else "gt")
+            tr, va, info = lficam_data(data, bb, num_classes=num_classes, val_fraction=val_fraction,
+                                       seed=seed, split_seed=split_seed, limit=limit,
+                                       image_size=image_size, need_labels=lab == "gt",
+                                       labels_file=labels_file)
+            echo(f"LFI-CAM {mode} on {bb.name} layer {layer or bb.default_layer}: {len(tr)} "
+                 f"training / {len(va)} held-out images ({tr.size}px), labels={lab}, "
+                 f"init={init}, classes={num_classes or bb.num_classes}, device={dev}, "
+                 f"processes={rank_and_world()[1]}")
+            res = train_lficam(bb, tr, va, mode=mode, layer=layer, labels=lab,
+                               num_classes=num_classes, class_map=info["class_map"],
+                               class_names=info["class_names"], init=init, depth=fin_depth,
+                               image_size=tr.size, epochs=epochs, batch_size=batch_size, lr=lr,
+                               momentum=momentum, weight_decay=weight_decay, out=out,
+                               resume=resume, overwrite=overwrite, seed=seed, num_workers=workers,
+                               device=dev, progress=not no_progress and rank == 0, log=echo)
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError, NotImplementedError) as exc:
+        raise click.ClickException(str(exc)) from None
+    val = res["history"][-1]["val"] if res["history"] else {}
+    if "top1" in val:
+        extra = f", backbone {val['backbone_top1']:.4f}" if "backbone_top1" in val else ""
+        echo(f"held-out top-1: {val['top1']:.4f}{extra}")
+    hint = ("" if mode == "baseline" else
+            f"; use it with --methods lficam --opt lficam.checkpoint={out}"
+            + (f" --backbone {backbone} --weights random" if mode == "end-to-end" else ""))
+    echo(f"wrote {out} ({res['epoch']} epochs){hint}")
+
+
+@main.command("stability")
+@click.argument("checkpoints", nargs=-1, type=click.Path(exists=True, dir_okay=False))
+@click.option("--data", "data", default=None, type=click.Path(exists=True, file_okay=False),
+              help="image folder (default: the sample photos)")
+@click.option("--labels-file", default=None, type=click.Path(exists=True, dir_okay=False))
+@click.option("--limit", type=int, default=None, help="a deterministic subset of N images")
+@click.option("--seed", type=int, default=0, show_default=True, help="seed of --limit")
+@click.option("--methods", default=None,
+              help="compare these explainers' maps on one model instead of checkpoints "
+                   "(the first is the baseline unless --baseline)")
+@click.option("--backbone", default="efficientnet_lite0", show_default=True,
+              help="the model for --methods")
+@click.option("--weights", default=None, help="backbone state_dict file (frozen checkpoints "
+                                              "and --methods)")
+@click.option("--opt", "opts", multiple=True, help="METHOD.OPTION=VALUE for --methods, repeatable")
+@click.option("--threshold", type=float, default=None,
+              help="high attention = map >= threshold (default 127/255, the paper's >= 127)")
+@click.option("--baseline", default=None, help="force the baseline (checkpoint file name or method)")
+@click.option("--measure-accuracy", is_flag=True,
+              help="measure each model's top-1 on --data (needs labels) instead of reading it "
+                   "from the checkpoints")
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--device", default=None, help="cpu, cuda, ... (default: auto)")
+@click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False),
+              help="also write the result as JSON")
+def stability_cmd(checkpoints, data, labels_file, limit, seed, methods, backbone, weights, opts,
+                  threshold, baseline, measure_accuracy, batch_size, device, json_out) -> None:
+    """Stability of explanations (LFI-CAM paper): mean IoU of binarized maps vs the most
+    accurate model, for CHECKPOINTS of learned explainers (LFI-CAM, L-CAM; the explainer is read
+    from each checkpoint) or for --methods on one model."""
+    from .stability import (DEFAULT_THRESHOLD, format_result, run_stability,
+                            sources_from_checkpoints, sources_from_methods)
+
+    try:
+        if checkpoints and methods:
+            raise ValueError("give checkpoints or --methods, not both")
+        if methods:
+            from .backbones import load_backbone
+
+            bb = load_backbone(backbone, weights=weights, device=device)
+            names = _split(methods)
+            sources = sources_from_methods(names, bb, parse_opts(opts))
+            baseline = baseline or names[0]
+        else:
+            sources = sources_from_checkpoints(list(checkpoints), weights=weights, device=device)
+        res = run_stability(sources, data, labels=labels_file, limit=limit, seed=seed,
+                            batch_size=batch_size,
+                            threshold=DEFAULT_THRESHOLD if threshold is None else threshold,
+                            baseline=baseline, measure_accuracy=measure_accuracy, echo=click.echo)
+    except (ValueError, KeyError, FileNotFoundError, NotImplementedError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(format_result(res, sources))
+    if json_out:
+        with open(json_out, "w") as f:
+            json.dump({"baseline": res.baseline, "per_model": res.per_model, "overall": res.overall,
+                       "accuracy": res.accuracy, "n_images": res.n_images,
+                       "threshold": res.threshold,
+                       "classifiers": {s.name: s.classifier.name for s in sources}}, f, indent=2)
