@@ -133,7 +133,7 @@ def main() -> None:
                          "or efficientnet_lite0 (embedded weights)")
     ap.add_argument("--layer", default=None, help="explanation layer (default: the backbone's default)")
     ap.add_argument("--images", type=int, default=2, help="number of sample photos (max 6)")
-    ap.add_argument("--batch-sizes", default="16,32,64", help="batch sizes tried for each side")
+    ap.add_argument("--batch-sizes", default="16,32", help="batch sizes tried for each side (comma-separated)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads per worker (0 = torch default)")
     ap.add_argument("--rank-by", choices=("cpu", "wall"), default="cpu",
                     help="pick each side's best batch size by CPU time or wall time")

@@ -305,3 +305,13 @@ def test_inference_model_folds_batchnorm():
         torch.testing.assert_close(fast2(x), bb.model(x), atol=1e-5, rtol=1e-5)
     tb = tiny_backbone()  # no BatchNorm: the model itself
     assert inference_model(tb.model, 32) is tb.model
+
+
+@pytest.mark.parametrize("method,opts", [("scorecam", {}), ("rise", {"n_masks": 16})])
+def test_amp_bf16_close_to_fp32(tiny, method, opts):
+    """amp is opt-in (CUDA); on CPU it still runs and only changes the maps by bf16 rounding."""
+    x, y = _x(2), torch.tensor([3, 4])
+    a = camzoo.explain(method, tiny, x, y, **opts)
+    b = camzoo.explain(method, tiny, x, y, amp="bf16", **opts)
+    assert b.dtype == torch.float32 and torch.isfinite(b).all()
+    assert 0 < (a - b).abs().max() < 0.1

@@ -225,17 +225,15 @@ class ScoreCAM(Explainer):
         amp = autocast_context(x.device, self.options["amp"])
         net = inference_model(model.model, int(getattr(model, "input_size", 224) or 224)) \
             if self.options["fuse_bn"] else model.model
-        for start in range(0, B * K, bs):
-            idx = torch.arange(start, min(start + bs, B * K), device=x.device)
+        pairs = torch.arange(B * K, device=x.device)  # flattened (image, channel) pairs
+        if official:
+            # constant channels are skipped (weight 0, no forward); constancy is checked at
+            # feature resolution, where rounding cannot make a constant map look non-constant
+            f2 = flat.reshape(B * K, -1)
+            pairs = pairs[f2.amax(1) > f2.amin(1)]
+        for start in range(0, pairs.numel(), bs):
+            idx = pairs[start:start + bs]
             a = flat[idx]
-            if official:
-                # a constant channel (checked at feature resolution, where rounding cannot
-                # make a constant map look non-constant) is skipped: weight 0, no forward
-                keep = a.reshape(a.shape[0], -1).amax(1) > a.reshape(a.shape[0], -1).amin(1)
-                if not bool(keep.all()):
-                    idx, a = idx[keep], a[keep]
-                    if idx.numel() == 0:
-                        continue
             m = _upsample_masks(a, size, align_corners=not official)  # [n,1,H,W]
             lo = m.amin(dim=(2, 3), keepdim=True)
             hi = m.amax(dim=(2, 3), keepdim=True)
