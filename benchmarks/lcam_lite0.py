@@ -85,16 +85,23 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
-def time_inference(bb, ckpt: str, batch: int, reps: int) -> None:
-    """Median seconds per batch: plain forward vs L-CAM (y=None: top-1 from the same forward;
-    y given: the engine's case), interleaved so load changes hit both alike."""
-    from camzoo.train.data import TrainImages
+def time_inference(bb, ckpt: str, batch: int, reps: int, threads: int) -> None:
+    """Median time per batch: plain forward vs L-CAM (y=None: top-1 from the same forward;
+    y given: the engine's case), interleaved so that load changes hit all alike.
+
+    On CPU the process CPU time (``time.process_time``) is reported next to the wall time,
+    with ``threads`` torch threads: on a machine shared with other jobs the wall time
+    mostly measures the neighbours, CPU time the work done."""
     from camzoo.data import open_dataset
+    from camzoo.train.data import TrainImages
 
     ds = open_dataset(os.path.join(SHARED, "imagenette-224"), limit=batch, seed=1)
     imgs = TrainImages(ds.items, bb, augment=False)
     x = torch.stack([imgs[i][0] for i in range(len(imgs))]).to(bb.device)
     ex = camzoo.get_explainer("lcam-img", checkpoint=ckpt)
+    old_threads = torch.get_num_threads()
+    if bb.device.type == "cpu" and threads:
+        torch.set_num_threads(threads)
     with torch.inference_mode():
         y = bb.model(x).argmax(1)
 
@@ -106,21 +113,27 @@ def time_inference(bb, ckpt: str, batch: int, reps: int) -> None:
            "lcam (y given)": lambda: ex.explain(bb, x, y)}
     for f in fns.values():  # warm-up
         f()
-    times = {k: [] for k in fns}
+    wall = {k: [] for k in fns}
+    cpu = {k: [] for k in fns}
     for _ in range(reps):
         for k, f in fns.items():
             _sync(bb.device)
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             f()
             _sync(bb.device)
-            times[k].append(time.perf_counter() - t)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    say(f"### Inference time, batch {batch}, {reps} interleaved repetitions (median)")
+            wall[k].append(time.perf_counter() - t)
+            cpu[k].append(time.process_time() - c)
+    torch.set_num_threads(old_threads)
+    mw = {k: statistics.median(v) for k, v in wall.items()}
+    mc = {k: statistics.median(v) for k, v in cpu.items()}
+    say(f"### Inference time, batch {batch}, {reps} interleaved repetitions (median), "
+        f"{torch.get_num_threads() if bb.device.type != 'cpu' else threads} torch thread(s)")
     say("")
-    say("| | s / batch | ms / image | ratio to forward |")
-    say("|---|---|---|---|")
-    for k, v in med.items():
-        say(f"| {k} | {v:.4f} | {1000 * v / batch:.2f} | {v / med['forward']:.3f} |")
+    say("| | wall s / batch | wall ratio to forward | CPU s / batch | CPU ratio to forward |")
+    say("|---|---|---|---|---|")
+    for k in fns:
+        say(f"| {k} | {mw[k]:.4f} | {mw[k] / mw['forward']:.3f} | {mc[k]:.4f} | "
+            f"{mc[k] / mc['forward']:.3f} |")
     say("")
 
 
@@ -142,6 +155,8 @@ def main() -> None:
     ap.add_argument("--scorecam-layer", default=None, help="Score-CAM layer (default conv_head: 1280 forwards/image)")
     ap.add_argument("--timing-batch", type=int, default=32)
     ap.add_argument("--timing-reps", type=int, default=10)
+    ap.add_argument("--timing-threads", type=int, default=1,
+                    help="torch threads while timing on CPU (0 = leave as is)")
     ap.add_argument("--timing-only", action="store_true")
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--device", default=None)
@@ -160,7 +175,7 @@ def main() -> None:
     say("")
 
     time_inference(bb, untrained_checkpoint(bb, "img", os.path.join(a.out, "untrained-img.pt")),
-                   a.timing_batch, a.timing_reps)
+                   a.timing_batch, a.timing_reps, a.timing_threads)
     if a.timing_only:
         return _write(a)
 
