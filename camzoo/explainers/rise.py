@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import Explainer, make_generator, minmax, register_explainer
-from .scorecam import AMP_DTYPES, autocast_context, inference_model
+from .scorecam import AMP_DTYPES, autocast_context, default_batch_size, inference_model
 
 
 def rise_grids(n: int, s: int, p1: float, size: Tuple[int, int],
@@ -85,7 +85,7 @@ class RISE(Explainer):
         s: grid size.
         p1: probability of keeping a cell.
         seed: seed of the mask generator (same seed, same masks, same map).
-        batch_size: masked inputs per forward pass.
+        batch_size: masked inputs per forward pass; None = 16 on CPU, 64 elsewhere.
         amp: None (fp32), ``"fp16"`` or ``"bf16"`` autocast for the forwards (meant for CUDA).
         fuse_bn: forward through :func:`camzoo.explainers.scorecam.inference_model` (BatchNorm
             folded into the convolutions; same logits to float rounding).
@@ -93,13 +93,13 @@ class RISE(Explainer):
 
     name = "rise"
     summary = "RISE (Petsiuk et al. 2018): random masks weighted by the class probability"
-    defaults = {"n_masks": 4000, "s": 7, "p1": 0.5, "seed": 0, "batch_size": 32, "amp": None,
+    defaults = {"n_masks": 4000, "s": 7, "p1": 0.5, "seed": 0, "batch_size": None, "amp": None,
                 "fuse_bn": True}
 
     def __init__(self, **options) -> None:
         super().__init__(**options)
         o = self.options
-        if int(o["n_masks"]) < 1 or int(o["s"]) < 1 or int(o["batch_size"]) < 1:
+        if int(o["n_masks"]) < 1 or int(o["s"]) < 1 or (o["batch_size"] is not None and int(o["batch_size"]) < 1):
             raise ValueError(f"rise: n_masks, s and batch_size must be >= 1; got n_masks={o['n_masks']!r}, "
                              f"s={o['s']!r}, batch_size={o['batch_size']!r}")
         if not 0.0 < float(o["p1"]) <= 1.0:
@@ -115,7 +115,7 @@ class RISE(Explainer):
         """Unnormalized RISE saliency ``[B,H,W]`` (>= 0) of classes ``y`` ``[B]`` for ``x`` ``[B,3,H,W]``."""
         o = self.options
         n, s, p1 = int(o["n_masks"]), int(o["s"]), float(o["p1"])
-        bs = int(o["batch_size"])
+        bs = default_batch_size(x.device, o["batch_size"])
         B = x.shape[0]
         size = (x.shape[-2], x.shape[-1])
         gen = make_generator(o["seed"], x.device)
