@@ -173,3 +173,213 @@ def test_stability_from_maps_uses_most_accurate_baseline():
     assert res.overall == pytest.approx(2 / 3)
     assert pick_baseline({"a": None, "b": 0.1}) == "b"
     torch.testing.assert_close(map_iou(m1, base), torch.tensor([1 / 3]))
+
+
+# -- the synthetic known-answer task ------------------------------------------------------------
+class _DecoyBody(torch.nn.Module):
+    """A trained shapes CNN's body plus one decoy channel: a fixed bump at feature cell
+    (1.5, 1.5), far stronger than the class channels, that carries no class evidence."""
+
+    def __init__(self, body: torch.nn.Module, strength: float) -> None:
+        super().__init__()
+        self.body = body
+        self.strength = strength
+
+    def forward(self, x):
+        f = self.body(x)
+        h, w = f.shape[-2:]
+        ii = torch.arange(h, dtype=f.dtype).view(h, 1)
+        jj = torch.arange(w, dtype=f.dtype).view(1, w)
+        bump = torch.exp(-((ii - 1.5) ** 2 + (jj - 1.5) ** 2) / 2.0)
+        return torch.cat([f, self.strength * bump.expand(f.shape[0], 1, h, w)], 1)
+
+
+class _DecoyNet(torch.nn.Module):
+    """``fc(GAP(features))`` with a zero weight on the decoy; class logits divided by
+    ``temperature`` (same decisions, unsaturated softmax, so CE still has a gradient)."""
+
+    def __init__(self, tiny, strength: float = 100.0, temperature: float = 5.0) -> None:
+        super().__init__()
+        self.body = _DecoyBody(tiny.body, strength)
+        k, c = tiny.fc.in_features, tiny.fc.out_features
+        self.fc = torch.nn.Linear(k + 1, c)
+        with torch.no_grad():
+            self.fc.weight.zero_()
+            self.fc.weight[:, :k] = tiny.fc.weight / temperature
+            self.fc.bias.copy_(tiny.fc.bias / temperature)
+
+    def head(self, f):
+        return self.fc(f.mean(dim=(2, 3)))
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+@pytest.fixture(scope="module")
+def shapes():
+    """(frozen decoy backbone, held-out x, mask, two frozen-mode checkpoints trained with seeds 0, 1)."""
+    import tempfile
+
+    from camzoo.backbones import backbone_from_module
+    from camzoo.synthetic import ShapesDataset, make_shapes, train_tiny_classifier
+    from camzoo.train.lficam import train_lficam
+
+    tiny = train_tiny_classifier(seed=0, steps=300)
+    net = _DecoyNet(tiny.model)
+    bb = backbone_from_module(net, {"features": net.body}, name="decoy-shapes",
+                              default_layer="features", heads={"features": net.head},
+                              num_classes=4, input_size=32)
+    x01, y, mask = make_shapes(256, seed=99)
+    train = ShapesDataset(1024, bb, seed=11)
+    val = ShapesDataset(128, bb, seed=12)
+    d = tempfile.mkdtemp(prefix="lficam-test-")
+    cks = []
+    for seed in (0, 1):
+        path = f"{d}/frozen_s{seed}.pt"
+        train_lficam(bb, train, val, mode="frozen", epochs=5, batch_size=32, lr=0.3, seed=seed,
+                     out=path, progress=False, log=lambda s: None)
+        cks.append(path)
+    return bb, bb.normalize(x01), y, mask, cks
+
+
+def test_frozen_lficam_finds_the_object_and_beats_an_untrained_fin(shapes):
+    from camzoo.synthetic import peak_in_object_rate
+
+    bb, x, y, mask, cks = shapes
+    before = {k: v.clone() for k, v in bb.model.state_dict().items()}
+    with torch.no_grad():
+        untrained = peak_in_object_rate(LFICAM(bb, seed=0).eval().explain(x), mask)
+    V = camzoo_explain("lficam", bb, x, checkpoint=cks[0])
+    trained = peak_in_object_rate(V, mask)
+    print(f"peak inside the object: trained FIN {trained:.3f}, untrained {untrained:.3f}")
+    assert trained >= 0.9, (trained, untrained)
+    assert untrained <= trained - 0.1, (trained, untrained)
+    # the frozen model is still the same model, and the explainer evaluates it
+    assert all(torch.equal(before[k], v) for k, v in bb.model.state_dict().items())
+    from camzoo import get_explainer
+
+    assert get_explainer("lficam", checkpoint=cks[0]).evaluated_backbone(bb) is bb
+
+
+def camzoo_explain(method, bb, x, **opts):
+    import camzoo
+
+    return camzoo.explain(method, bb, x, **opts)
+
+
+def test_two_seeds_stability_on_the_synthetic_task(shapes, tmp_path):
+    from PIL import Image
+
+    from camzoo.stability import run_stability, sources_from_checkpoints
+    from camzoo.train.loop import load_checkpoint
+
+    bb, x, y, mask, cks = shapes
+    maps = {f"s{i}": camzoo_explain("lficam", bb, x, checkpoint=c) for i, c in enumerate(cks)}
+    acc = {f"s{i}": load_checkpoint(c)["history"][-1]["val"]["top1"] for i, c in enumerate(cks)}
+    res = stability_from_maps(maps, acc)
+    assert res.baseline == max(acc, key=acc.get)
+    assert 0.0 <= res.overall <= 1.0
+    # the two seeds agree (the paper reports >= 0.6 for LFI-CAM), and the agreement is about
+    # each image's object: paired with the *next* image's map, the IoU collapses
+    trained_iou = res.overall
+    shuffled_iou = float(map_iou(maps["s0"], maps["s1"].roll(1, dims=0)).mean())
+    assert trained_iou >= 0.6, trained_iou
+    assert shuffled_iou <= trained_iou - 0.3, (trained_iou, shuffled_iou)
+    # the same through the image-folder path (PNG files, checkpoints read back)
+    for i in range(24):
+        x01 = bb.denormalize(x[i:i + 1])[0].clamp(0, 1)
+        Image.fromarray((x01.permute(1, 2, 0) * 255).round().byte().numpy()).save(tmp_path / f"{i:02d}.png")
+    sources = sources_from_checkpoints(cks, backbones={("decoy-shapes", None): bb})
+    assert [s.accuracy_source for s in sources] == ["checkpoint:top1"] * 2
+    res2 = run_stability(sources, tmp_path, progress=False)
+    assert res2.n_images == 24 and 0.0 <= res2.overall <= 1.0
+    print(f"stability IoU (2 seeds): {trained_iou:.3f} maps, {res2.overall:.3f} PNGs; other "
+          f"image's map {shuffled_iou:.3f}")
+
+
+def test_checkpoint_mismatch_is_refused(shapes, lite0):
+    import camzoo
+    from camzoo.testing import tiny_backbone
+
+    bb, x, y, mask, cks = shapes
+    other = tiny_backbone(num_classes=4)
+    other.name = "decoy-shapes"  # same name, different weights
+    with pytest.raises(ValueError, match="exact model"):
+        camzoo.explain("lficam", other, x[:2], checkpoint=cks[0])
+    with pytest.raises(ValueError, match="backbone: checkpoint 'decoy-shapes', here 'efficientnet_lite0'"):
+        camzoo.explain("lficam", lite0, torch.zeros(1, 3, 224, 224), checkpoint=cks[0])
+    with pytest.raises(ValueError, match="checkpoint=PATH"):
+        camzoo.explain("lficam", bb, x[:2])
+
+
+def test_end_to_end_checkpoint_is_its_own_classifier(tiny, tmp_path):
+    import camzoo
+    from camzoo.synthetic import ShapesDataset
+    from camzoo.train.lficam import train_lficam
+
+    before = {k: v.clone() for k, v in tiny.model.state_dict().items()}
+    tr = ShapesDataset(48, tiny, seed=1, num_classes=3)
+    va = ShapesDataset(16, tiny, seed=2, num_classes=3)
+    path = tmp_path / "e2e.pt"
+    res = train_lficam(tiny, tr, va, mode="end-to-end", num_classes=3, epochs=1, batch_size=16,
+                       lr=0.05, seed=0, out=path, progress=False, log=lambda s: None)
+    meta = res["metadata"]
+    assert meta["mode"] == "end-to-end" and meta["num_classes"] == 3 and meta["new_classifier"]
+    assert {"backbone", "layer", "seed", "camzoo_version", "data"} <= set(meta)
+    assert "top1" in res["history"][-1]["val"]
+    assert all(torch.equal(before[k], v) for k, v in tiny.model.state_dict().items())
+    ex = camzoo.get_explainer("lficam", checkpoint=str(path))
+    ev = ex.evaluated_backbone(tiny)
+    assert ev is not tiny and ev is ex.evaluated_backbone(tiny)
+    assert ev.name == "lficam[tiny]" and ev.num_classes == 3
+    assert ev.weights_id.startswith("lficam:e2e.pt#")
+    x = tr.x[:5]
+    # the evaluated classifier is the LFI-CAM model itself: logits of backbone copy + FIN
+    from camzoo.explainers.lficam import load_lficam
+
+    lf, _ = load_lficam(str(path), tiny)
+    with torch.no_grad():
+        logits, L = lf(x)
+        torch.testing.assert_close(ev.model(x), logits)
+        assert not torch.allclose(ev.model(x)[:, :3], tiny.model(x)[:, :3])
+    V = ex.explain(tiny, x, ev.model(x).argmax(1))
+    torch.testing.assert_close(V, F.interpolate(L[:, None], size=(32, 32), mode="bilinear",
+                                                align_corners=False)[:, 0].clamp(0, 1))
+    assert ex.forward_passes(tiny) == 1
+
+
+# -- command line -------------------------------------------------------------------------------
+def test_cli_train_frozen_then_stability_of_methods(tmp_path):
+    from click.testing import CliRunner
+
+    from camzoo.cli import main
+    from camzoo.train.loop import load_checkpoint
+
+    from .conftest import IMAGENETTE
+
+    out = tmp_path / "f.pt"
+    r = CliRunner().invoke(main, ["train", "lficam", "--mode", "frozen", "--layer", "blocks",
+                                  "--data", IMAGENETTE, "--limit", "10", "--image-size", "64",
+                                  "--epochs", "1", "--batch-size", "4", "--out", str(out),
+                                  "--no-progress", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert "held-out top-1" in r.output and "--opt lficam.checkpoint=" in r.output
+    ck = load_checkpoint(out)
+    meta = ck["metadata"]
+    assert (meta["mode"], meta["layer"], meta["labels"], meta["image_size"]) == ("frozen", "blocks", "model", 64)
+    assert meta["data"]["n_train"] == 8 and meta["data"]["n_val"] == 2
+    assert set(ck["state_dict"]) == {k for k in ck["state_dict"] if k.startswith("fin.")}
+    assert {"top1", "backbone_top1", "agree"} <= set(ck["history"][0]["val"])
+    # a frozen-mode flag that makes no sense is refused with the reason
+    r = CliRunner().invoke(main, ["train", "lficam", "--mode", "frozen", "--num-classes", "10",
+                                  "--data", IMAGENETTE, "--out", str(tmp_path / "x.pt")])
+    assert r.exit_code != 0 and "--mode end-to-end" in r.output
+    # stability between two explainers' maps on one model
+    r = CliRunner().invoke(main, ["stability", "--methods", "gradcam,gradcam++", "--limit", "2",
+                                  "--device", "cpu", "--json", str(tmp_path / "s.json")])
+    assert r.exit_code == 0, r.output
+    import json
+
+    res = json.loads((tmp_path / "s.json").read_text())
+    assert res["baseline"] == "gradcam" and res["n_images"] == 2
+    assert 0.0 <= res["per_model"]["gradcam++"] <= 1.0
