@@ -85,7 +85,7 @@ class RISE(Explainer):
         s: grid size.
         p1: probability of keeping a cell.
         seed: seed of the mask generator (same seed, same masks, same map).
-        batch_size: masked inputs per forward pass; None = 16 on CPU, 64 elsewhere.
+        batch_size: masked inputs per forward pass; None = 32 on CPU, 128 on accelerators.
         amp: None (fp32), ``"fp16"`` or ``"bf16"`` autocast for the forwards (meant for CUDA).
         fuse_bn: forward through :func:`camzoo.explainers.scorecam.inference_model` (BatchNorm
             folded into the convolutions; same logits to float rounding).
