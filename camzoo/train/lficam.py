@@ -381,14 +381,16 @@ def lficam_data(data, backbone: Backbone, *, num_classes: Optional[int] = None,
     from ..data import open_dataset
     from .data import split_by_image
 
-    ds = open_dataset(data, labels=labels_file, limit=limit, seed=split_seed)
+    full = open_dataset(data, labels=labels_file)
+    ds = full if limit is None else open_dataset(data, labels=labels_file, limit=limit, seed=split_seed)
     info: Dict[str, Any] = {"class_map": None, "class_names": None}
     label_map = None
     if num_classes is not None:
-        if not ds.has_labels:
+        if not full.has_labels:
             raise ValueError(f"a new {num_classes}-class classifier needs ground-truth labels, but "
-                             f"{data} (layout {ds.layout!r}) has none for some images")
-        label_map, class_map = label_mapping([it.label for it in ds.items], num_classes)
+                             f"{data} (layout {full.layout!r}) has none for some images")
+        # the classes of the whole folder (a small --limit may miss some)
+        label_map, class_map = label_mapping([it.label for it in full.items], num_classes)
         names = imagenet_class_names() if class_map[-1] < 1000 else None
         info = {"class_map": class_map,
                 "class_names": [names[c] if names else f"class_{c}" for c in class_map]}
