@@ -17,7 +17,7 @@ from .cli import main, parse_opts
 QUICK_PRESET: Dict[str, Any] = {
     "steps": 16,                                  # insertion/deletion: 17 points instead of 225
     "skip_methods": ["scorecam"],                 # 2 x 1281 forwards per image on Lite0 (map + coherency)
-    "options": {"rise": {"n_masks": 128}},        # instead of 4000
+    "options": {"rise": {"n_masks": 64}},         # instead of 4000 (map + Coherency map)
 }
 FULL_HINT = ("full protocol: camzoo bench --data DIR [--labels FILE] --limit 2000 (or --preset full "
              "on the sample photos): 224 insertion/deletion steps, every method incl. scorecam at its "

@@ -61,7 +61,7 @@ def test_engine_rows_equal_independent_per_image_computation(tiny_run):
     assert list(rows[rows.method == "gradcam"].image_id) == [it.image_id for it in ds.items]
     nus = (1.0, 0.5, 0.15)
     for it in ds.items:
-        x = bb.preprocess(load_image(it.path)).unsqueeze(0)
+        x = bb.preprocess(load_image(it.path)).unsqueeze(0).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             p = torch.softmax(bb.model(x), 1)[0]
         c = torch.tensor([int(p.argmax())])
