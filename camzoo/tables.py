@@ -89,6 +89,11 @@ def summary(run) -> Table:
     bbn = run.config["backbone"]["name"]
     notes = [f"{bbn}: means over {n_txt} images per method, explaining {target}; "
              f"{len(errors)} unreadable image(s) skipped."]
+    for m in methods:
+        clf = run.config["methods"][m].get("classifier", {})
+        if clf.get("key", "backbone") != "backbone":
+            notes.append(f"{m}: evaluated on its own classifier {clf.get('name')} "
+                         f"({clf.get('weights_id')}), not on {bbn}.")
     return Table(df, better, notes)
 
 

@@ -343,6 +343,7 @@ def test_evaluated_backbone_is_used_for_y_and_metrics(tmp_path):
     fw = {(a.method, a.family): a.forwards for a in r.forwards().itertuples()}
     assert fw[(OwnClassifier.name, "clean")] == 2 and fw[("*", "clean")] == 2
     assert r.config["methods"][OwnClassifier.name]["classifier"]["key"] == f"{OwnClassifier.name}:tiny"
+    assert f"{OwnClassifier.name}: evaluated on its own classifier tiny" in summary(r).to("markdown")
 
 
 # -- data layouts ----------------------------------------------------------------------------
@@ -368,6 +369,15 @@ def test_layout_labels_csv_and_wnid_folders(tmp_path):
     assert ds.layout == "wnid-folders"
     assert [(i.image_id, i.label) for i in ds.items] == [
         ("n01440764/a", 0), ("n01443537/b", 1), ("n15075141/deep/c", 999)]
+    # the engine on it: nested ids make nested map files
+    from camzoo.testing import tiny_backbone
+
+    r = run(BenchConfig(backbone=tiny_backbone(num_classes=1000), methods="fakecam", metrics="lcam",
+                        data=str(w), target="gt", save_maps=True, out=str(tmp_path / "run"),
+                        progress=False, figures=False), echo=lambda s: None)
+    assert list(r.rows().c) == [0, 1, 999]
+    m = np.load(os.path.join(r.dir, "maps", "fakecam", "n15075141", "deep", "c.npy"))
+    assert m.dtype == np.float32 and m.shape == (32, 32)
     # imagenette-224 style: labels.csv with paths into wnid folders
     (w / "labels.csv").write_text("file,class_index\nn01440764/a.JPEG,0\n")
     ds = open_dataset(w)
