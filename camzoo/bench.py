@@ -596,6 +596,9 @@ class _Engine:
         pending = [(i, it) for i, it in indexed
                    if any((m.name, it.image_id) not in self.done for m in methods)]
         self.grid_ids = {it.image_id for _, it in indexed[: max(0, int(config.grid_images))]}
+        if pending:
+            echo(f"bench: {len(methods)} method(s) x {len(pending)} image(s) to do "
+                 f"({len(indexed) - len(pending)} done, {len(known_errors)} unreadable) -> {self.out}")
         if config.progress:
             from tqdm.auto import tqdm
 
@@ -603,9 +606,6 @@ class _Engine:
                 n_done = sum((m.name, it.image_id) in self.done for _, it in indexed)
                 self.bars[m.name] = tqdm(total=len(indexed), initial=n_done, desc=f"{m.name:>16s}",
                                          unit="img", position=pos, leave=True, dynamic_ncols=True)
-        if pending:
-            echo(f"bench: {len(methods)} method(s) x {len(pending)} image(s) to do "
-                 f"({len(indexed) - len(pending)} done, {len(known_errors)} unreadable) -> {self.out}")
         loader = _Prefetcher(ds, pending, self.bb.preprocess, int(config.batch_size))
         clock = self.clock
         t = clock.start()

@@ -135,8 +135,10 @@ def _fmt(col: str, v: float) -> str:
         return "-"
     if col == FW_COL:
         return f"{int(round(v))}"
-    if col == TIME_COL:
-        return f"{v:.3g}"
+    if col == TIME_COL:  # seconds, no scientific notation
+        if 0 < v < 0.0005:
+            return "<0.001"
+        return f"{v:.0f}" if v >= 100 else f"{v:.2f}" if v >= 1 else f"{v:.3f}"
     return f"{v:.{DECIMALS}f}"
 
 
