@@ -118,8 +118,6 @@ def bench_figures(run, ds, bb, n_images: int = 4) -> List[str]:
     run directory; return the written paths."""
     import os
 
-    import torch
-
     written = []
     curves = {}
     for m in run.methods:

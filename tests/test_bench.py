@@ -2,7 +2,6 @@
 import csv
 import math
 import os
-import re
 import shutil
 import signal
 import sqlite3
@@ -22,9 +21,9 @@ from camzoo.bench import BenchConfig, Run, run
 from camzoo.cli import main
 from camzoo.data import ImageItem, imagenet_wnids, open_dataset, subset
 from camzoo.images import load_image
-from camzoo.metrics import PROTOCOLS, Scorer
+from camzoo.metrics import Scorer
 from camzoo.metrics.adcc import adcc_scores
-from camzoo.metrics.lcam import average_drop, increase_in_confidence, masked_confidence
+from camzoo.metrics.lcam import average_drop, masked_confidence
 from camzoo.metrics.rise import auc, insertion_deletion
 from camzoo.tables import compare, marks, summary, to_latex, to_markdown
 
