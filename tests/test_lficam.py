@@ -218,6 +218,15 @@ class _DecoyNet(torch.nn.Module):
 @pytest.fixture(scope="module")
 def shapes():
     """(frozen decoy backbone, held-out x, mask, two frozen-mode checkpoints trained with seeds 0, 1)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: a second thread only adds synchronization
+    try:
+        return _shapes_setup()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _shapes_setup():
     import tempfile
 
     from camzoo.backbones import backbone_from_module
@@ -297,7 +306,7 @@ def test_two_seeds_stability_on_the_synthetic_task(shapes, tmp_path):
           f"image's map {shuffled_iou:.3f}")
 
 
-def test_checkpoint_mismatch_is_refused(shapes, lite0):
+def test_checkpoint_mismatch_is_refused(shapes):
     import camzoo
     from camzoo.testing import tiny_backbone
 
@@ -306,8 +315,9 @@ def test_checkpoint_mismatch_is_refused(shapes, lite0):
     other.name = "decoy-shapes"  # same name, different weights
     with pytest.raises(ValueError, match="exact model"):
         camzoo.explain("lficam", other, x[:2], checkpoint=cks[0])
-    with pytest.raises(ValueError, match="backbone: checkpoint 'decoy-shapes', here 'efficientnet_lite0'"):
-        camzoo.explain("lficam", lite0, torch.zeros(1, 3, 224, 224), checkpoint=cks[0])
+    rn = camzoo.load_backbone("timm:test_resnet", weights="random", device="cpu")
+    with pytest.raises(ValueError, match="backbone: checkpoint 'decoy-shapes', here 'timm:test_resnet'"):
+        camzoo.explain("lficam", rn, torch.zeros(1, 3, 64, 64), checkpoint=cks[0])
     with pytest.raises(ValueError, match="checkpoint=PATH"):
         camzoo.explain("lficam", bb, x[:2])
 
@@ -358,15 +368,17 @@ def test_cli_train_frozen_then_stability_of_methods(tmp_path):
     from .conftest import IMAGENETTE
 
     out = tmp_path / "f.pt"
-    r = CliRunner().invoke(main, ["train", "lficam", "--mode", "frozen", "--layer", "blocks",
+    tiny_timm = ["--backbone", "timm:test_resnet", "--weights", "random", "--device", "cpu"]
+    r = CliRunner().invoke(main, ["train", "lficam", "--mode", "frozen", "--layer", "layer3",
                                   "--data", IMAGENETTE, "--limit", "10", "--image-size", "64",
                                   "--epochs", "1", "--batch-size", "4", "--out", str(out),
-                                  "--no-progress", "--device", "cpu"])
+                                  "--no-progress", *tiny_timm])
     assert r.exit_code == 0, r.output
     assert "held-out top-1" in r.output and "--opt lficam.checkpoint=" in r.output
     ck = load_checkpoint(out)
     meta = ck["metadata"]
-    assert (meta["mode"], meta["layer"], meta["labels"], meta["image_size"]) == ("frozen", "blocks", "model", 64)
+    assert (meta["mode"], meta["layer"], meta["labels"], meta["image_size"]) == ("frozen", "layer3", "model", 64)
+    assert meta["backbone"] == "timm:test_resnet"
     assert meta["data"]["n_train"] == 8 and meta["data"]["n_val"] == 2
     assert set(ck["state_dict"]) == {k for k in ck["state_dict"] if k.startswith("fin.")}
     assert {"top1", "backbone_top1", "agree"} <= set(ck["history"][0]["val"])
@@ -376,7 +388,7 @@ def test_cli_train_frozen_then_stability_of_methods(tmp_path):
     assert r.exit_code != 0 and "--mode end-to-end" in r.output
     # stability between two explainers' maps on one model
     r = CliRunner().invoke(main, ["stability", "--methods", "gradcam,gradcam++", "--limit", "2",
-                                  "--device", "cpu", "--json", str(tmp_path / "s.json")])
+                                  *tiny_timm, "--json", str(tmp_path / "s.json")])
     assert r.exit_code == 0, r.output
     import json
 
