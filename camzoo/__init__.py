@@ -5,11 +5,23 @@ Public API::
     import camzoo
     bb = camzoo.load_backbone("efficientnet_lite0")        # embedded ImageNet default
     maps = camzoo.explain("gradcam", bb, x)                # x: [B,3,224,224] normalized
+    run = camzoo.bench.run(camzoo.bench.BenchConfig(methods="gradcam,fakecam"))
 """
 __version__ = "0.1.0"
 
 from .backbones import Backbone, backbone_from_module, list_backbones, load_backbone  # noqa: E402
 from .explainers import Explainer, explain, get_explainer, list_explainers, register_explainer  # noqa: E402
+
+
+
+def __getattr__(name: str):
+    # heavier sub-modules (pandas, sqlite, ...) load on first use: camzoo.bench, camzoo.metrics
+    if name in ("bench", "metrics", "stability", "tables"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'camzoo' has no attribute {name!r}")
+
 
 __all__ = [
     "__version__", "Backbone", "load_backbone", "list_backbones", "backbone_from_module",
