@@ -17,7 +17,7 @@ what training needs on top:
 from __future__ import annotations
 
 import os
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -51,6 +51,8 @@ class TrainImages(torch.utils.data.Dataset):
         self.mean = backbone.mean.detach().cpu().view(3, 1, 1)
         self.std = backbone.std.detach().cpu().view(3, 1, 1)
         self.preprocess: Callable = backbone.preprocess
+        #: original label -> training label (a new classifier); ``None`` keeps labels as they are
+        self.label_map: Optional[Dict[int, int]] = None
 
     def set_epoch(self, epoch: int) -> None:
         """Select the augmentation draws of ``epoch`` (called by :func:`camzoo.train.loop.fit`)."""
@@ -72,7 +74,7 @@ class TrainImages(torch.utils.data.Dataset):
     def _augment(self, img, index: int) -> Tensor:
         from torchvision.transforms import functional as TF
 
-        g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
+        g = self._generator(index)
         img = TF.resize(img, self.resize, interpolation=TF.InterpolationMode.BILINEAR,
                         antialias=True)
         t = TF.pil_to_tensor(img).float().div_(255.0)  # [3,h,w] in [0,1]
@@ -88,13 +90,23 @@ class TrainImages(torch.utils.data.Dataset):
             t = t.flip(-1)
         return (t - self.mean) / self.std
 
+    def _generator(self, index: int) -> torch.Generator:
+        """The augmentation generator of image ``index`` in the current epoch (worker-independent)."""
+        return torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
+
+    def transform(self, img, index: int) -> Tensor:
+        """PIL image -> normalized ``[3,S,S]``: augmented for training, else the eval preprocess."""
+        return self._augment(img, index) if self.augment else self.preprocess(img)
+
     def __getitem__(self, index: int) -> Tuple[Tensor, int]:
         from ..images import load_image
 
         it = self.items[index]
-        img = load_image(it.path)
-        x = self._augment(img, index) if self.augment else self.preprocess(img)
-        return x.float().contiguous(), -1 if it.label is None else int(it.label)
+        x = self.transform(load_image(it.path), index)
+        y = -1 if it.label is None else int(it.label)
+        if self.label_map is not None and y >= 0:
+            y = self.label_map[y]
+        return x.float().contiguous(), y
 
 
 def split_by_image(items: Sequence[ImageItem], val_fraction: float,

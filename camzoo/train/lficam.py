@@ -96,7 +96,7 @@ class LFICAMImages(TrainImages):
     def _rrc(self, img, index: int) -> Tensor:
         from torchvision.transforms import functional as TF
 
-        g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
+        g = self._generator(index)
         w, h = img.size
         area = float(w * h)
         box = None
@@ -121,16 +121,8 @@ class LFICAMImages(TrainImages):
             t = t.flip(-1)
         return (t - self.mean) / self.std
 
-    def __getitem__(self, index: int) -> Tuple[Tensor, int]:
-        from ..images import load_image
-
-        it = self.items[index]
-        img = load_image(it.path)
-        x = self._rrc(img, index) if self.augment else self._eval(img)
-        y = -1 if it.label is None else int(it.label)
-        if self.label_map is not None and y >= 0:
-            y = self.label_map[y]
-        return x.float().contiguous(), y
+    def transform(self, img, index: int) -> Tensor:
+        return self._rrc(img, index) if self.augment else self._eval(img)
 
 
 def label_mapping(labels: Sequence[int], num_classes: int) -> Tuple[Optional[Dict[int, int]], List[int]]:
