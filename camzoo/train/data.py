@@ -109,6 +109,23 @@ class TrainImages(torch.utils.data.Dataset):
         return x.float().contiguous(), y
 
 
+def check_gt_labels(ds, data: PathLike, backbone: Backbone) -> None:
+    """Raise unless every image of ``ds`` has a ground-truth label that is a class of ``backbone``."""
+    if not ds.has_labels:
+        raise ValueError(f"--labels gt needs ground-truth labels, but {data} (layout "
+                         f"{ds.layout!r}) has none for some images; use --labels model")
+    backbone.check_classes(torch.tensor([it.label for it in ds.items]))
+
+
+def split_training(ds, data: PathLike, val_fraction: float, seed: int):
+    """:func:`split_by_image` of ``ds.items``; raises when no training image is left."""
+    train, held = split_by_image(ds.items, val_fraction, seed)
+    if not train:
+        raise ValueError(f"no training images left in {data} ({len(ds)} images, "
+                         f"val_fraction={val_fraction})")
+    return train, held
+
+
 def split_by_image(items: Sequence[ImageItem], val_fraction: float,
                    seed: int = 0) -> Tuple[List[ImageItem], List[ImageItem]]:
     """Deterministic split into ``(train, held_out)``; each keeps the original order.
@@ -143,13 +160,7 @@ def training_data(data: PathLike, backbone: Backbone, *, val_fraction: float = 0
     """
     ds = open_dataset(data, labels=labels_file, limit=limit, seed=seed)
     if need_labels:
-        if not ds.has_labels:
-            raise ValueError(f"--labels gt needs ground-truth labels, but {data} (layout "
-                             f"{ds.layout!r}) has none for some images; use --labels model")
-        backbone.check_classes(torch.tensor([it.label for it in ds.items]))
-    train, held = split_by_image(ds.items, val_fraction, seed)
-    if not train:
-        raise ValueError(f"no training images left in {data} ({len(ds)} images, "
-                         f"val_fraction={val_fraction})")
+        check_gt_labels(ds, data, backbone)
+    train, held = split_training(ds, data, val_fraction, seed)
     return (TrainImages(train, backbone, augment=True, seed=seed, root=ds.root),
             TrainImages(held, backbone, augment=False, seed=seed, root=ds.root))

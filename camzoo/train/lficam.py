@@ -371,7 +371,7 @@ def lficam_data(data, backbone: Backbone, *, num_classes: Optional[int] = None,
     classifier)."""
     from ..backbones import imagenet_class_names
     from ..data import open_dataset
-    from .data import split_by_image
+    from .data import check_gt_labels, split_training
 
     full = open_dataset(data, labels=labels_file)
     ds = full if limit is None else open_dataset(data, labels=labels_file, limit=limit, seed=split_seed)
@@ -387,14 +387,8 @@ def lficam_data(data, backbone: Backbone, *, num_classes: Optional[int] = None,
         info = {"class_map": class_map,
                 "class_names": [names[c] if names else f"class_{c}" for c in class_map]}
     elif need_labels:
-        if not ds.has_labels:
-            raise ValueError(f"labels 'gt' need ground-truth labels, but {data} (layout "
-                             f"{ds.layout!r}) has none for some images; use --labels model")
-        backbone.check_classes(torch.tensor([it.label for it in ds.items]))
-    train, held = split_by_image(ds.items, val_fraction, split_seed)
-    if not train:
-        raise ValueError(f"no training images left in {data} ({len(ds)} images, "
-                         f"val_fraction={val_fraction})")
+        check_gt_labels(ds, data, backbone)
+    train, held = split_training(ds, data, val_fraction, split_seed)
     mk = lambda items, aug: LFICAMImages(items, backbone, augment=aug, seed=seed, root=ds.root,  # noqa: E731
                                          size=image_size, label_map=label_map)
     return mk(train, True), mk(held, False), info
