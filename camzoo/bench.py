@@ -248,6 +248,12 @@ def _classifier_key(method: str, bb: Backbone, ev: Backbone) -> str:
     return "backbone" if ev is bb else f"{method}:{ev.name}"
 
 
+def _mean_std(clf: Backbone) -> Optional[Tuple[Tensor, Tensor]]:
+    """``(mean, std)`` when ``clf.normalize`` is the plain per-channel ``(x - mean) / std``
+    (lets the lcam protocol fuse its masking and normalization), else None."""
+    return (clf.mean, clf.std) if type(clf).normalize is Backbone.normalize else None
+
+
 def _same_normalization(a: Backbone, b: Backbone) -> bool:
     return a is b or (torch.equal(a.mean.cpu(), b.mean.cpu()) and torch.equal(a.std.cpu(), b.std.cpu()))
 
@@ -650,8 +656,9 @@ class _Engine:
                 c = pred
             with torch.inference_mode():
                 Y = probs.gather(1, c[:, None])[:, 0]
-            # clones outside inference mode: explainers may use c in autograd (saved for backward)
-            out[key] = (xc.clone(), c.clone(), Y.clone(), pred.clone())
+            # c, Y, pred come out of inference mode: clone them (explainers may save c for
+            # backward); xc was made outside it and is used as is
+            out[key] = (xc, c.clone(), Y.clone(), pred.clone())
             forwards[(CLEAN_METHOD if key == "backbone" else key.split(":", 1)[0], "clean")] += B
         return out
 
@@ -706,7 +713,8 @@ class _Engine:
                 return V2
 
             inputs = MetricInputs(scorer=scorer, x=xs, V=V, c=cs, Y=Ys, normalize=clf.normalize,
-                                  denormalize=clf.denormalize, explain_fn=explain_fn, x01=x01s)
+                                  denormalize=clf.denormalize, explain_fn=explain_fn, x01=x01s,
+                                  mean_std=_mean_std(clf))
             values: Dict[str, Tensor] = {}
             for p in self.protocols:
                 w0, c0 = clock.wall["adcc_explain"], clock.cpu["adcc_explain"]

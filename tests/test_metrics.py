@@ -12,7 +12,7 @@ from torch import nn
 from camzoo.metrics import (
     PROTOCOLS, MetricInputs, Scorer, adcc, adcc_scores, ascending_rank, auc, average_drop,
     blur, blur_kernel, coherency, complexity, evaluate_all, explanation_map,
-    increase_in_confidence, insertion_deletion, keep_count, keep_top, masked_confidence, pearson,
+    increase_in_confidence, insertion_deletion, keep_count, keep_mask, keep_top, masked_confidence, pearson,
     step_counts, table_metrics,
 )
 
@@ -120,6 +120,63 @@ def test_keep_top_matches_reference_on_tied_maps():
             ref = _lcam_reference_drop(V[b].flatten().tolist(), nu)
             assert out[b].flatten().tolist() == pytest.approx(ref, abs=0)
             assert int((out[b] > 0).sum()) == keep_count(nu, 63)
+
+
+def test_keep_mask_equals_stable_rank_definition():
+    """kthvalue + tie rule == "ascending stable rank >= n - k" on untied, tied and constant maps."""
+    g = torch.Generator().manual_seed(2)
+    fake = torch.ones(1, 8, 8)
+    fake[0, 0, 0] = 0.0  # Fake-CAM: one pixel below a plateau of ties
+    maps = [torch.rand(3, 8, 8, generator=g),                               # no ties
+            torch.randint(0, 3, (3, 8, 8), generator=g).float() / 2,        # 3 levels
+            fake, torch.zeros(2, 8, 8)]                                     # all tied
+    # one batch mixing a map that splits its ties with maps that do not
+    mixed = torch.cat([torch.rand(2, 8, 8, generator=g), torch.full((1, 8, 8), 0.5)])
+    for V in maps + [mixed]:
+        n = 64
+        for nu in (0.5, 0.15, 0.33, 1 / 64, 63 / 64, 1.0):
+            k = keep_count(nu, n)
+            got = keep_mask(V, nu)
+            if k == n:
+                assert got is None
+                continue
+            expected = ascending_rank(V) >= n - k
+            assert torch.equal(got, expected), (V[0, 0, :3], nu)
+            assert got.sum(1).eq(k).all()
+
+
+def test_masked_confidence_fused_normalization_equals_generic():
+    """mean_std builds x01/std*phi - mean/std in one pass: equal to normalize(x01 * phi)."""
+    g = torch.Generator().manual_seed(3)
+    x01 = torch.rand(5, 3, 6, 6, generator=g)
+    V = torch.randint(0, 4, (5, 6, 6), generator=g).float() / 3  # ties at the thresholds
+    c = torch.tensor([0, 1, 0, 1, 0])
+    mean, std = torch.tensor([0.4, 0.5, 0.6]), torch.tensor([0.2, 0.25, 0.3])
+
+    def normalize(z):
+        return (z - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+
+    class Affine(nn.Module):  # logits depend on every pixel and channel differently
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(2, 3 * 36, generator=g), requires_grad=False)
+
+        def forward(self, x):
+            return x.flatten(1) @ self.w.t()
+
+    model = Affine()
+    nus = (1.0, 0.5, 0.15)
+    ref = masked_confidence(Scorer(model, 64), x01, V, c, normalize, nus)
+    for bs in (1, 4, 7, 64):  # chunks straddling thresholds and images
+        s = Scorer(model, bs)
+        got = masked_confidence(s, x01, V, c, normalize, nus, mean_std=(mean, std))
+        torch.testing.assert_close(got, ref, atol=1e-6, rtol=0)
+        assert s.counts["lcam"] == 15
+    # and each O is the prob on normalize(x01 * keep_top(V)) computed image by image
+    for j, nu in enumerate(nus):
+        z = normalize(x01 * keep_top(V, nu)[:, None])
+        p = torch.softmax(model(z), 1).gather(1, c[:, None])[:, 0]
+        torch.testing.assert_close(ref[:, j], p, atol=1e-6, rtol=0)
 
 
 def test_masked_confidence_ad_ic_by_hand():

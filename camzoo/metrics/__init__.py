@@ -11,7 +11,7 @@ See docs/metrics.md for every protocol choice.
 """
 from .adcc import adcc, adcc_scores, average_drop_fraction, coherency, complexity, explanation_map, pearson
 from .lcam import (
-    DEFAULT_NUS, ascending_rank, average_drop, increase_in_confidence, keep_count, keep_top,
+    DEFAULT_NUS, ascending_rank, average_drop, increase_in_confidence, keep_count, keep_mask, keep_top,
     lcam_scores, masked_confidence, nu_label,
 )
 from .protocols import (
@@ -24,7 +24,7 @@ __all__ = [
     "PROTOCOLS", "TABLE_ORDER", "MetricInputs", "MetricSpec", "Protocol", "evaluate_all",
     "table_metrics", "Scorer",
     "DEFAULT_NUS", "ascending_rank", "average_drop", "increase_in_confidence", "keep_count",
-    "keep_top", "lcam_scores", "masked_confidence", "nu_label",
+    "keep_mask", "keep_top", "lcam_scores", "masked_confidence", "nu_label",
     "adcc", "adcc_scores", "average_drop_fraction", "coherency", "complexity",
     "explanation_map", "pearson",
     "auc", "blur", "blur_kernel", "descending_rank", "insertion_deletion", "rise_scores",

@@ -17,7 +17,7 @@ the authors' ``drop_Npercent`` does, so exactly ``ceil(nu*H*W)`` pixels stay.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -61,6 +61,39 @@ def ascending_rank(V: Tensor) -> Tensor:
     return rank.scatter_(1, order, ar)
 
 
+def keep_mask(V: Tensor, nu: float) -> Optional[Tensor]:
+    """The pixels ``phi_nu`` keeps: the top ``ceil(nu*H*W)`` of each map.
+
+    Equivalent to ``ascending_rank(V) >= H*W - ceil(nu*H*W)`` without a full sort: the
+    threshold is each map's k-th largest value (``torch.kthvalue``, linear time); every pixel
+    above it is kept, and of the pixels equal to it the *last* ones in raster order are kept
+    (the earlier ones are dropped first, as in the authors' ``drop_Npercent``), so that exactly
+    ``ceil(nu*H*W)`` pixels stay.
+
+    Args:
+        V: maps ``[B,H,W]`` (any real values, no NaN).
+        nu: fraction of pixels kept, in (0, 1].
+    Returns:
+        bool ``[B,H*W]``, or ``None`` when every pixel is kept (``ceil(nu*H*W) == H*W``).
+    """
+    flat = V.reshape(V.shape[0], -1)
+    n = flat.shape[1]
+    k = keep_count(nu, n)
+    if k == n:
+        return None
+    # the k-th largest value is the (n-k+1)-th smallest
+    t = torch.kthvalue(flat, n - k + 1, dim=1, keepdim=True).values
+    at_least = flat >= t
+    if bool((at_least.sum(dim=1) == k).all()):  # the common case: no map splits its ties
+        return at_least
+    above = flat > t
+    tied = at_least & ~above
+    n_tied = tied.sum(dim=1, keepdim=True)
+    need = k - above.sum(dim=1, keepdim=True)  # tied pixels to keep, in [1, n_tied]
+    # keep a tied pixel iff fewer than `need` tied pixels come after it in raster order
+    return above | (tied & (tied.cumsum(dim=1) > n_tied - need))
+
+
 def keep_top(V: Tensor, nu: float) -> Tensor:
     """``phi_nu(V)``: keep the top ``ceil(nu*H*W)`` pixels of each map with their soft values.
 
@@ -70,13 +103,11 @@ def keep_top(V: Tensor, nu: float) -> Tensor:
     Returns:
         float ``[B,H,W]``: ``V`` on the kept pixels, 0 elsewhere. Exactly ``ceil(nu*H*W)``
         pixels are kept per map; among pixels tied at the threshold, those earlier in raster
-        order are dropped first (the L-CAM code's ``drop_Npercent``).
+        order are dropped first (the L-CAM code's ``drop_Npercent``). See :func:`keep_mask`.
     """
-    n = V.shape[-1] * V.shape[-2]
-    k = keep_count(nu, n)
-    if k == n:
+    keep = keep_mask(V, nu)
+    if keep is None:
         return V
-    keep = ascending_rank(V) >= (n - k)
     return torch.where(keep, V.reshape(V.shape[0], -1), 0.0).reshape(V.shape)
 
 
@@ -88,12 +119,14 @@ def masked_confidence(
     c: Tensor,
     normalize: Callable[[Tensor], Tensor],
     nus: Sequence[float] = DEFAULT_NUS,
+    mean_std: Optional[Tuple[Tensor, Tensor]] = None,
 ) -> Tensor:
     """``O[i, j]`` = prob of ``c[i]`` on ``normalize(x01[i] * phi_{nus[j]}(V[i]))``.
 
     The (image, nu) pairs are packed into forwards of ``scorer.eval_batch_size`` images
-    (counted under family ``"lcam"``), built lazily chunk by chunk; each map is sorted once
-    for all thresholds.
+    (counted under family ``"lcam"``), built lazily chunk by chunk into one reused
+    channels_last buffer; each map's kept pixels are found once per threshold
+    (:func:`keep_mask`).
 
     Args:
         scorer: the counting :class:`Scorer` of the evaluated classifier.
@@ -103,38 +136,57 @@ def masked_confidence(
         normalize: ``[N,3,H,W]`` in [0,1] -> the classifier's normalized input
             (``Backbone.normalize``).
         nus: fractions of pixels kept, each in (0, 1].
+        mean_std: optional ``(mean [C], std [C])`` with ``normalize(z) == (z - mean) / std``
+            per channel (``(Backbone.mean, Backbone.std)``). When given, ``normalize`` is not
+            called: each masked image is written in one fused pass as
+            ``x01 / std * phi(V) - mean / std`` (equal up to float rounding, ~1e-7).
     Returns:
         float32 ``[B, len(nus)]`` in [0,1].
     """
     B = x01.shape[0]
-    n = V.shape[-1] * V.shape[-2]
     if V.shape != (B, *x01.shape[2:]):
         raise ValueError(f"V must be [B,H,W] = {(B, *x01.shape[2:])}; got {tuple(V.shape)}")
-    H, W = x01.shape[2:]
-    flat = V.reshape(B, -1).to(x01.dtype)
-    # a pixel survives threshold j iff its ascending rank >= thr[j]; nu = 1 -> thr 0 keeps all
-    thr = [n - keep_count(nu, n) for nu in nus]
-    rank = ascending_rank(V).to(x01.device) if any(thr) else None
+    C, H, W = x01.shape[1:]
+    Vd = V.to(x01.device, x01.dtype)
+    # phi_nu(V) for every threshold, single-channel [B,1,H,W] (nu = 1 keeps V as is)
+    phis = []
+    for nu in nus:
+        keep = keep_mask(Vd, nu)
+        phis.append(Vd.unsqueeze(1) if keep is None
+                    else torch.where(keep, Vd.reshape(B, -1), 0.0).view(B, 1, H, W))
     J = len(nus)
     c = c.reshape(-1).to(x01.device)
+    bs = scorer.eval_batch_size
+    if mean_std is not None:
+        mean, std = (t.to(x01.device, x01.dtype).reshape(1, C, 1, 1) for t in mean_std)
+        scaled = (x01 / std).contiguous(memory_format=torch.channels_last)  # once per image
+        shift = -mean / std
+        buf = torch.empty((min(bs, J * B), C, H, W), dtype=x01.dtype, device=x01.device,
+                          memory_format=torch.channels_last)
 
     def chunks():
         # pairs p = j * B + i (threshold-major): a chunk is a few runs of consecutive images
         # at one threshold, each built from slices (no gathers)
-        for a in range(0, J * B, scorer.eval_batch_size):
-            e = min(J * B, a + scorer.eval_batch_size)
+        for a in range(0, J * B, bs):
+            e = min(J * B, a + bs)
             xs, cs = [], []
             p = a
             while p < e:
                 j, i0 = divmod(p, B)
                 i1 = min(B, i0 + e - p)
-                m = flat[i0:i1]
-                if thr[j] > 0:
-                    m = torch.where(rank[i0:i1] >= thr[j], m, 0.0)
-                xs.append(normalize(x01[i0:i1] * m.view(-1, 1, H, W)))
-                cs.append(c[i0:i1])
+                if mean_std is not None:
+                    # one fused pass into the reused buffer; a buffer is rewritten only after
+                    # the forward that read it was issued (stream order)
+                    torch.addcmul(shift, scaled[i0:i1], phis[j][i0:i1],
+                                  out=buf[p - a:p - a + i1 - i0])
+                else:
+                    xs.append(normalize(x01[i0:i1] * phis[j][i0:i1]))
                 p += i1 - i0
-            yield (xs[0], cs[0]) if len(xs) == 1 else (torch.cat(xs), torch.cat(cs))
+            cc = c[torch.arange(a, e, device=c.device) % B]
+            if mean_std is not None:
+                yield buf[:e - a], cc
+            else:
+                yield (xs[0] if len(xs) == 1 else torch.cat(xs)), cc
 
     return scorer.probs_stream(chunks(), FAMILY).view(J, B).t().contiguous()
 
@@ -174,15 +226,18 @@ def lcam_scores(
     Y: Tensor,
     normalize: Callable[[Tensor], Tensor],
     nus: Sequence[float] = DEFAULT_NUS,
+    mean_std: Optional[Tuple[Tensor, Tensor]] = None,
 ) -> dict:
     """All per-image quantities of the protocol, keyed for the result store.
+
+    ``mean_std``: see :func:`masked_confidence` (the engine passes the classifier's).
 
     Returns:
         ``{"O_<L>": [B], "ad_<L>": [B], "ic_<L>": [B]}`` for each nu with label
         ``L = nu_label(nu)`` (``"100"``, ``"50"``, ``"15"``): O in [0,1], AD and IC terms in
         [0,100]; table values are their means.
     """
-    O = masked_confidence(scorer, x01, V, c, normalize, nus)
+    O = masked_confidence(scorer, x01, V, c, normalize, nus, mean_std)
     ad = average_drop(Y, O)
     ic = increase_in_confidence(Y, O)
     out = {}

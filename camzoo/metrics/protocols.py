@@ -78,6 +78,8 @@ class MetricInputs:
         denormalize: normalized -> [0,1] (``Backbone.denormalize``).
         explain_fn: ``(E [B,3,H,W], c [B]) -> [B,H,W]`` the same explainer (needed by ``adcc``).
         x01: images in [0,1] ``[B,3,H,W]``; ``denormalize(x)`` when not given.
+        mean_std: ``(mean [3], std [3])`` when ``normalize`` is ``(z - mean) / std`` per
+            channel: lets the ``lcam`` protocol build each masked image in one fused pass.
     """
 
     scorer: Scorer
@@ -89,6 +91,7 @@ class MetricInputs:
     denormalize: Optional[Callable[[Tensor], Tensor]] = None
     explain_fn: Optional[Callable[[Tensor, Tensor], Tensor]] = None
     x01: Optional[Tensor] = None
+    mean_std: Optional[Tuple[Tensor, Tensor]] = None
 
     def images01(self) -> Tensor:
         if self.x01 is not None:
@@ -167,7 +170,7 @@ class LCAMProtocol(Protocol):
     def evaluate(self, inputs: MetricInputs, **opts: Any) -> Dict[str, Tensor]:
         o = self.options(**opts)
         return lcam_scores(inputs.scorer, inputs.images01(), inputs.V, inputs.c, inputs.Y,
-                           inputs.normalize, tuple(o["nus"]))
+                           inputs.normalize, tuple(o["nus"]), inputs.mean_std)
 
 
 class ADCCProtocol(Protocol):
