@@ -145,6 +145,16 @@ def test_keep_mask_equals_stable_rank_definition():
             assert got.sum(1).eq(k).all()
 
 
+def test_keep_mask_without_kthvalue_falls_back_to_the_sort(monkeypatch):
+    def missing(*a, **k):
+        raise NotImplementedError("kthvalue: no kernel for this backend")
+
+    V = torch.randint(0, 3, (3, 8, 8), generator=torch.Generator().manual_seed(4)).float()
+    expected = keep_mask(V, 0.15)
+    monkeypatch.setattr(torch, "kthvalue", missing)
+    assert torch.equal(keep_mask(V, 0.15), expected)
+
+
 def test_masked_confidence_fused_normalization_equals_generic():
     """mean_std builds x01/std*phi - mean/std in one pass: equal to normalize(x01 * phi)."""
     g = torch.Generator().manual_seed(3)

@@ -82,7 +82,10 @@ def keep_mask(V: Tensor, nu: float) -> Optional[Tensor]:
     if k == n:
         return None
     # the k-th largest value is the (n-k+1)-th smallest
-    t = torch.kthvalue(flat, n - k + 1, dim=1, keepdim=True).values
+    try:
+        t = torch.kthvalue(flat, n - k + 1, dim=1, keepdim=True).values
+    except NotImplementedError:  # a backend without kthvalue (e.g. MPS): the definition
+        return ascending_rank(V) >= n - k
     at_least = flat >= t
     if bool((at_least.sum(dim=1) == k).all()):  # the common case: no map splits its ties
         return at_least
