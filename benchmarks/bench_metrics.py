@@ -5,7 +5,9 @@ For each metric family (``lcam``, ``adcc``, ``insertion``, ``deletion``) this pr
     ratio = time of the protocol call / (forwards it made x best per-image forward time)
 
 where the best per-image forward time is the fastest of a few timed forwards of
-``eval_batch_size`` images (channels_last, inference mode) of the same backbone. Both wall-clock
+``eval_batch_size`` images (channels_last, inference mode) of the same backbone, and each
+protocol call is timed as the best of ``--repeats`` calls after a warm-up call (glibc's
+allocator tuned as in ``camzoo bench``). Both wall-clock
 and process CPU time are reported (on a shared, loaded machine CPU time is the steadier).
 Families with few forwards (``lcam``, ``adcc`` on a handful of images) run below the best batch
 size, so their ratios include small-batch inefficiency; the engine packs them across a batch. A ratio of 1.00
@@ -44,9 +46,15 @@ def main() -> None:
     ap.add_argument("--eval-batch-size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--repeats", type=int, default=3, help="timed calls per measurement (best kept)")
+    ap.add_argument("--no-tune-malloc", action="store_true", help="keep glibc's default mmap behaviour")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.device == "cpu" and not args.no_tune_malloc:
+        from camzoo.bench import tune_cpu_allocator
+
+        tune_cpu_allocator()  # as camzoo bench does on CPU
 
     import camzoo
     from camzoo.images import sample_photos
@@ -69,7 +77,7 @@ def main() -> None:
     best, best_cpu = float("inf"), float("inf")
     with torch.inference_mode():
         bb.model(xb)
-        for _ in range(3):
+        for _ in range(max(3, args.repeats)):
             sync()
             t, tc = time.perf_counter(), time.process_time()
             bb.model(xb)
@@ -78,36 +86,41 @@ def main() -> None:
             best_cpu = min(best_cpu, (time.process_time() - tc) / bs)
 
     def timed(fn):
-        sync()
-        t, tc = time.perf_counter(), time.process_time()
+        """(wall, cpu) seconds of fn(): best of ``--repeats`` calls after one warm-up call."""
         fn()
-        sync()
-        return time.perf_counter() - t, time.process_time() - tc
+        best_w = best_c = float("inf")
+        for _ in range(args.repeats):
+            sync()
+            t, tc = time.perf_counter(), time.process_time()
+            fn()
+            sync()
+            best_w, best_c = min(best_w, time.perf_counter() - t), min(best_c, time.process_time() - tc)
+        return best_w, best_c
 
+    calls = 1 + args.repeats  # timed() calls fn this often; forwards per call = count / calls
     rows = []
     x01 = bb.denormalize(x).clamp(0, 1)
     s = Scorer(bb.model, bs)
     dt = timed(lambda: masked_confidence(s, x01, V, c, bb.normalize))
-    rows.append(("lcam", dt, s.counts["lcam"]))
+    rows.append(("lcam", dt, s.counts["lcam"] // calls))
     s = Scorer(bb.model, bs)
     dt = timed(lambda: masked_confidence(s, x01, V, c, bb.normalize, mean_std=(bb.mean, bb.std)))
-    rows.append(("lcam fused", dt, s.counts["lcam"]))
+    rows.append(("lcam fused", dt, s.counts["lcam"] // calls))
     s = Scorer(bb.model, bs)
     dt = timed(lambda: adcc_scores(s, x, V, c, Y, lambda E, cc: V))  # V' cost is the explainer's
-    rows.append(("adcc", dt, s.counts["adcc"]))
+    rows.append(("adcc", dt, s.counts["adcc"] // calls))
     for mode in ("insertion", "deletion"):
         s = Scorer(bb.model, bs)
         dt = timed(lambda: insertion_deletion(s, x, V, c, steps=args.steps, modes=(mode,)))
-        rows.append((mode, dt, s.counts[mode]))
+        rows.append((mode, dt, s.counts[mode] // calls))
     null = Scorer(_Null(), bs)
     dt_null = timed(lambda: insertion_deletion(null, x, V, c, steps=args.steps))
+    n_null = null.total // calls
     null_lcam = {}
     for name, ms in (("generic normalize", None), ("fused, as the engine", (bb.mean, bb.std))):
         sn = Scorer(_Null(), bs)
-        masked_confidence(sn, x01, V, c, bb.normalize, mean_std=ms)  # warm-up
-        sn.reset_counts()
         null_lcam[name] = (timed(lambda: masked_confidence(sn, x01, V, c, bb.normalize, mean_std=ms)),
-                           sn.total)
+                           sn.total // calls)
 
     print(f"backbone {args.backbone}, {B} images {tuple(x.shape[2:])}, steps {args.steps}, "
           f"eval batch {bs}, device {dev}, threads {torch.get_num_threads()}")
@@ -117,7 +130,7 @@ def main() -> None:
     for fam, (dt, dc), n in rows:
         print(f"{fam:<10} {n:>8d} {dt:>8.2f} {dt / (n * best):>6.3f} {dc:>8.2f} "
               f"{dc / (n * best_cpu):>9.3f}")
-    per, per_cpu = dt_null[0] / null.total, dt_null[1] / null.total
+    per, per_cpu = dt_null[0] / n_null, dt_null[1] / n_null
     print(f"build-only (null model): {per * 1e3:.3f} ms wall per perturbed image = "
           f"{per / best:.3f} x one forward ({per_cpu / best_cpu:.3f} in CPU time)")
     for name, ((dw, dc), n) in null_lcam.items():

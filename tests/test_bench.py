@@ -93,6 +93,44 @@ def test_engine_rows_equal_independent_per_image_computation(tiny_run):
     np.testing.assert_allclose(fk.complexity, 1 - 1 / 32 ** 2, atol=1e-6)
 
 
+def test_lcam_fusion_only_for_a_plain_normalization(tmp_path):
+    """The engine fuses lcam's masking and (x - mean) / std; a Backbone whose normalize is
+    something else gets its own normalize called (equal rows either way)."""
+    import dataclasses
+
+    from camzoo.backbones import Backbone
+    from camzoo.bench import _mean_std
+    from camzoo.testing import tiny_backbone
+
+    bb = tiny_backbone()
+    ms = _mean_std(bb)
+    assert ms is not None and ms[0] is bb.mean and ms[1] is bb.std
+
+    class Gamma(Backbone):  # not a per-channel affine map: fusing it would be wrong
+        def normalize(self, x01):
+            return super().normalize(x01.clamp(min=0).sqrt())
+
+    gb = Gamma(**{f.name: getattr(bb, f.name) for f in dataclasses.fields(Backbone)})
+    assert _mean_std(gb) is None
+    r = run(BenchConfig(backbone=gb, methods="gradcam,fakecam", metrics="lcam", data=SAMPLES,
+                        limit=3, seed=1, batch_size=3, eval_batch_size=4,
+                        out=str(tmp_path / "gamma"), progress=False, figures=False),
+            echo=lambda s: None)
+    rows = r.rows()
+    r.close()
+    ds = open_dataset(SAMPLES, limit=3, seed=1)
+    x = torch.stack([gb.preprocess(load_image(it.path)) for it in ds.items])
+    x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        c = gb.model(x).argmax(1)
+    for method in ("gradcam", "fakecam"):  # fakecam: a plateau of ties at every threshold
+        V = camzoo.explain(method, gb, x, c)
+        O = masked_confidence(Scorer(gb.model, 1), gb.denormalize(x).clamp(0, 1), V, c, gb.normalize)
+        got = rows[rows.method == method].set_index("image_id").loc[[it.image_id for it in ds.items]]
+        for j, L in enumerate(("100", "50", "15")):
+            np.testing.assert_allclose(got[f"O_{L}"].to_numpy(), O[:, j].numpy(), atol=1e-5)
+
+
 def test_forward_counts_are_exact(tiny_run):
     fw = {(r.method, r.family): r.forwards for r in tiny_run.forwards().itertuples()}
     n = 6
