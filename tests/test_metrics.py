@@ -132,7 +132,9 @@ def test_keep_mask_equals_stable_rank_definition():
             fake, torch.zeros(2, 8, 8)]                                     # all tied
     # one batch mixing a map that splits its ties with maps that do not
     mixed = torch.cat([torch.rand(2, 8, 8, generator=g), torch.full((1, 8, 8), 0.5)])
-    for V in maps + [mixed]:
+    nan = torch.rand(2, 8, 8, generator=g)
+    nan[0, 1, ::3] = float("nan")  # not from an explainer, but keep_mask is public
+    for V in maps + [mixed, nan]:
         n = 64
         for nu in (0.5, 0.15, 0.33, 1 / 64, 63 / 64, 1.0):
             k = keep_count(nu, n)

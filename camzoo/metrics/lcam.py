@@ -71,7 +71,8 @@ def keep_mask(V: Tensor, nu: float) -> Optional[Tensor]:
     ``ceil(nu*H*W)`` pixels stay.
 
     Args:
-        V: maps ``[B,H,W]`` (any real values, no NaN).
+        V: maps ``[B,H,W]`` (any real values; a map with NaN gets the sort's order, NaN
+            highest, as :func:`ascending_rank`).
         nu: fraction of pixels kept, in (0, 1].
     Returns:
         bool ``[B,H*W]``, or ``None`` when every pixel is kept (``ceil(nu*H*W) == H*W``).
@@ -93,6 +94,9 @@ def keep_mask(V: Tensor, nu: float) -> Optional[Tensor]:
     tied = at_least & ~above
     n_tied = tied.sum(dim=1, keepdim=True)
     need = k - above.sum(dim=1, keepdim=True)  # tied pixels to keep, in [1, n_tied]
+    if not bool(((need >= 1) & (need <= n_tied)).all()):
+        # only NaN breaks this (it compares False): the definition ranks NaN highest
+        return ascending_rank(V) >= n - k
     # keep a tied pixel iff fewer than `need` tied pixels come after it in raster order
     return above | (tied & (tied.cumsum(dim=1) > n_tied - need))
 
