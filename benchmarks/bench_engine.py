@@ -86,6 +86,11 @@ def timed_forwards(bb, x, bs, n, device):
     return mean, (best_w, best_c)
 
 
+def count(fw, families) -> int:
+    """Forwards of a run (``Run.forwards()`` frame) in the given families, summed over methods."""
+    return int(fw[fw.family.isin(families)].forwards.sum())
+
+
 def sweep(bb, x, batch_sizes, repeats, device):
     """``{bs: (wall, cpu) min per image over repeats}``."""
     return {bs: timed_forwards(bb, x, bs, repeats, device)[1] for bs in batch_sizes}
@@ -164,7 +169,7 @@ def main() -> None:
             ref_c = (ref_before[1] + ref_after[1]) / 2
             refs.append((ref_w, ref_c))
             for f, key, fams in families:
-                n = int(fw[fw.family.isin(fams)].forwards.sum())
+                n = count(fw, fams)
                 if key not in wall or not n:
                     continue
                 best_wall[f] = min(best_wall[f], wall[key])
@@ -176,9 +181,6 @@ def main() -> None:
     table = {b: (min(table[b][0], t2[b][0]), min(table[b][1], t2[b][1])) for b in sizes}
     t_wall = min(min_w, min(w for w, _ in table.values()))
     t_cpu = min(min_c, min(c for _, c in table.values()))
-
-    def count(fams):
-        return int(fw[fw.family.isin(fams)].forwards.sum())
 
     print(f"camzoo bench engine overhead: {args.backbone} on {device} "
           f"({torch.get_num_threads()} threads, malloc tuned: {tuned}), {len(ds)} images, "
@@ -196,7 +198,7 @@ def main() -> None:
     print(f"{'family':<10} {'forwards':>6} {'batch':>6} | {'engine s':>8} {'ideal s':>8} {'wall':>6} "
           f"{'cpu':>6} | {'wall':>6} {'cpu':>6}  per run (wall)")
     for fam, _, fams in families:
-        n = count(fams)
+        n = count(fw, fams)
         if not n:
             continue
         iw, ic = n * t_wall, n * t_cpu

@@ -131,7 +131,7 @@ def masked_confidence(
     """``O[i, j]`` = prob of ``c[i]`` on ``normalize(x01[i] * phi_{nus[j]}(V[i]))``.
 
     The (image, nu) pairs are packed into forwards of ``scorer.eval_batch_size`` images
-    (counted under family ``"lcam"``), built lazily chunk by chunk into one reused
+    (counted under family ``"lcam"``), written lazily chunk by chunk into one reused
     channels_last buffer; each map's kept pixels are found once per threshold
     (:func:`keep_mask`).
 
@@ -168,32 +168,30 @@ def masked_confidence(
         mean, std = (t.to(x01.device, x01.dtype).reshape(1, C, 1, 1) for t in mean_std)
         scaled = (x01 / std).contiguous(memory_format=torch.channels_last)  # once per image
         shift = -mean / std
-        buf = torch.empty((min(bs, J * B), C, H, W), dtype=x01.dtype, device=x01.device,
-                          memory_format=torch.channels_last)
+
+        def fill(j: int, i0: int, i1: int, out: Tensor) -> None:  # one fused pass
+            torch.addcmul(shift, scaled[i0:i1], phis[j][i0:i1], out=out)
+    else:
+        def fill(j: int, i0: int, i1: int, out: Tensor) -> None:
+            out.copy_(normalize(x01[i0:i1] * phis[j][i0:i1]))
+
+    # one reused buffer: it is rewritten only after the forward that read it was issued
+    # (stream order)
+    buf = torch.empty((min(bs, J * B), C, H, W), dtype=x01.dtype, device=x01.device,
+                      memory_format=torch.channels_last)
 
     def chunks():
         # pairs p = j * B + i (threshold-major): a chunk is a few runs of consecutive images
-        # at one threshold, each built from slices (no gathers)
+        # at one threshold, each written from slices (no gathers)
         for a in range(0, J * B, bs):
             e = min(J * B, a + bs)
-            xs, cs = [], []
             p = a
             while p < e:
                 j, i0 = divmod(p, B)
                 i1 = min(B, i0 + e - p)
-                if mean_std is not None:
-                    # one fused pass into the reused buffer; a buffer is rewritten only after
-                    # the forward that read it was issued (stream order)
-                    torch.addcmul(shift, scaled[i0:i1], phis[j][i0:i1],
-                                  out=buf[p - a:p - a + i1 - i0])
-                else:
-                    xs.append(normalize(x01[i0:i1] * phis[j][i0:i1]))
+                fill(j, i0, i1, buf[p - a:p - a + i1 - i0])
                 p += i1 - i0
-            cc = c[torch.arange(a, e, device=c.device) % B]
-            if mean_std is not None:
-                yield buf[:e - a], cc
-            else:
-                yield (xs[0] if len(xs) == 1 else torch.cat(xs)), cc
+            yield buf[:e - a], c[torch.arange(a, e, device=c.device) % B]
 
     return scorer.probs_stream(chunks(), FAMILY).view(J, B).t().contiguous()
 
