@@ -171,7 +171,9 @@ def test_masked_confidence_fused_normalization_equals_generic():
     class Affine(nn.Module):  # logits depend on every pixel and channel differently
         def __init__(self):
             super().__init__()
-            self.w = nn.Parameter(torch.randn(2, 3 * 36, generator=g), requires_grad=False)
+            # small weights: logits of order 1, so the softmax is not saturated at 0 / 1 and
+            # a wrong input changes the probabilities
+            self.w = nn.Parameter(0.05 * torch.randn(2, 3 * 36, generator=g), requires_grad=False)
 
         def forward(self, x):
             return x.flatten(1) @ self.w.t()
@@ -179,6 +181,7 @@ def test_masked_confidence_fused_normalization_equals_generic():
     model = Affine()
     nus = (1.0, 0.5, 0.15)
     ref = masked_confidence(Scorer(model, 64), x01, V, c, normalize, nus)
+    assert ((ref > 0.05) & (ref < 0.95)).all(), ref  # informative probabilities
     for bs in (1, 4, 7, 64):  # chunks straddling thresholds and images
         s = Scorer(model, bs)
         got = masked_confidence(s, x01, V, c, normalize, nus, mean_std=(mean, std))
