@@ -39,7 +39,7 @@ small-batch inefficiency.
 The engine runs the same configuration ``1 + rounds`` times: the first run pays one-time costs
 (oneDNN kernels for every new batch shape, lazy imports) that a long run amortizes, and is not
 measured. On CPU both the reference forwards and the engine run with glibc's allocator tuned
-(:func:`camzoo.bench.tune_cpu_allocator`) unless ``--no-tune-malloc``. Both wall-clock and
+(:func:`camzoo.engine.timing.tune_cpu_allocator`) unless ``--no-tune-malloc``. Both wall-clock and
 process-CPU ratios are printed, and the load average before and after. Target: <= 1.15 on CPU.
 
 Usage::
@@ -115,7 +115,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     import camzoo
-    from camzoo.bench import BenchConfig, resolve_device, run, tune_cpu_allocator
+    from camzoo.bench import BenchConfig, run
+    from camzoo.engine.timing import tune_cpu_allocator
+    from camzoo.utils import resolve_device
     from camzoo.data import open_dataset
 
     device = resolve_device(args.device)

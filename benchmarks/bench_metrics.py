@@ -52,12 +52,12 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device == "cpu" and not args.no_tune_malloc:
-        from camzoo.bench import tune_cpu_allocator
+        from camzoo.engine.timing import tune_cpu_allocator
 
         tune_cpu_allocator()  # as camzoo bench does on CPU
 
     import camzoo
-    from camzoo.images import sample_photos
+    from camzoo.data.images import sample_photos
     from camzoo.metrics import Scorer, adcc_scores, insertion_deletion, masked_confidence
 
     dev = torch.device(args.device)

@@ -146,8 +146,7 @@ def main() -> None:
 
     import camzoo
     from camzoo.explainers import minmax
-    from camzoo.explainers.scorecam import layer_channels
-    from camzoo.images import sample_photos
+    from camzoo.data.images import sample_photos
 
     sizes = [int(s) for s in a.batch_sizes.split(",") if s.strip()]
     with tempfile.TemporaryDirectory(prefix="bench_scorecam_") as work:
@@ -169,7 +168,7 @@ def main() -> None:
         torch.save((x, y), os.path.join(work, "inputs.pt"))
         json.dump({"backbone": a.backbone, "weights": weights, "layer": layer, "threads": a.threads},
                   open(os.path.join(work, "config.json"), "w"))
-        K = layer_channels(bb, layer)
+        K = bb.channels(layer)
         print(f"backbone {a.backbone} ({'random weights' if weights else 'embedded weights'}), layer {layer} "
               f"(K={K}), {len(photos)} images {tuple(x.shape[-2:])}: {', '.join(n for n, _ in photos)}; "
               f"{K + 1} forwards per image on each side; torch threads per worker: "

@@ -37,7 +37,7 @@ SHARED = os.path.normpath(os.path.join(REPO, "..", "shared", "data"))
 
 import camzoo  # noqa: E402
 from camzoo.explainers.base import register_explainer  # noqa: E402
-from camzoo.explainers.lcam import LCAMFm, LCAMImg  # noqa: E402
+from camzoo.explainers.learned.lcam import LCAMFm, LCAMImg  # noqa: E402
 from camzoo.train.data import training_data  # noqa: E402
 from camzoo.train.lcam import LCAMTask, train_lcam  # noqa: E402
 from camzoo.train.loop import CHECKPOINT_FORMAT, save_checkpoint  # noqa: E402
@@ -207,7 +207,7 @@ def main() -> None:
     say("")
 
     from camzoo.bench import BenchConfig, run
-    from camzoo.tables import summary
+    from camzoo.results.tables import summary
 
     held_labels = os.path.join(a.out, "heldout_labels.csv")
     with open(held_labels, "w") as f:

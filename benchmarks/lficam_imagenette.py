@@ -87,7 +87,7 @@ def heldout_labels(va, data: str, path: str) -> str:
 
 
 def end_to_end(a, data: str) -> None:
-    from camzoo.stability import run_stability, sources_from_checkpoints
+    from camzoo.engine.stability import run_stability, sources_from_checkpoints
 
     say("## 1. End-to-end: baseline vs LFI-CAM, new 10-class classifier")
     say("")
@@ -152,7 +152,7 @@ def end_to_end(a, data: str) -> None:
 
 def frozen(a, data: str) -> None:
     from camzoo.bench import BenchConfig, run
-    from camzoo.tables import summary
+    from camzoo.results.tables import summary
     from camzoo.train.lcam import train_lcam
 
     bb = camzoo.load_backbone("efficientnet_lite0", device=a.device)

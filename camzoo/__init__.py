@@ -6,17 +6,22 @@ Public API::
     bb = camzoo.load_backbone("efficientnet_lite0")        # embedded ImageNet default
     maps = camzoo.explain("gradcam", bb, x)                # x: [B,3,224,224] normalized
     run = camzoo.bench.run(camzoo.bench.BenchConfig(methods="gradcam,fakecam"))
+
+Layers (an import only points down; see docs/architecture.md): ``cli`` -> ``engine`` ->
+``train`` -> ``results`` -> ``metrics`` -> ``explainers`` -> ``models`` -> ``data`` ->
+``utils`` / ``registry``.
 """
 __version__ = "0.1.0"
 
-from .backbones import Backbone, backbone_from_module, list_backbones, load_backbone  # noqa: E402
 from .explainers import Explainer, explain, get_explainer, list_explainers, register_explainer  # noqa: E402
+from .models import Backbone, backbone_from_module, list_backbones, load_backbone  # noqa: E402
 
+#: sub-packages and modules loaded on first use (they pull in pandas, sqlite, ...)
+_LAZY = ("bench", "data", "engine", "metrics", "models", "results", "train", "utils")
 
 
 def __getattr__(name: str):
-    # heavier sub-modules (pandas, sqlite, ...) load on first use: camzoo.bench, camzoo.metrics
-    if name in ("bench", "metrics", "stability", "tables"):
+    if name in _LAZY:
         import importlib
 
         return importlib.import_module(f".{name}", __name__)

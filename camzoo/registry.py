@@ -1,18 +1,30 @@
 """One registry type for explainers, backbones and metric protocols.
 
-Built-ins register with a decorator; third-party explainers are discovered lazily from the
-``camzoo.explainers`` entry-point group. A plugin that fails to import produces a warning
-naming it and the remaining ones still load.
+Built-ins register with a decorator (or :meth:`Registry.add`); third-party packages add
+entries through the entry-point groups below, discovered lazily on the first lookup. A plugin
+that fails to import produces a warning naming it, and the remaining ones still load.
+
+=================  ===========================  =========================================
+group              entry point object           registry
+=================  ===========================  =========================================
+camzoo.explainers  an ``Explainer`` subclass    ``camzoo.explainers.EXPLAINERS``
+camzoo.backbones   ``factory(weights=None)``    ``camzoo.models.zoo.BACKBONES``
+                   returning a ``Backbone``
+camzoo.protocols   a ``Protocol`` subclass or   ``camzoo.metrics.protocol.PROTOCOLS``
+                   instance
+=================  ===========================  =========================================
 """
 from __future__ import annotations
 
 import warnings
 from importlib.metadata import entry_points
-from typing import Callable, Dict, Generic, Iterator, List, Optional, TypeVar
+from typing import Any, Callable, Dict, Generic, Iterator, List, Optional, TypeVar
 
 T = TypeVar("T")
 
 EXPLAINER_ENTRY_POINT_GROUP = "camzoo.explainers"
+BACKBONE_ENTRY_POINT_GROUP = "camzoo.backbones"
+PROTOCOL_ENTRY_POINT_GROUP = "camzoo.protocols"
 
 
 class UnknownNameError(KeyError):
@@ -28,11 +40,15 @@ class Registry(Generic[T]):
     Args:
         kind: what the registry holds ("explainer", "backbone", ...), used in messages.
         entry_point_group: importlib.metadata group scanned once, on first lookup.
+        convert: applied to every object loaded from an entry point before it is stored
+            (e.g. instantiate a protocol class); may raise to reject the plugin.
     """
 
-    def __init__(self, kind: str, entry_point_group: Optional[str] = None) -> None:
+    def __init__(self, kind: str, entry_point_group: Optional[str] = None,
+                 convert: Optional[Callable[[Any], T]] = None) -> None:
         self.kind = kind
         self.entry_point_group = entry_point_group
+        self.convert = convert
         self._items: Dict[str, T] = {}
         self._entry_points_loaded = entry_point_group is None
         self.plugin_errors: Dict[str, str] = {}
@@ -59,6 +75,8 @@ class Registry(Generic[T]):
         for ep in entry_points(group=self.entry_point_group):
             try:
                 obj = ep.load()
+                if self.convert is not None:
+                    obj = self.convert(obj)
             except Exception as exc:  # a broken plugin must not break the others
                 self.plugin_errors[ep.name] = f"{type(exc).__name__}: {exc}"
                 warnings.warn(

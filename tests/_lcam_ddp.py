@@ -10,8 +10,8 @@ import sys
 
 import torch
 
-from camzoo.synthetic import ShapesDataset
-from camzoo.testing import tiny_backbone
+from camzoo.models.synthetic import ShapesDataset
+from camzoo.models.testing import tiny_backbone
 from camzoo.train.lcam import train_lcam
 from camzoo.train.loop import distributed, rank_and_world
 

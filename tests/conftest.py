@@ -19,7 +19,7 @@ def lite0():
 
 @pytest.fixture
 def tiny():
-    from camzoo.testing import tiny_backbone
+    from camzoo.models.testing import tiny_backbone
 
     return tiny_backbone()
 
@@ -27,7 +27,7 @@ def tiny():
 @pytest.fixture(scope="session")
 def sample_batch(lite0):
     """The 6 scikit-image sample photos, preprocessed for Lite0: [6,3,224,224]."""
-    from camzoo.images import sample_photos
+    from camzoo.data.images import sample_photos
 
     return torch.stack([lite0.preprocess(im) for _, im in sample_photos()])
 

@@ -20,16 +20,16 @@ import camzoo
 from camzoo.bench import BenchConfig, Run, run
 from camzoo.cli import main
 from camzoo.data import ImageItem, imagenet_wnids, open_dataset, subset
-from camzoo.images import load_image
+from camzoo.data.images import load_image
 from camzoo.metrics import Scorer
 from camzoo.metrics.adcc import adcc_scores
-from camzoo.metrics.lcam import average_drop, masked_confidence
-from camzoo.metrics.rise import auc, insertion_deletion
-from camzoo.tables import compare, marks, summary, to_latex, to_markdown
+from camzoo.metrics.ad_ic import average_drop, masked_confidence
+from camzoo.metrics.insertion_deletion import auc, insertion_deletion
+from camzoo.results.tables import compare, marks, summary, to_latex, to_markdown
 
 from .conftest import REPO, SAMPLES
 
-TINY = "py:camzoo.testing:tiny_backbone"
+TINY = "py:camzoo.models.testing:tiny_backbone"
 STEPS = 8
 
 
@@ -51,7 +51,7 @@ def tiny_run(tmp_path_factory):
 
 # -- engine == independent per-image computation ----------------------------------------------
 def test_engine_rows_equal_independent_per_image_computation(tiny_run):
-    from camzoo.testing import tiny_backbone
+    from camzoo.models.testing import tiny_backbone
 
     bb = tiny_backbone()
     rows = tiny_run.rows(curves=True)
@@ -98,9 +98,9 @@ def test_lcam_fusion_only_for_a_plain_normalization(tmp_path):
     something else gets its own normalize called (equal rows either way)."""
     import dataclasses
 
-    from camzoo.backbones import Backbone
-    from camzoo.bench import _mean_std
-    from camzoo.testing import tiny_backbone
+    from camzoo.models import Backbone
+    from camzoo.engine.runner import _mean_std
+    from camzoo.models.testing import tiny_backbone
 
     bb = tiny_backbone()
     ms = _mean_std(bb)
@@ -198,7 +198,7 @@ def test_table_values_and_exports_parse_back(tiny_run):
 
 
 def test_marks_ties_and_direction():
-    from camzoo.tables import Table
+    from camzoo.results.tables import Table
 
     df = pd.DataFrame({"AD↓": [1.0, 2.0, 1.001, 3.0], "IC↑": [5.0, 5.0, 5.0, 5.0]},
                       index=pd.Index(list("abcd"), name="Method"))
@@ -324,7 +324,7 @@ def test_corrupt_and_missing_images_go_to_errors(tmp_path):
         for r in rows:
             f.write(f"{r['file']},{r['class_index']}\n")
         f.write("broken.JPEG,7\nmissing.JPEG,8\n")
-    from camzoo.testing import tiny_backbone
+    from camzoo.models.testing import tiny_backbone
 
     r = run(BenchConfig(backbone=tiny_backbone(num_classes=1000), methods="fakecam", metrics="lcam",
                         data=str(d), target="gt",
@@ -343,7 +343,7 @@ def test_corrupt_and_missing_images_go_to_errors(tmp_path):
 
 def test_evaluated_backbone_is_used_for_y_and_metrics(tmp_path):
     from camzoo.explainers.base import EXPLAINERS, Explainer
-    from camzoo.testing import tiny_backbone
+    from camzoo.models.testing import tiny_backbone
 
     other = tiny_backbone(seed=5)
 
@@ -407,7 +407,7 @@ def test_layout_labels_csv_and_wnid_folders(tmp_path):
     assert [(i.image_id, i.label) for i in ds.items] == [
         ("n01440764/a", 0), ("n01443537/b", 1), ("n15075141/deep/c", 999)]
     # the engine on it: nested ids make nested map files
-    from camzoo.testing import tiny_backbone
+    from camzoo.models.testing import tiny_backbone
 
     r = run(BenchConfig(backbone=tiny_backbone(num_classes=1000), methods="fakecam", metrics="lcam",
                         data=str(w), target="gt", save_maps=True, out=str(tmp_path / "run"),

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import camzoo
-from camzoo.capture import hook_count
+from camzoo.models import hook_count
 from camzoo.explainers.base import cam_to_map, minmax
 from camzoo.registry import Registry, UnknownNameError
 
@@ -26,7 +26,7 @@ def _subset(n=40):
 
 def test_lite0_top1_on_fixed_subset(lite0):
     rows = _subset(40)
-    x = torch.stack([lite0.preprocess(camzoo.images.load_image(os.path.join(SAMPLES, r["file"])))
+    x = torch.stack([lite0.preprocess(camzoo.data.load_image(os.path.join(SAMPLES, r["file"])))
                      for r in rows])
     y = torch.tensor([int(r["class_index"]) for r in rows])
     with torch.inference_mode():

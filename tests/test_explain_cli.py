@@ -5,7 +5,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from camzoo.cli import main
-from camzoo.images import ImageReadError, load_image, to_rgb
+from camzoo.data.images import ImageReadError, load_image, to_rgb
 
 
 def _write_odd_images(d):

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 
 import camzoo
 from camzoo.explainers.base import minmax, upsample
-from camzoo.explainers.lcam import LCAMHead, av_loss, lcam_loss, tv_loss
-from camzoo.synthetic import ShapesDataset, peak_in_object_rate, train_tiny_classifier
-from camzoo.testing import tiny_backbone
+from camzoo.explainers.learned.lcam import LCAMHead, av_loss, lcam_loss, tv_loss
+from camzoo.models.synthetic import ShapesDataset, peak_in_object_rate, train_tiny_classifier
+from camzoo.models.testing import tiny_backbone
 from camzoo.train.lcam import LCAMTask, train_lcam
 from camzoo.train.loop import load_checkpoint
 

@@ -5,10 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from camzoo.lficam import (FIN, LFICAM, attention_map, channel_minmax, clone_backbone,
-                           gray_image, minmax_maps, replace_classifier)
-from camzoo.stability import (DEFAULT_THRESHOLD, binarize, iou, map_iou, pick_baseline,
-                              stability_from_maps)
+from camzoo.explainers.base import minmax as minmax_maps  # one min-max, differentiable
+from camzoo.explainers.learned.lficam import FIN, LFICAM, attention_map, channel_minmax, gray_image
+from camzoo.metrics.stability import (DEFAULT_THRESHOLD, binarize, iou, map_iou, pick_baseline,
+                                      stability_from_maps)
+from camzoo.models.surgery import clone_backbone, replace_classifier
 
 
 # -- pieces ---------------------------------------------------------------------------------
@@ -229,8 +230,8 @@ def shapes():
 def _shapes_setup():
     import tempfile
 
-    from camzoo.backbones import backbone_from_module
-    from camzoo.synthetic import ShapesDataset, make_shapes, train_tiny_classifier
+    from camzoo.models import backbone_from_module
+    from camzoo.models.synthetic import ShapesDataset, make_shapes, train_tiny_classifier
     from camzoo.train.lficam import train_lficam
 
     tiny = train_tiny_classifier(seed=0, steps=300)
@@ -252,7 +253,7 @@ def _shapes_setup():
 
 
 def test_frozen_lficam_finds_the_object_and_beats_an_untrained_fin(shapes):
-    from camzoo.synthetic import peak_in_object_rate
+    from camzoo.models.synthetic import peak_in_object_rate
 
     bb, x, y, mask, cks = shapes
     before = {k: v.clone() for k, v in bb.model.state_dict().items()}
@@ -279,7 +280,7 @@ def camzoo_explain(method, bb, x, **opts):
 def test_two_seeds_stability_on_the_synthetic_task(shapes, tmp_path):
     from PIL import Image
 
-    from camzoo.stability import run_stability, sources_from_checkpoints
+    from camzoo.engine.stability import run_stability, sources_from_checkpoints
     from camzoo.train.loop import load_checkpoint
 
     bb, x, y, mask, cks = shapes
@@ -308,7 +309,7 @@ def test_two_seeds_stability_on_the_synthetic_task(shapes, tmp_path):
 
 def test_checkpoint_mismatch_is_refused(shapes):
     import camzoo
-    from camzoo.testing import tiny_backbone
+    from camzoo.models.testing import tiny_backbone
 
     bb, x, y, mask, cks = shapes
     other = tiny_backbone(num_classes=4)
@@ -324,7 +325,7 @@ def test_checkpoint_mismatch_is_refused(shapes):
 
 def test_end_to_end_checkpoint_is_its_own_classifier(tiny, tmp_path):
     import camzoo
-    from camzoo.synthetic import ShapesDataset
+    from camzoo.models.synthetic import ShapesDataset
     from camzoo.train.lficam import train_lficam
 
     before = {k: v.clone() for k, v in tiny.model.state_dict().items()}
@@ -345,9 +346,9 @@ def test_end_to_end_checkpoint_is_its_own_classifier(tiny, tmp_path):
     assert ev.weights_id.startswith("lficam:e2e.pt#")
     x = tr.x[:5]
     # the evaluated classifier is the LFI-CAM model itself: logits of backbone copy + FIN
-    from camzoo.explainers.lficam import load_lficam
+    from camzoo.explainers.learned.lficam import load_lficam
 
-    lf, _ = load_lficam(str(path), tiny)
+    lf, _, _ = load_lficam(str(path), tiny)
     with torch.no_grad():
         logits, L = lf(x)
         torch.testing.assert_close(ev.model(x), logits)

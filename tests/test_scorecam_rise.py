@@ -7,10 +7,9 @@ from torch import nn
 
 import camzoo
 from camzoo.explainers import minmax
-from camzoo.capture import hook_count
+from camzoo.models import hook_count
 from camzoo.explainers.rise import rise_grids, rise_masks
-from camzoo.explainers.scorecam import layer_channels
-from camzoo.testing import TinyCNN, tiny_backbone
+from camzoo.models.testing import TinyCNN, tiny_backbone
 
 
 def _x(b=2, size=32, seed=1):
@@ -175,7 +174,7 @@ def test_forward_passes_and_layer_channels():
     bb = tiny_backbone(channels=5)
     assert camzoo.get_explainer("scorecam").forward_passes(bb) == 6
     assert camzoo.get_explainer("scorecam", variant="grad-cam").forward_passes(bb) == 6
-    assert layer_channels(bb) == 5 and hook_count(bb.model) == 0
+    assert bb.channels() == 5 and hook_count(bb.model) == 0
     assert camzoo.get_explainer("rise").forward_passes(bb) == 4000
     assert camzoo.get_explainer("rise", n_masks=123).forward_passes(bb) == 123
 
@@ -280,16 +279,16 @@ class _BNNet(nn.Module):
 
 
 def test_inference_model_folds_batchnorm():
-    from camzoo.backbones import backbone_from_module
-    from camzoo.explainers.scorecam import inference_model
+    from camzoo.models import backbone_from_module
+    from camzoo.explainers.perturb import inference_model
 
     net = _BNNet()
     bb = backbone_from_module(net, {"features": net.body}, input_size=32)
-    fast = inference_model(bb.model, 32)
+    fast = inference_model(bb)
     assert fast is not bb.model and not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
     assert sum(isinstance(m, nn.BatchNorm2d) for m in bb.model.modules()) == 2  # model untouched
     assert getattr(fast.body, "0") is not bb.model.body[0] and fast.fc is bb.model.fc  # only convs new
-    assert inference_model(bb.model, 32) is fast  # cached
+    assert inference_model(bb) is fast  # cached
     x, y = _x(2), torch.tensor([1, 2])
     with torch.no_grad():
         torch.testing.assert_close(fast(x), bb.model(x), atol=1e-5, rtol=1e-5)
@@ -299,12 +298,12 @@ def test_inference_model_folds_batchnorm():
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
     with torch.no_grad():  # an in-place change of the model invalidates the cached copy
         net.body[1].running_mean.add_(1.0)
-    fast2 = inference_model(bb.model, 32)
+    fast2 = inference_model(bb)
     assert fast2 is not fast
     with torch.no_grad():
         torch.testing.assert_close(fast2(x), bb.model(x), atol=1e-5, rtol=1e-5)
     tb = tiny_backbone()  # no BatchNorm: the model itself
-    assert inference_model(tb.model, 32) is tb.model
+    assert inference_model(tb) is tb.model
 
 
 @pytest.mark.parametrize("method,opts", [("scorecam", {}), ("rise", {"n_masks": 16})])

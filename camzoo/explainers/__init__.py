@@ -2,6 +2,10 @@
 
 Built-ins register with :func:`register_explainer`; plugins come from the
 ``camzoo.explainers`` entry-point group (an :class:`Explainer` subclass per entry point).
+
+Modules: :mod:`.base` (the Explainer class, map post-processing), :mod:`.perturb` (shared by
+the perturbation methods), one module per family (:mod:`.gradient`, :mod:`.scorecam`,
+:mod:`.rise`, :mod:`.fakecam`) and :mod:`.learned` (L-CAM, LFI-CAM and their checkpoints).
 """
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from typing import Any, List, Optional
 from torch import Tensor
 
 from .base import EXPLAINERS, Explainer, cam_to_map, minmax, register_explainer, upsample
-from . import fakecam, gradient, lcam, lficam, rise, scorecam  # noqa: F401  (registers the built-ins)
+from . import fakecam, gradient, learned, rise, scorecam  # noqa: F401  (registers the built-ins)
 
 __all__ = ["EXPLAINERS", "Explainer", "explain", "get_explainer", "list_explainers",
            "register_explainer", "minmax", "upsample", "cam_to_map"]

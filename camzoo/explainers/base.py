@@ -31,6 +31,9 @@ def register_explainer(cls: type) -> type:
 def minmax(maps: Tensor, eps: float = 0.0) -> Tensor:
     """Per-sample min-max of ``[B,...]`` maps to [0,1]; constant (or non-finite) maps -> 0.
 
+    Differentiable: a constant map has zero gradient, never NaN (the unselected branch of
+    the ``where`` stays finite).
+
     Args:
         maps: float tensor ``[B,...]`` (any range; NaN/inf treated as 0).
         eps: added to the range in the denominator (0 = exact min-max).
@@ -39,11 +42,12 @@ def minmax(maps: Tensor, eps: float = 0.0) -> Tensor:
     """
     m = torch.nan_to_num(maps.float(), nan=0.0, posinf=0.0, neginf=0.0)
     flat = m.reshape(m.shape[0], -1)
-    lo = flat.min(dim=1, keepdim=True).values
-    hi = flat.max(dim=1, keepdim=True).values
+    lo = flat.amin(dim=1, keepdim=True)
+    hi = flat.amax(dim=1, keepdim=True)
     rng = hi - lo
-    out = torch.where(rng > 0, (flat - lo) / (rng + eps), torch.zeros_like(flat))
-    return out.clamp_(0.0, 1.0).reshape(m.shape)
+    scaled = (flat - lo) / (rng + eps).clamp_min(torch.finfo(rng.dtype).tiny)
+    out = torch.where(rng > 0, scaled, torch.zeros_like(flat))
+    return out.clamp(0.0, 1.0).reshape(m.shape)
 
 
 def upsample(maps: Tensor, size: Tuple[int, int]) -> Tensor:
@@ -107,7 +111,7 @@ class Explainer:
         """Saliency maps for ``x`` and classes ``y``.
 
         Args:
-            model: a :class:`camzoo.backbones.Backbone`.
+            model: a :class:`camzoo.Backbone`.
             x: normalized float batch ``[B,3,H,W]`` on the model's device.
             y: LongTensor ``[B]`` of classes to explain; ``None`` = the model's top-1.
         Returns:
@@ -140,10 +144,3 @@ class Explainer:
 def predict(model, x: Tensor) -> Tensor:
     """Top-1 classes ``[B]`` (LongTensor) of ``model`` for the normalized batch ``x``."""
     return model.model(x).argmax(dim=1)
-
-
-def make_generator(seed: int, device: torch.device) -> torch.Generator:
-    """A seeded ``torch.Generator`` on ``device`` (library code never touches global RNG)."""
-    g = torch.Generator(device=device)
-    g.manual_seed(int(seed))
-    return g

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import Explainer, cam_to_map, make_generator, register_explainer
+from ..utils import make_generator
+from .base import Explainer, cam_to_map, register_explainer
 
 
 @contextmanager

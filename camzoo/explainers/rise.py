@@ -29,8 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Explainer, make_generator, minmax, register_explainer
-from .scorecam import AMP_DTYPES, autocast_context, default_batch_size, inference_model
+from ..utils import make_generator
+from .base import Explainer, minmax, register_explainer
+from .perturb import AMP_DTYPES, autocast_context, default_batch_size, inference_model
 
 
 def rise_grids(n: int, s: int, p1: float, size: Tuple[int, int],
@@ -87,7 +88,7 @@ class RISE(Explainer):
         seed: seed of the mask generator (same seed, same masks, same map).
         batch_size: masked inputs per forward pass; None = 32 on CPU, 128 on accelerators.
         amp: None (fp32), ``"fp16"`` or ``"bf16"`` autocast for the forwards (meant for CUDA).
-        fuse_bn: forward through :func:`camzoo.explainers.scorecam.inference_model` (BatchNorm
+        fuse_bn: forward through :func:`camzoo.explainers.perturb.inference_model` (BatchNorm
             folded into the convolutions; same logits to float rounding).
     """
 
@@ -123,8 +124,7 @@ class RISE(Explainer):
         xc = x.contiguous(memory_format=torch.channels_last)
         sal = torch.zeros(B, *size, device=x.device, dtype=torch.float32)
         amp = autocast_context(x.device, o["amp"])
-        net = inference_model(model.model, int(getattr(model, "input_size", 224) or 224)) \
-            if o["fuse_bn"] else model.model
+        net = inference_model(model) if o["fuse_bn"] else model.model
         m_chunk = max(1, bs // B)  # masks per chunk: B * m_chunk pairs, forwarded bs at a time
         for m0 in range(0, n, m_chunk):
             masks = rise_masks(grids[m0:m0 + m_chunk], shifts[m0:m0 + m_chunk], size)  # [m,H,W]

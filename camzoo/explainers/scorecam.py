@@ -31,160 +31,16 @@ on CPU and GPU), optionally under CUDA autocast (``amp``).
 """
 from __future__ import annotations
 
-import weakref
-from contextlib import nullcontext
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from ..capture import capture
 from .base import Explainer, cam_to_map, minmax, register_explainer
+from .perturb import AMP_DTYPES, autocast_context, default_batch_size, inference_model
 
 VARIANTS = ("official", "grad-cam")
-AMP_DTYPES = {None: None, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-# explanation layer module -> number of channels K (filled by a dry run or by explain)
-_CHANNELS: "weakref.WeakKeyDictionary[nn.Module, int]" = weakref.WeakKeyDictionary()
-
-
-def layer_channels(model, layer: Optional[str] = None) -> int:
-    """Channels K of ``model``'s explanation ``layer`` (cached per layer module).
-
-    The first call for a layer runs one dry forward of a zero image ``[1,3,S,S]``
-    (``S = model.input_size``) on the model's device; later calls are free.
-    """
-    module = model.layer(layer)
-    k = _CHANNELS.get(module)
-    if k is None:
-        s = int(getattr(model, "input_size", 224) or 224)
-        x = torch.zeros(1, 3, s, s, device=model.device)
-        with torch.inference_mode(), capture(module) as cap:
-            model.model(x)
-        k = int(cap.activation.shape[1])
-        _CHANNELS[module] = k
-    return k
-
-
-# model -> (state key, fast copy or the model itself)
-_FAST: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
-
-
-def _version(t: Tensor) -> int:
-    try:
-        return t._version
-    except RuntimeError:  # inference tensors track no version (they cannot be changed in place)
-        return -1
-
-
-def _state_key(model: nn.Module) -> tuple:
-    """Changes when the model moves device/layout or any parameter/buffer is modified in place."""
-    ts = list(model.parameters()) + list(model.buffers())
-    conv_w = [m.weight for m in model.modules() if isinstance(m, nn.Conv2d)]
-    return (str(ts[0].device) if ts else "",
-            bool(conv_w) and conv_w[0].is_contiguous(memory_format=torch.channels_last),
-            tuple(_version(t) for t in ts), tuple(t.data_ptr() for t in ts))
-
-
-def _fold_batchnorm(model: nn.Module) -> nn.Module:
-    """``torch.fx`` copy of ``model`` with each eval-mode ``BatchNorm2d`` that follows a
-    ``Conv2d`` (its only user) folded into that convolution.
-
-    The copy shares every other submodule (and its weights) with ``model``; only the folded
-    convolutions are new, so it costs about the convolution weights in memory. ``model`` is not
-    modified. Raises whatever ``torch.fx.symbolic_trace`` raises for untraceable models.
-    """
-    import torch.fx as fx
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-    gm = fx.symbolic_trace(model)  # leaf modules shared, containers new
-    mods = dict(gm.named_modules())
-    folded = 0
-    for node in list(gm.graph.nodes):
-        if node.op != "call_module" or type(mods.get(node.target)) is not nn.BatchNorm2d:
-            continue
-        src = node.args[0] if node.args else None
-        if (not isinstance(src, fx.Node) or src.op != "call_module" or len(src.users) != 1
-                or type(mods.get(src.target)) is not nn.Conv2d):
-            continue
-        conv, bn = mods[src.target], mods[node.target]
-        if bn.training or bn.running_mean is None or conv.training:
-            continue
-        with torch.no_grad():
-            fused = fuse_conv_bn_eval(conv, bn)
-            if conv.weight.is_contiguous(memory_format=torch.channels_last):
-                fused = fused.to(memory_format=torch.channels_last)
-        for p in fused.parameters():
-            p.requires_grad_(False)
-        parent, _, leaf = src.target.rpartition(".")
-        setattr(gm.get_submodule(parent) if parent else gm, leaf, fused)  # gm's own container
-        node.replace_all_uses_with(src)
-        gm.graph.erase_node(node)
-        folded += 1
-    if folded == 0:
-        return model
-    gm.graph.lint()
-    gm.delete_all_unused_submodules()  # the folded BNs (only gm's references)
-    gm.recompile()
-    return gm.eval()
-
-
-def inference_model(model: nn.Module, input_size: int = 224) -> nn.Module:
-    """``model`` with eval-mode BatchNorm folded into the preceding convolutions (cached).
-
-    Used for the many masked forwards of Score-CAM and RISE: one memory pass fewer per
-    conv+BN pair (about 5-8% faster on CPU for ResNets, and a lower activation peak), at the
-    cost of a second copy of the folded convolutions' weights (see :func:`_fold_batchnorm`).
-    The result is checked once against ``model`` on a random ``[1,3,S,S]`` input
-    (``S = input_size``) and cached until ``model``'s parameters, buffers, device or memory
-    format change. When ``model`` has no plain ``nn.BatchNorm2d`` after a ``Conv2d``, cannot be
-    traced by ``torch.fx`` (e.g. timm EfficientNets) or fails the check, ``model`` itself is
-    returned. Logits ``[B,num_classes]`` equal ``model``'s to float rounding.
-    """
-    key = _state_key(model)
-    hit = _FAST.get(model)
-    if hit is not None and hit[0] == key:
-        return hit[1]
-    fast = model
-    if not model.training and any(type(m) is nn.BatchNorm2d for m in model.modules()):
-        try:
-            cand = _fold_batchnorm(model)
-            if cand is not model:
-                g = torch.Generator(device="cpu").manual_seed(0)
-                x = torch.randn(1, 3, input_size, input_size, generator=g).to(key[0] or "cpu")
-                with torch.inference_mode():
-                    ref, out = model(x).float(), cand(x).float()
-                if torch.allclose(out, ref, rtol=1e-3, atol=1e-4 * float(ref.abs().max()) + 1e-5):
-                    fast = cand
-        except Exception:  # untraceable model: use it as it is
-            fast = model
-    _FAST[model] = (key, fast)
-    return fast
-
-
-def autocast_context(device: torch.device, amp: Optional[str]):
-    """Autocast for the masked forwards: ``amp`` in {None, "fp16", "bf16"}; None = fp32.
-
-    Autocast is opt-in: on CPUs without bf16 hardware it is much slower than fp32.
-    """
-    if amp not in AMP_DTYPES:
-        raise ValueError(f"amp={amp!r} is not valid; valid: None, 'fp16', 'bf16'")
-    if amp is None:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])
-
-
-def default_batch_size(device: torch.device, batch_size: Optional[int]) -> int:
-    """``batch_size`` if given, else 32 on CPU and 128 on accelerators.
-
-    On CPU (ResNet-18, 2 cores) 16 and 32 cost the same CPU time single-threaded and 32 was
-    faster with 2 threads; 16 halves the activation peak (pass ``batch_size=16`` for that).
-    """
-    if batch_size is not None:
-        return int(batch_size)
-    return 32 if torch.device(device).type == "cpu" else 128
-
 
 def _upsample_masks(acts: Tensor, size: Tuple[int, int], align_corners: bool) -> Tensor:
     """``[n,h,w]`` activations -> ``[n,1,H,W]`` bilinear upsampled (float32)."""
@@ -221,7 +77,7 @@ class ScoreCAM(Explainer):
             raise ValueError(f"scorecam: amp={self.options['amp']!r} is not valid; valid: None, 'fp16', 'bf16'")
 
     def forward_passes(self, model) -> int:
-        return layer_channels(model, self.options["layer"]) + 1
+        return model.channels(self.options["layer"]) + 1
 
     @torch.inference_mode()
     def channel_scores(self, model, x: Tensor, y: Tensor, acts: Tensor) -> Tensor:
@@ -244,8 +100,7 @@ class ScoreCAM(Explainer):
         xc = x.contiguous(memory_format=torch.channels_last)
         scores = torch.zeros(B * K, device=x.device, dtype=torch.float32)
         amp = autocast_context(x.device, self.options["amp"])
-        net = inference_model(model.model, int(getattr(model, "input_size", 224) or 224)) \
-            if self.options["fuse_bn"] else model.model
+        net = inference_model(model) if self.options["fuse_bn"] else model.model
         pairs = torch.arange(B * K, device=x.device)  # flattened (image, channel) pairs
         if official:
             # constant channels are skipped (weight 0, no forward); constancy is checked at
@@ -279,7 +134,7 @@ class ScoreCAM(Explainer):
         layer = self.options["layer"]
         acts, _ = model.features_and_logits(x.contiguous(memory_format=torch.channels_last), layer)
         acts = acts.float()
-        _CHANNELS[model.layer(layer)] = int(acts.shape[1])
+        model.cache[("channels", layer or model.default_layer)] = int(acts.shape[1])
         scores = self.channel_scores(model, x, y, acts)
         size = (x.shape[-2], x.shape[-1])
         if self.options["variant"] == "official":

@@ -1,32 +1,35 @@
-"""Metric protocols of the three papers, as pure batch-first torch functions (any device).
+"""Metric protocols as pure batch-first torch functions (any device), and stability.
 
-- ``lcam``: AD / IC at nu = 100, 50, 15 % (L-CAM paper and code) -- :mod:`.lcam`
+- ``lcam``: AD / IC at nu = 100, 50, 15 % (L-CAM paper and code) -- :mod:`.ad_ic`
+- ``rise``: insertion / deletion AUC (RISE paper and code) -- :mod:`.insertion_deletion`
 - ``adcc``: Average Drop of ``E = x*V``, Coherency, Complexity, ADCC (ADCC paper and code)
   -- :mod:`.adcc`
-- ``rise``: insertion / deletion AUC (RISE paper and code) -- :mod:`.rise`
+- stability of maps across models (LFI-CAM paper): binarized IoU -- :mod:`.stability`
 
-:class:`Scorer` does every forward (batched, counted per family). ``PROTOCOLS`` maps the names
-above to :class:`Protocol` objects naming their table columns, directions and sources.
-See docs/metrics.md for every protocol choice.
+:class:`Scorer` (:mod:`.scorer`) does every forward (batched, counted per family).
+``PROTOCOLS`` (:mod:`.protocol`) maps protocol names to :class:`Protocol` objects naming
+their table columns, directions and sources; other packages add protocols through the
+``camzoo.protocols`` entry-point group. See docs/metrics.md for every protocol choice.
 """
-from .adcc import adcc, adcc_scores, average_drop_fraction, coherency, complexity, explanation_map, pearson
-from .lcam import (
+from .ad_ic import (
     DEFAULT_NUS, ascending_rank, average_drop, increase_in_confidence, keep_count, keep_mask, keep_top,
     lcam_scores, masked_confidence, nu_label,
 )
-from .protocols import (
-    PROTOCOLS, TABLE_ORDER, MetricInputs, MetricSpec, Protocol, evaluate_all, table_metrics,
+from .adcc import adcc, adcc_scores, coherency, complexity, explanation_map, pearson
+from .insertion_deletion import (auc, blur, blur_kernel, descending_rank, insertion_deletion, rise_scores,
+                                 step_counts)
+from .protocol import (
+    PROTOCOLS, MetricInputs, MetricSpec, Protocol, all_protocols, evaluate_all, ordered_protocols,
+    register_protocol, table_metrics,
 )
-from .rise import auc, blur, blur_kernel, descending_rank, insertion_deletion, rise_scores, step_counts
-from .scoring import Scorer
+from .scorer import Scorer
 
 __all__ = [
-    "PROTOCOLS", "TABLE_ORDER", "MetricInputs", "MetricSpec", "Protocol", "evaluate_all",
-    "table_metrics", "Scorer",
+    "PROTOCOLS", "MetricInputs", "MetricSpec", "Protocol", "all_protocols", "evaluate_all",
+    "ordered_protocols", "register_protocol", "table_metrics", "Scorer",
     "DEFAULT_NUS", "ascending_rank", "average_drop", "increase_in_confidence", "keep_count",
     "keep_mask", "keep_top", "lcam_scores", "masked_confidence", "nu_label",
-    "adcc", "adcc_scores", "average_drop_fraction", "coherency", "complexity",
-    "explanation_map", "pearson",
+    "adcc", "adcc_scores", "coherency", "complexity", "explanation_map", "pearson",
     "auc", "blur", "blur_kernel", "descending_rank", "insertion_deletion", "rise_scores",
     "step_counts",
 ]

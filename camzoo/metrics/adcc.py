@@ -20,12 +20,14 @@ differs). Tables report the mean over images of the per-image values, x100.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict
+from typing import Any, Callable, Dict, List
 
 import torch
 from torch import Tensor
 
-from .scoring import Scorer
+from .ad_ic import average_drop
+from .protocol import MetricInputs, MetricSpec, Protocol, register_protocol
+from .scorer import Scorer
 
 FAMILY = "adcc"
 
@@ -93,14 +95,6 @@ def complexity(V: Tensor) -> Tensor:
     return V.reshape(V.shape[0], -1).float().abs().mean(dim=1)
 
 
-def average_drop_fraction(Y: Tensor, O: Tensor) -> Tensor:
-    """Per-image ``max(0, Y - O) / Y`` in [0,1] (0 where ``Y == 0``). ``Y``, ``O``: ``[B]``."""
-    Y = Y.float()
-    O = O.float()
-    drop = (Y - O).clamp(min=0.0)
-    return torch.where(Y > 0, drop / Y.clamp(min=torch.finfo(torch.float32).tiny), 0.0)
-
-
 def adcc(average_drop01: Tensor, coherency: Tensor, complexity: Tensor) -> Tensor:
     """Per-image ADCC, the harmonic mean of Coherency, 1 - Complexity and 1 - AverageDrop.
 
@@ -146,9 +140,49 @@ def adcc_scores(
     """
     E = explanation_map(x, V)
     O = scorer.probs(E, c, FAMILY)
-    ad = average_drop_fraction(Y.to(O.device), O)
+    ad = average_drop(Y.to(O.device), O, scale=1.0)
     V2 = explain_fn(E, c)
     coh = coherency(V, V2.to(V.device), nan_correlation=nan_correlation).to(O.device)
     cpx = complexity(V).to(O.device)
     return {"O": O, "average_drop": ad, "coherency": coh, "complexity": cpx,
             "adcc": adcc(ad, coh, cpx)}
+
+
+ADCC_SOURCE = (
+    "Poppi, Cornia, Baraldi, Cucchiara, 'Revisiting the Evaluation of Class Activation Mapping "
+    "for Explainability: A Novel Metric and Experimental Analysis', CVPR Workshops 2021, "
+    "Eqs. (3)-(5), Table 2; code github.com/aimagelab/ADCC metrics/"
+)
+
+
+@register_protocol
+class ADCCProtocol(Protocol):
+    name = "adcc"
+    order = 30
+    summary = "Coherency, Complexity and ADCC of E = x * V (ADCC paper)"
+    source = ADCC_SOURCE
+    defaults = {"nan_correlation": 0.0}
+
+    def metrics(self, **opts: Any) -> List[MetricSpec]:
+        return [
+            MetricSpec("adcc_ad", "AvgDrop(E)", False, 100.0, ADCC_SOURCE + ", Sec. 3 (Avg Drop)",
+                       "Average Drop (%) of E = x * V (normalized space)", in_table=False),
+            MetricSpec("coherency", "Coherency", True, 100.0, ADCC_SOURCE + ", Eq. (3)",
+                       "(Pearson(V, V') + 1) / 2, V' = map of E, x100"),
+            MetricSpec("complexity", "Complexity", False, 100.0, ADCC_SOURCE + ", Eq. (4)",
+                       "mean of V, x100"),
+            MetricSpec("adcc", "ADCC", True, 100.0, ADCC_SOURCE + ", Eq. (5)",
+                       "mean over images of the per-image harmonic mean, x100"),
+        ]
+
+    def row_keys(self, **opts: Any) -> List[str]:
+        return ["adcc_O", "adcc_ad", "coherency", "complexity", "adcc"]
+
+    def evaluate(self, inputs: MetricInputs, **opts: Any) -> Dict[str, Tensor]:
+        o = self.options(**opts)
+        if inputs.explain_fn is None:
+            raise ValueError("the adcc protocol needs MetricInputs.explain_fn (maps of E = x * V)")
+        r = adcc_scores(inputs.scorer, inputs.x, inputs.V, inputs.c, inputs.Y, inputs.explain_fn,
+                        nan_correlation=float(o["nan_correlation"]))
+        return {"adcc_O": r["O"], "adcc_ad": r["average_drop"], "coherency": r["coherency"],
+                "complexity": r["complexity"], "adcc": r["adcc"]}

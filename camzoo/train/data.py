@@ -22,8 +22,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from ..backbones import Backbone
-from ..data import ImageItem, open_dataset
+from ..data import ImageItem, load_image, open_dataset
+from ..models import Backbone
 
 PathLike = Union[str, os.PathLike]
 
@@ -99,8 +99,6 @@ class TrainImages(torch.utils.data.Dataset):
         return self._augment(img, index) if self.augment else self.preprocess(img)
 
     def __getitem__(self, index: int) -> Tuple[Tensor, int]:
-        from ..images import load_image
-
         it = self.items[index]
         x = self.transform(load_image(it.path), index)
         y = -1 if it.label is None else int(it.label)

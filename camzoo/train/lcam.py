@@ -11,7 +11,7 @@ One training step (paper Sec. 3.2, Fig. 2a/b), for a batch ``x`` of normalized i
    as the paper's equations say.)
 3. Fm: logits of ``Backbone.head(A * S)``; Img: logits of the whole model on the image
    (in [0,1]) times ``S`` upsampled bilinearly, renormalized;
-4. loss = ``l1*TV(S) + l2*AV(S) + l3*CE(y, logits)`` (:func:`camzoo.explainers.lcam.lcam_loss`).
+4. loss = ``l1*TV(S) + l2*AV(S) + l3*CE(y, logits)`` (:func:`camzoo.explainers.learned.lcam.lcam_loss`).
 
 The classifier stays in eval mode (no dropout, frozen BatchNorm statistics) with
 ``requires_grad=False``; gradients flow *through* it to the head only.
@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..backbones import Backbone
 from ..explainers.base import minmax, upsample
-from ..explainers.lcam import PAPER_WEIGHTS, VARIANTS, LCAMHead, lcam_loss, masked_logits
+from ..explainers.learned.lcam import PAPER_WEIGHTS, VARIANTS, LCAMHead, lcam_loss, masked_logits
+from ..models import Backbone
 from .loop import TrainTask, exponential_decay, fit, sgd
 
 #: default (epochs, lr decay per epoch) per backbone; paper: VGG-16 7 x 0.75, ResNet-50 25 x 0.95
@@ -93,16 +93,9 @@ class LCAMTask(TrainTask):
         self.weights = {"l1": 0.0 if ce_only else float(l1), "l2": 0.0 if ce_only else float(l2),
                         "l3": float(l3), "l4": float(l4)}
         self.ce_only = ce_only
-        K = self._channels()
+        K = backbone.channels(self.layer)
         g = torch.Generator().manual_seed(int(seed))
         self.net = LCAMHead(K, backbone.num_classes, generator=g).to(backbone.device)
-
-    def _channels(self) -> int:
-        s = self.bb.input_size
-        with torch.no_grad():
-            A, _ = self.bb.features_and_logits(
-                torch.zeros(1, 3, s, s, device=self.bb.device), self.layer)
-        return int(A.shape[1])
 
     # -- TrainTask ------------------------------------------------------------------------
     def modules(self) -> nn.Module:
@@ -158,7 +151,7 @@ class LCAMTask(TrainTask):
         AD/IC(100%) follow :mod:`camzoo.metrics.lcam`: ``O = softmax(f(normalize(x01 * V)))[c]``
         with ``V`` the inference map (min-max, upsampled) and ``c`` the target class.
         """
-        from ..metrics.lcam import average_drop, increase_in_confidence
+        from ..metrics.ad_ic import average_drop, increase_in_confidence
 
         tot: Dict[str, float] = {}
         n = 0

@@ -33,9 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..backbones import Backbone, _hash_state_dict
 from ..data import ImageItem
-from ..lficam import LFICAM, clone_backbone, reinit_backbone, replace_classifier
+from ..explainers.learned.lficam import LFICAM
+from ..models import Backbone
+from ..models.backbone import backbone_hash
+from ..models.surgery import clone_backbone, reinit_backbone, replace_classifier
+from ..models.zoo import eval_transform, imagenet_class_names
 from .data import TrainImages
 from .loop import TrainTask, fit, multistep, sgd
 
@@ -52,27 +55,6 @@ def paper_milestones(epochs: int) -> List[int]:
 def default_weight_decay(image_size: int) -> float:
     """The paper's weight decay: 5e-4 for small-image datasets (<= 64 px), else 1e-4."""
     return 5e-4 if image_size <= 64 else 1e-4
-
-
-def backbone_hash(bb: Backbone) -> str:
-    """Short content hash of ``bb.model``'s state dict (identifies a frozen backbone exactly)."""
-    return _hash_state_dict(bb.model.state_dict())
-
-
-# -- data ---------------------------------------------------------------------------------------
-def eval_transform(bb: Backbone, size: int) -> Callable:
-    """PIL -> normalized ``[3,size,size]``: ``bb.preprocess`` when ``size == bb.input_size``,
-    else resize of the shorter side to ``round(size*256/224)`` (bicubic) + center crop."""
-    if size == bb.input_size:
-        return bb.preprocess
-    from torchvision import transforms as T
-
-    from ..images import to_rgb
-
-    tf = T.Compose([T.Resize(int(round(size * 256 / 224)), interpolation=T.InterpolationMode.BICUBIC,
-                             antialias=True), T.CenterCrop(size), T.ToTensor(),
-                    T.Normalize(bb.mean.cpu().tolist(), bb.std.cpu().tolist())])
-    return lambda img: tf(to_rgb(img))
 
 
 class LFICAMImages(TrainImages):
@@ -149,7 +131,7 @@ class LFICAMTask(TrainTask):
 
     Args:
         backbone: the classifier. Frozen mode uses it as is; end-to-end / baseline train a
-            copy (:func:`camzoo.lficam.clone_backbone`).
+            copy (:func:`camzoo.models.surgery.clone_backbone`).
         mode: ``"frozen"``, ``"end-to-end"`` or ``"baseline"``.
         layer: explanation layer (default ``backbone.default_layer``).
         labels: ``"model"`` (frozen model's top-1; frozen mode only) or ``"gt"``.
@@ -369,7 +351,6 @@ def lficam_data(data, backbone: Backbone, *, num_classes: Optional[int] = None,
     compared on the same held-out images); ``seed`` seeds the augmentation. With ``num_classes`` (a new classifier) the labels are mapped to
     ``0..num_classes-1``; ``info = {"class_map", "class_names"}`` (``None`` without a new
     classifier)."""
-    from ..backbones import imagenet_class_names
     from ..data import open_dataset
     from .data import check_gt_labels, split_training
 

@@ -41,7 +41,8 @@ atomically after every epoch, ``resume``, and DistributedDataParallel when
 ``torch.distributed`` is initialized (see :func:`distributed`; ``torchrun --nproc_per_node N
 -m camzoo train ...``; gloo on CPU, NCCL on CUDA). Only rank 0 writes files and evaluates.
 
-Checkpoint format (``torch.save`` of a dict; load with :func:`load_checkpoint`)::
+Checkpoint format (``torch.save`` of a dict; load with :func:`load_checkpoint`, defined with the
+explainers that read it in :mod:`camzoo.explainers.learned.checkpoint`)::
 
     {"format": "camzoo.train/1", "task": name, "state_dict": ..., "optimizer": ...,
      "scheduler": ... or None, "epoch": completed epochs, "epochs": planned epochs,
@@ -67,7 +68,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
-CHECKPOINT_FORMAT = "camzoo.train/1"
+from ..explainers.learned.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+from ..utils import resolve_device
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
@@ -140,9 +142,7 @@ def distributed(device: Union[None, str, torch.device] = None) -> Iterator[torch
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = resolve_device(device)
     if dev.type == "cuda" and dev.index is None and world > 1:
         dev = torch.device("cuda", local)
     if dev.type == "cuda":
@@ -177,32 +177,6 @@ def manifest_hash(dataset: Optional[Dataset]) -> str:
     else:
         h.update(f"{type(dataset).__name__}:{len(dataset)}".encode())  # type: ignore[arg-type]
     return h.hexdigest()[:16]
-
-
-def save_checkpoint(obj: Dict[str, Any], path: Union[str, os.PathLike]) -> None:
-    """``torch.save`` to ``path`` atomically (temporary file + rename)."""
-    path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: Union[str, os.PathLike], map_location: Any = "cpu") -> Dict[str, Any]:
-    """Load a checkpoint written by :func:`fit` (``weights_only=True``); clear errors when the
-    file is missing or is not a camzoo training checkpoint."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ck = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
-    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a camzoo training checkpoint (expected format "
-                         f"{CHECKPOINT_FORMAT!r}; got {ck.get('format') if isinstance(ck, dict) else type(ck).__name__!r})")
-    return ck
 
 
 def _camzoo_version() -> str:

@@ -27,19 +27,39 @@ The model follows the authors' ImageNet code, at one explanation layer of a
 - ``"end-to-end"`` (the paper): a *copy* of the backbone (:func:`clone_backbone`; the
   caller's backbone is never touched) is trained together with the FIN; the LFI-CAM model is
   its own classifier (:meth:`LFICAM.as_backbone`).
+
+As an explainer (``lficam`` with ``checkpoint=PATH`` from ``camzoo train lficam``), the map is
+``L`` upsampled bilinearly (``align_corners=False``) to the input size: one forward pass. ``L``
+does not depend on the class asked for (LFI-CAM makes one map per image, for its own decision).
+
+Which classifier the metrics evaluate (:meth:`LFICAMExplainer.evaluated_backbone`):
+
+- a **frozen-mode** checkpoint explains the given frozen backbone itself
+  (``evaluated_backbone(model) is model``);
+- an **end-to-end** checkpoint *is* its own classifier: ``evaluated_backbone(model)`` returns
+  the LFI-CAM model wrapped as a :class:`camzoo.Backbone` (same normalization; name
+  ``lficam[<backbone>]``), and the bench records it per method in ``config.json``
+  (``methods.lficam.classifier``: key, name, weights_id).
+
+The checkpoint must match the backbone it is used with: same backbone name and layer, and for
+frozen mode the exact same weights (content hash); otherwise it is refused with a message
+naming both. A loaded model is kept in the backbone's ``cache`` (it lives as long as the
+backbone does).
 """
 from __future__ import annotations
 
-import copy
-import dataclasses
-import types
+import os
 from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backbones import Backbone
+from ...models.backbone import Backbone, backbone_hash, hash_state_dict
+from ...models.surgery import clone_backbone, replace_classifier
+from ...models.zoo import eval_transform
+from ..base import Explainer, minmax, register_explainer, upsample
+from .checkpoint import file_key, load_task_checkpoint
 
 MODES = ("frozen", "end-to-end")
 
@@ -80,20 +100,6 @@ def channel_minmax(f: Tensor) -> Tensor:
     return torch.where(rng > 0, scaled, const).reshape(f.shape)
 
 
-def minmax_maps(cam: Tensor) -> Tensor:
-    """Per-sample min-max of ``[B,h,w]`` maps to [0,1]; constant maps become 0.
-
-    Like :func:`camzoo.explainers.base.minmax` but safe to back-propagate through (no NaN
-    gradients for constant maps).
-    """
-    flat = cam.flatten(1)
-    lo = flat.amin(dim=1, keepdim=True)
-    hi = flat.amax(dim=1, keepdim=True)
-    rng = hi - lo
-    scaled = (flat - lo) / rng.clamp_min(torch.finfo(rng.dtype).tiny)
-    return torch.where(rng > 0, scaled, torch.zeros_like(flat)).reshape(cam.shape)
-
-
 def attention_map(f: Tensor, w: Tensor) -> Tensor:
     """``L = minmax(ReLU(sum_k w_k F_k))`` per image.
 
@@ -104,7 +110,7 @@ def attention_map(f: Tensor, w: Tensor) -> Tensor:
         ``[B,m,n]`` float in [0,1] (a constant map is all zeros).
     """
     cam = torch.einsum("bc,bchw->bhw", w.to(f.dtype), f)
-    return minmax_maps(F.relu(cam))
+    return minmax(F.relu(cam))
 
 
 class FIN(nn.Module):
@@ -138,115 +144,6 @@ class FIN(nn.Module):
     def forward(self, m: Tensor) -> Tensor:
         """``[B,C,m,n]`` -> softmax weights ``[B,C]`` (float32, each row sums to 1)."""
         return torch.softmax(self.body(m).mean(dim=(2, 3)).float(), dim=1)
-
-
-# -- backbones: copy, classifier replacement ---------------------------------------------------
-def _copy_callable(f: Any, memo: dict) -> Any:
-    """Deep-copy a head callable so that closures point at the copied modules (via ``memo``)."""
-    if isinstance(f, types.FunctionType):
-        if id(f) in memo:
-            return memo[id(f)]
-        if not f.__closure__:
-            return f
-        cells = []
-        for c in f.__closure__:
-            try:
-                v = c.cell_contents
-            except ValueError:  # empty cell
-                cells.append(c)
-                continue
-            cells.append(types.CellType(_copy_callable(v, memo)))
-        g = types.FunctionType(f.__code__, f.__globals__, f.__name__, f.__defaults__, tuple(cells))
-        g.__kwdefaults__ = f.__kwdefaults__
-        memo[id(f)] = g
-        return g
-    if isinstance(f, (nn.Module, types.MethodType, Tensor)):
-        return copy.deepcopy(f, memo)
-    return f  # plain data (ints, strings, ...) is shared
-
-
-def clone_backbone(bb: Backbone) -> Backbone:
-    """A deep copy of ``bb`` whose ``layers`` and ``heads`` refer to the copied model.
-
-    ``copy.deepcopy`` alone would leave the head closures (``lambda f: model.fc(...)``)
-    pointing at the original model; here they are rebuilt against the copy. The original
-    backbone is not modified. The copy keeps ``bb``'s frozen / eval state.
-    """
-    memo: dict = {}
-    model = copy.deepcopy(bb.model, memo)
-    layers = {k: copy.deepcopy(m, memo) for k, m in bb.layers.items()}
-    heads = {k: _copy_callable(h, memo) for k, h in bb.heads.items()}
-    return dataclasses.replace(bb, model=model, layers=layers, heads=heads,
-                               mean=bb.mean.clone(), std=bb.std.clone(),
-                               class_names=list(bb.class_names))
-
-
-def _last_linear(model: nn.Module) -> Tuple[nn.Module, str, nn.Linear]:
-    found = None
-    for name, m in model.named_modules():
-        if isinstance(m, nn.Linear):
-            found = (name, m)
-    if found is None:
-        raise ValueError(f"{type(model).__name__} has no nn.Linear classifier to replace")
-    name, lin = found
-    parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
-    return parent, name.rsplit(".", 1)[-1], lin
-
-
-def replace_classifier(bb: Backbone, num_classes: int, generator: Optional[torch.Generator] = None,
-                       class_names: Optional[list] = None) -> Backbone:
-    """Replace ``bb``'s final ``nn.Linear`` (in place) by a new ``in -> num_classes`` layer.
-
-    Use on a :func:`clone_backbone` copy. The new layer is initialized like PyTorch's default
-    (uniform in ``+-1/sqrt(in)``) from ``generator``; ``bb.num_classes`` and
-    ``bb.class_names`` are updated. Heads keep working (they look the layer up by attribute).
-    """
-    parent, attr, old = _last_linear(bb.model)
-    new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
-    bound = 1.0 / old.in_features ** 0.5
-    with torch.no_grad():
-        new.weight.uniform_(-bound, bound, generator=generator)
-        if new.bias is not None:
-            new.bias.uniform_(-bound, bound, generator=generator)
-    new.to(device=old.weight.device, dtype=old.weight.dtype)
-    new.requires_grad_(old.weight.requires_grad)
-    if isinstance(parent, nn.Sequential) and attr.isdigit():
-        parent[int(attr)] = new
-    else:
-        setattr(parent, attr, new)
-    if hasattr(bb.model, "num_classes"):
-        try:
-            bb.model.num_classes = num_classes
-        except AttributeError:
-            pass
-    bb.num_classes = int(num_classes)
-    bb.class_names = list(class_names) if class_names else [f"class_{i}" for i in range(num_classes)]
-    return bb
-
-
-def reinit_backbone(bb: Backbone, seed: int) -> Backbone:
-    """Re-initialize every module of ``bb.model`` with ``reset_parameters`` (``--init random``).
-
-    PyTorch's initializers draw from the global RNG; the draws happen inside
-    ``torch.random.fork_rng`` seeded with ``seed``, so the global RNG state is restored
-    afterwards and the result depends on ``seed`` only.
-    """
-    devices = [bb.device] if bb.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(int(seed))
-        with torch.no_grad():
-            for m in bb.model.modules():
-                if hasattr(m, "reset_parameters") and callable(m.reset_parameters):
-                    m.reset_parameters()
-    return bb
-
-
-def set_trainable(bb: Backbone, trainable: bool = True) -> Backbone:
-    """Lift (or restore) the frozen flags of ``bb.model``'s parameters. Use on a copy."""
-    for p in bb.model.parameters():
-        p.requires_grad_(trainable)
-    bb.model.train(trainable)
-    return bb
 
 
 # -- the model --------------------------------------------------------------------------------
@@ -293,24 +190,12 @@ class LFICAM(nn.Module):
         else:
             bb = backbone  # not registered: frozen, excluded from state_dict / DDP / .to()
         self.bb = bb
-        channels = self._probe_channels()
+        channels = bb.channels(self.layer_name)
         g = torch.Generator().manual_seed(int(seed))
         self.fin = FIN(channels, depth)
         self.fin.reset_parameters(g)
         self.fin.to(device=bb.device, memory_format=torch.channels_last)
         self.last: Dict[str, Tensor] = {}
-
-    @torch.no_grad()
-    def _probe_channels(self) -> int:
-        was_training = self.bb.model.training
-        self.bb.model.eval()
-        try:
-            s = self.bb.input_size
-            x = torch.zeros(1, 3, s, s, device=self.bb.device)
-            f, _ = self.bb.features_and_logits(x, self.layer_name)
-        finally:
-            self.bb.model.train(was_training)
-        return int(f.shape[1])
 
     @property
     def backbone(self) -> Backbone:
@@ -355,8 +240,6 @@ class LFICAM(nn.Module):
 
     def explain(self, x: Tensor) -> Tensor:
         """Maps ``[B,H,W]`` in [0,1]: ``L`` upsampled bilinearly (``align_corners=False``)."""
-        from .explainers.base import upsample
-
         _, L = self(x)
         return upsample(L.float(), tuple(x.shape[-2:])).clamp_(0.0, 1.0)
 
@@ -383,3 +266,103 @@ class LFICAM(nn.Module):
             class_names=list(self.bb.class_names), heads={}, weights_id=weights_id,
             input_size=self.bb.input_size,
         )
+
+
+# -- the explainer --------------------------------------------------------------------------
+def load_lficam(path: str, model: Backbone) -> Tuple["LFICAM", Dict[str, Any], Backbone]:
+    """Rebuild the :class:`LFICAM` of checkpoint ``path`` on backbone ``model``.
+
+    Returns ``(lficam model in eval mode, metadata, evaluated classifier)``: the classifier is
+    ``model`` itself for a frozen-mode checkpoint, the LFI-CAM model as a Backbone for an
+    end-to-end one. Kept in ``model.cache`` per (file, mtime, device).
+
+    Raises:
+        ValueError: not an LFI-CAM checkpoint, a baseline checkpoint, or one trained for
+            another backbone / layer / weights.
+    """
+    path = os.fspath(path)
+    key = ("lficam", *file_key(path), str(model.device))
+    if key in model.cache:
+        return model.cache[key]
+    ck = load_task_checkpoint(path, "lficam", "train one with `camzoo train lficam`")
+    meta = ck.get("metadata", {})
+    mode = meta.get("mode")
+    if mode not in ("frozen", "end-to-end"):
+        raise ValueError(f"{path} is an LFI-CAM {mode!r} checkpoint (a plain classifier without "
+                         "the attention branch); lficam needs a 'frozen' or 'end-to-end' one")
+    bad = []
+    if meta.get("backbone") != model.name:
+        bad.append(f"backbone: checkpoint {meta.get('backbone')!r}, here {model.name!r}")
+    if meta.get("layer") not in model.layers:
+        bad.append(f"layer: checkpoint {meta.get('layer')!r}, backbone {model.name!r} has "
+                   f"{', '.join(model.layers)}")
+    if mode == "frozen" and not bad:
+        h = backbone_hash(model)
+        if meta.get("backbone_hash") != h:
+            bad.append(f"weights: the FIN was trained on {meta.get('weights_id')!r} (hash "
+                       f"{meta.get('backbone_hash')}), here {model.weights_id!r} (hash {h}); a "
+                       "frozen-mode FIN only explains the exact model it was trained on")
+    if bad:
+        raise ValueError(f"lficam: checkpoint {path} was trained for another setup (backbone "
+                         f"{meta.get('backbone')!r}, layer {meta.get('layer')!r}, mode {mode!r}) "
+                         f"than the one it is used with (backbone {model.name!r}): "
+                         + "; ".join(bad))
+    depth = int(meta.get("fin_depth", 4))
+    if mode == "frozen":
+        lf = LFICAM(model, meta["layer"], mode="frozen", depth=depth)
+    else:
+        bb = clone_backbone(model)
+        if meta.get("new_classifier"):
+            replace_classifier(bb, int(meta["num_classes"]), class_names=meta.get("class_names"))
+        lf = LFICAM(bb, meta["layer"], mode="end-to-end", depth=depth, copy_backbone=False)
+    try:
+        lf.load_state_dict(ck["state_dict"])
+    except RuntimeError as exc:
+        raise ValueError(f"lficam: checkpoint {path} does not fit backbone {model.name!r} at "
+                         f"layer {meta.get('layer')!r}: {exc}") from None
+    lf.eval()
+    for p in lf.parameters():
+        p.requires_grad_(False)
+    lf.to(model.device)
+    ev = model
+    if mode == "end-to-end":
+        wid = f"lficam:{os.path.basename(path)}#{hash_state_dict(ck['state_dict'])}"
+        ev = lf.as_backbone(weights_id=wid)
+        size = int(meta.get("image_size") or model.input_size)
+        if size != model.input_size:  # evaluate at the resolution it was trained at
+            ev.preprocess = eval_transform(model, size)
+            ev.input_size = size
+    model.cache[key] = (lf, meta, ev)
+    return lf, meta, ev
+
+
+@register_explainer
+class LFICAMExplainer(Explainer):
+    name = "lficam"
+    summary = ("LFI-CAM (Lee et al. 2021): learned Feature Importance Network, map from the "
+               "same forward as the prediction; 1 forward")
+    needs_checkpoint = True
+    defaults = {"checkpoint": None}
+
+    def _model(self, model) -> Tuple["LFICAM", Dict[str, Any], Backbone]:
+        path = self.options["checkpoint"]
+        if not path:
+            raise ValueError("lficam needs checkpoint=PATH (CLI: --opt lficam.checkpoint=PATH), "
+                             "an LFI-CAM model trained with `camzoo train lficam`")
+        return load_lficam(path, model)
+
+    def forward_passes(self, model) -> int:
+        return 1
+
+    def mode(self, model) -> str:
+        """``"frozen"`` or ``"end-to-end"`` (from the checkpoint's metadata)."""
+        return self._model(model)[1]["mode"]
+
+    def evaluated_backbone(self, model):
+        """Frozen mode: ``model``. End-to-end: the LFI-CAM model as a Backbone (cached)."""
+        return self._model(model)[2]
+
+    def _explain(self, model, x: Tensor, y: Tensor) -> Tensor:
+        lf = self._model(model)[0]
+        with torch.inference_mode():
+            return lf.explain(x)

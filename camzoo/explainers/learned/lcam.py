@@ -16,14 +16,14 @@ This module holds the head (:class:`LCAMHead`), the loss terms of the paper's Eq
 from __future__ import annotations
 
 import math
-import os
 from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Explainer, minmax, register_explainer, upsample
+from ..base import Explainer, minmax, register_explainer, upsample
+from .checkpoint import file_key, load_task_checkpoint, mismatches
 
 VARIANTS = ("fm", "img")
 #: the paper's loss weights (Eqs. 6-7): l1 TV, l2 AV, l3 CE, l4 AV exponent
@@ -144,26 +144,14 @@ def masked_logits(bb, variant: str, layer: str, x: Tensor, A: Tensor, S: Tensor)
 
 
 # -- checkpoints ----------------------------------------------------------------------------
-_CACHE: Dict[Tuple[str, float, str], Tuple[LCAMHead, Dict[str, Any]]] = {}
-
-
 def load_head(path: str, device: torch.device) -> Tuple[LCAMHead, Dict[str, Any]]:
-    """Load (and cache by path + mtime + device) the head and metadata of an L-CAM checkpoint."""
-    from ..train.loop import load_checkpoint
-
-    path = os.fspath(path)
-    key = (os.path.abspath(path), os.path.getmtime(path) if os.path.exists(path) else 0.0, str(device))
-    if key not in _CACHE:
-        ck = load_checkpoint(path)
-        if ck.get("task") != "lcam":
-            raise ValueError(f"{path} is a {ck.get('task')!r} checkpoint, not an L-CAM head "
-                             f"(train one with `camzoo train lcam`)")
-        meta = ck["metadata"]
-        head = LCAMHead(int(meta["in_channels"]), int(meta["num_classes"]))
-        head.load_state_dict(ck["state_dict"])
-        head.eval().requires_grad_(False).to(device)
-        _CACHE[key] = (head, meta)
-    return _CACHE[key]
+    """The head (eval mode, frozen, on ``device``) and metadata of an L-CAM checkpoint."""
+    ck = load_task_checkpoint(path, "lcam", "train one with `camzoo train lcam`")
+    meta = ck["metadata"]
+    head = LCAMHead(int(meta["in_channels"]), int(meta["num_classes"]))
+    head.load_state_dict(ck["state_dict"])
+    head.eval().requires_grad_(False).to(device)
+    return head, meta
 
 
 class _LCAM(Explainer):
@@ -172,6 +160,11 @@ class _LCAM(Explainer):
     variant: str = ""
     needs_checkpoint = True
     defaults = {"checkpoint": None}
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        # the loaded head, keyed by (file, mtime, device): this instance's own, not global
+        self._loaded: Optional[Tuple[tuple, LCAMHead, Dict[str, Any]]] = None
 
     def forward_passes(self, model) -> int:
         return 1
@@ -183,11 +176,12 @@ class _LCAM(Explainer):
             raise ValueError(f"{self.name} needs checkpoint=PATH (CLI: --opt "
                              f"{self.name}.checkpoint=PATH), an L-CAM head trained with "
                              f"`camzoo train lcam --variant {self.variant}`")
-        head, meta = load_head(path, model.device)
-        want = {"variant": self.variant, "backbone": model.name, "weights_id": model.weights_id,
-                "num_classes": model.num_classes}
-        bad = [f"{k}: checkpoint {meta.get(k)!r}, here {v!r}" for k, v in want.items()
-               if meta.get(k) != v]
+        key = (*file_key(path), str(model.device))
+        if self._loaded is None or self._loaded[0] != key:
+            self._loaded = (key, *load_head(path, model.device))
+        _, head, meta = self._loaded
+        bad = mismatches(meta, {"variant": self.variant, "backbone": model.name,
+                                "weights_id": model.weights_id, "num_classes": model.num_classes})
         if meta.get("layer") not in model.layers:
             bad.append(f"layer: checkpoint {meta.get('layer')!r}, backbone {model.name!r} has "
                        f"{', '.join(model.layers)}")

@@ -80,7 +80,8 @@ class ResultStore:
         if stored is not None:
             cols = json.loads(stored)
             for given, key in ((value_columns, "values"), (curve_columns, "curves")):
-                if given is not None and list(given) != cols[key]:
+                # same columns in another order is the same store (SQL inserts by name)
+                if given is not None and sorted(given) != sorted(cols[key]):
                     raise ValueError(f"{self.path} stores {key} {cols[key]}; this run computes "
                                      f"{list(given)} (use a new --out, or the same metrics)")
             self.value_columns, self.curve_columns = list(cols["values"]), list(cols["curves"])

@@ -32,7 +32,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from PIL import Image
 
-from .images import IMAGE_EXTENSIONS, ImageReadError, load_image, sample_photos
+from ..utils import atomic_write
+from .images import IMAGE_EXTENSIONS, load_image, sample_photos
 
 _WNID = re.compile(r"^n\d{8}$")
 PathLike = Union[str, os.PathLike]
@@ -58,9 +59,9 @@ class Dataset:
     """An ordered list of :class:`ImageItem` plus how it was found.
 
     Attributes:
-        root: absolute data folder (``None`` for the sample photos).
-        layout: ``"samples"``, ``"labels-file"``, ``"labels.csv"``, ``"wnid-folders"`` or
-            ``"folder"``.
+        root: absolute data folder (``None`` for the sample photos and a list of files).
+        layout: ``"samples"``, ``"labels-file"``, ``"labels.csv"``, ``"wnid-folders"``,
+            ``"folder"`` or ``"files"`` (:func:`files_dataset`).
         items: images in processing order (sorted by id; a ``limit`` subset keeps that order).
         labels_file: the ``--labels`` file, if any.
     """
@@ -87,8 +88,10 @@ class Dataset:
 
     def rel_path(self, item: ImageItem) -> str:
         """The item's path relative to ``root`` (``<sample>`` for the embedded photos)."""
-        if item.path is None or self.root is None:
+        if item.path is None:
             return f"<sample:{item.image_id}>"
+        if self.root is None:
+            return item.path
         return os.path.relpath(item.path, self.root).replace(os.sep, "/")
 
     def manifest_csv(self) -> str:
@@ -106,10 +109,21 @@ class Dataset:
 
     def write_manifest(self, path: PathLike) -> None:
         """Write :meth:`manifest_csv` to ``path`` (atomically)."""
-        tmp = os.fspath(path) + ".tmp"
-        with open(tmp, "w", newline="") as f:
-            f.write(self.manifest_csv())
-        os.replace(tmp, path)
+        atomic_write(path, self.manifest_csv())
+
+
+def files_dataset(paths: Sequence[PathLike], labels: Optional[Sequence[Optional[int]]] = None) -> Dataset:
+    """A :class:`Dataset` of the given image files, in the given order (layout ``"files"``).
+
+    Image id = the file name without extension (files of the same name in different folders
+    share an id). ``labels``: one ground-truth class (or None) per file.
+    """
+    labels = list(labels) if labels is not None else [None] * len(paths)
+    if len(labels) != len(paths):
+        raise ValueError(f"{len(paths)} files but {len(labels)} labels")
+    items = [ImageItem(os.path.splitext(os.path.basename(os.fspath(p)))[0], os.path.abspath(os.fspath(p)), lab)
+             for p, lab in zip(paths, labels)]
+    return Dataset(None, "files", items)
 
 
 def imagenet_wnids() -> List[str]:
@@ -163,8 +177,9 @@ def _parse_label(value: str, wnids: Optional[Dict[str, int]], where: str) -> Tup
         raise ValueError(f"{where}: label {value!r} is neither a class index nor a wnid") from None
 
 
-def _read_labels_csv(root: str, csv_path: str) -> List[Tuple[str, int]]:
-    """Rows ``(file relative to root, class_index)`` of a ``labels.csv`` with a header."""
+def read_labels_csv(csv_path: str) -> List[Tuple[str, int]]:
+    """Rows ``(file, class_index)`` of a ``labels.csv`` with a header (files relative to its
+    folder)."""
     with open(csv_path, newline="") as f:
         reader = csv.DictReader(f)
         cols = reader.fieldnames or []
@@ -297,7 +312,7 @@ def open_dataset(
         layout, labels_file = "labels-file", lab
     elif os.path.isfile(os.path.join(root, "labels.csv")):
         csv_path = os.path.join(root, "labels.csv")
-        items = _items_from_rows(root, _read_labels_csv(root, csv_path), csv_path)
+        items = _items_from_rows(root, read_labels_csv(csv_path), csv_path)
         layout, labels_file = "labels.csv", csv_path
     else:
         subdirs = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))

@@ -6,14 +6,14 @@ object's mask. Optionally a *distractor* object of a colour that belongs to no c
 too, so that "point at any salient blob" is not enough to pass.
 
 - :func:`make_shapes` generates ``(x01, y, mask)`` deterministically from a seed.
-- :func:`train_tiny_classifier` trains a :class:`camzoo.testing.TinyCNN` on it (a few seconds
+- :func:`train_tiny_classifier` trains a :class:`camzoo.models.testing.TinyCNN` on it (a few seconds
   on CPU) and returns it as a frozen :class:`camzoo.Backbone` (layer ``"features"``, 8x8 for
   32x32 inputs, head supported).
 - :func:`peak_in_mask` / :func:`peak_in_object_rate`: does a map's maximum lie inside the object?
 
 Example::
 
-    from camzoo.synthetic import make_shapes, train_tiny_classifier, peak_in_object_rate
+    from camzoo.models.synthetic import make_shapes, train_tiny_classifier, peak_in_object_rate
     bb = train_tiny_classifier(seed=0)
     x01, y, mask = make_shapes(256, seed=123)
     maps = camzoo.explain("gradcam", bb, bb.normalize(x01), y)
@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backbones import Backbone
+from .backbone import Backbone
 
 #: class colours (RGB in [0,1]); class i has colour CLASS_COLOURS[i]
 CLASS_COLOURS = (
@@ -164,7 +164,7 @@ def train_tiny_classifier(
     size: int = 32,
     dim_augment: bool = True,
 ) -> Backbone:
-    """Train a :class:`camzoo.testing.TinyCNN` on :func:`make_shapes` images (seconds on CPU).
+    """Train a :class:`camzoo.models.testing.TinyCNN` on :func:`make_shapes` images (seconds on CPU).
 
     Adam on cross-entropy, data seed ``seed``, init and batch order from a generator seeded
     with ``seed`` too. ``dim_augment``: train on randomly darkened images and darkened

@@ -118,6 +118,8 @@ def bench_figures(run, ds, bb, n_images: int = 4) -> List[str]:
     run directory; return the written paths."""
     import os
 
+    from .run import map_path
+
     written = []
     curves = {}
     for m in run.methods:
@@ -136,7 +138,7 @@ def bench_figures(run, ds, bb, n_images: int = 4) -> List[str]:
         rows = run.rows()
         imgs, maps, titles = [], [], []
         for it in items:
-            files = [os.path.join(grid_dir, m, it.image_id + ".npy") for m in run.methods]
+            files = [map_path(run.dir, "grid", m, it.image_id) for m in run.methods]
             if not any(os.path.isfile(f) for f in files):
                 continue
             x = bb.preprocess(ds.load(it)).unsqueeze(0).to(bb.device)

@@ -18,13 +18,14 @@ Each point's score is the softmax probability of ``c`` (the clean image's class)
 from __future__ import annotations
 
 import functools
-from typing import Dict, Sequence
+from typing import Any, Dict, List, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .scoring import Scorer
+from .protocol import MetricInputs, MetricSpec, Protocol, register_protocol
+from .scorer import Scorer
 
 MODES = ("insertion", "deletion")
 BLUR_KERNELS = ("rise", "gaussian")
@@ -228,3 +229,40 @@ def rise_scores(
         out[f"{short}_auc"] = auc(cur)
         out[f"{short}_curve"] = cur
     return out
+
+
+RISE_SOURCE = (
+    "Petsiuk, Das, Saenko, 'RISE: Randomized Input Sampling for Explanation of Black-box "
+    "Models', BMVC 2018, Sec. 4.1; code github.com/eclique/RISE evaluation.py "
+    "(CausalMetric, gkern, auc)"
+)
+
+
+@register_protocol
+class RISEProtocol(Protocol):
+    name = "rise"
+    order = 20
+    shorthands = {"steps": "steps"}
+    summary = "insertion (from blur) / deletion (to 0) AUC over steps+1 points (RISE paper)"
+    source = RISE_SOURCE
+    defaults = {"steps": 224, "modes": MODES, "kernel_size": 11, "sigma": 5.0, "kernel": "rise"}
+
+    def metrics(self, **opts: Any) -> List[MetricSpec]:
+        modes = self.options(**opts)["modes"]
+        specs = []
+        if "insertion" in modes:
+            specs.append(MetricSpec("ins_auc", "Ins", True, 100.0, RISE_SOURCE + " (mode 'ins')",
+                                    "insertion AUC from the blurred image, x100"))
+        if "deletion" in modes:
+            specs.append(MetricSpec("del_auc", "Del", False, 100.0, RISE_SOURCE + " (mode 'del')",
+                                    "deletion AUC (pixels set to 0 in normalized space), x100"))
+        return specs
+
+    def curve_keys(self, **opts: Any) -> List[str]:
+        return [f"{m[:3]}_curve" for m in self.options(**opts)["modes"]]
+
+    def evaluate(self, inputs: MetricInputs, **opts: Any) -> Dict[str, Tensor]:
+        o = self.options(**opts)
+        return rise_scores(inputs.scorer, inputs.x, inputs.V, inputs.c, int(o["steps"]),
+                           tuple(o["modes"]), int(o["kernel_size"]), float(o["sigma"]),
+                           o["kernel"])

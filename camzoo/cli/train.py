@@ -1,16 +1,79 @@
-"""``camzoo train lficam`` and ``camzoo stability``: thin layers over :mod:`camzoo.train.lficam`
-and :mod:`camzoo.stability`.
+"""``camzoo train lcam`` and ``camzoo train lficam``: thin layers over :mod:`camzoo.train`.
 
-Multi-process training: ``torchrun --nproc_per_node N -m camzoo train lficam ...``
+Multi-process: ``torchrun --nproc_per_node N -m camzoo train lcam|lficam ...``
 (DistributedDataParallel through the shared loop; NCCL on CUDA, gloo on CPU).
 """
 from __future__ import annotations
 
-import json
-
 import click
 
-from .cli import _split, main, parse_opts, train
+from .options import user_errors
+
+
+@click.group("train")
+def train() -> None:
+    """Train learned explainers (L-CAM heads, LFI-CAM)."""
+
+
+@train.command("lcam")
+@click.option("--backbone", default="efficientnet_lite0", show_default=True)
+@click.option("--weights", default=None, help="backbone state_dict file ('random' for smoke tests)")
+@click.option("--variant", type=click.Choice(["fm", "img"]), required=True,
+              help="fm: mask the feature maps; img: mask the image (paper: Img is better)")
+@click.option("--layer", default=None, help="explanation layer (default: the backbone's; "
+              "vgg16 --layer pool5 is the paper's L-CAM-Img-dagger)")
+@click.option("--ce-only", is_flag=True, help="ablation L-CAM-Fm* / L-CAM-Img*: cross-entropy only")
+@click.option("--data", "data", required=True, type=click.Path(exists=True, file_okay=False),
+              help="image folder (labels.csv, wnid folders or plain images)")
+@click.option("--labels", type=click.Choice(["model", "gt"]), default="model", show_default=True,
+              help="train on the frozen model's top-1 (paper) or on the ground truth")
+@click.option("--labels-file", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="ground-truth file for a flat folder (see docs/bench.md)")
+@click.option("--epochs", type=int, default=None,
+              help="default: 7 for vgg16, 25 otherwise (paper: ResNet-50)")
+@click.option("--batch-size", type=int, default=64, show_default=True, help="global batch size")
+@click.option("--lr", type=float, default=1e-4, show_default=True)
+@click.option("--lr-decay", type=float, default=None,
+              help="lr factor per epoch; default 0.75 for vgg16, 0.95 otherwise")
+@click.option("--momentum", type=float, default=0.9, show_default=True)
+@click.option("--weight-decay", type=float, default=5e-4, show_default=True)
+@click.option("--val-fraction", type=float, default=0.2, show_default=True,
+              help="images held out (by image) for per-epoch loss and AD/IC(100%)")
+@click.option("--limit", type=int, default=None, help="use a deterministic subset of N images")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="checkpoint (.pt)")
+@click.option("--resume", is_flag=True, help="continue from --out")
+@click.option("--overwrite", is_flag=True, help="replace an existing --out")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--workers", type=int, default=0, show_default=True, help="DataLoader workers")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: auto)")
+@click.option("--no-progress", is_flag=True, help="no progress bar")
+def lcam_cmd(backbone, weights, variant, layer, ce_only, data, labels, labels_file, epochs,
+             batch_size, lr, lr_decay, momentum, weight_decay, val_fraction, limit, out, resume,
+             overwrite, seed, workers, device, no_progress) -> None:
+    """Train an L-CAM head (paper recipe: SGD + Nesterov, lr 1e-4 decayed per epoch)."""
+    from ..models import load_backbone
+    from ..train.data import training_data
+    from ..train.lcam import train_lcam
+    from ..train.loop import distributed, rank_and_world
+
+    with user_errors():
+        with distributed(device) as dev:
+            rank = rank_and_world()[0]
+            echo = click.echo if rank == 0 else (lambda *a, **k: None)
+            bb = load_backbone(backbone, weights=weights, device=dev)
+            tr, va = training_data(data, bb, val_fraction=val_fraction, seed=seed, limit=limit,
+                                   need_labels=labels == "gt", labels_file=labels_file)
+            echo(f"L-CAM-{variant.capitalize()}{'*' if ce_only else ''} on {bb.name} "
+                 f"layer {layer or bb.default_layer}: {len(tr)} training / {len(va)} held-out "
+                 f"images, labels={labels}, device={dev}, processes={rank_and_world()[1]}")
+            res = train_lcam(bb, tr, va, variant=variant, layer=layer, labels=labels,
+                             ce_only=ce_only, epochs=epochs, batch_size=batch_size, lr=lr,
+                             lr_decay=lr_decay, momentum=momentum, weight_decay=weight_decay,
+                             out=out, resume=resume, overwrite=overwrite, seed=seed,
+                             num_workers=workers, progress=not no_progress and rank == 0,
+                             log=echo)
+    echo(f"wrote {out} ({res['epoch']} epochs); use it with "
+         f"--methods lcam-{variant} --opt lcam-{variant}.checkpoint={out}")
 
 
 @train.command("lficam")
@@ -64,11 +127,11 @@ def lficam_cmd(backbone, weights, mode, init, num_classes, layer, data, labels, 
                limit, split_seed, out, resume, overwrite, seed, workers, device,
                no_progress) -> None:
     """Train LFI-CAM (paper recipe: SGD momentum 0.9, lr 0.1 / 10 at 50 % and 75 %)."""
-    from .backbones import load_backbone
-    from .train.lficam import lficam_data, train_lficam
-    from .train.loop import distributed, rank_and_world
+    from ..models import load_backbone
+    from ..train.lficam import lficam_data, train_lficam
+    from ..train.loop import distributed, rank_and_world
 
-    try:
+    with user_errors():
         with distributed(device) as dev:
             rank = rank_and_world()[0]
             echo = click.echo if rank == 0 else (lambda *a, **k: None)
@@ -90,8 +153,6 @@ def lficam_cmd(backbone, weights, mode, init, num_classes, layer, data, labels, 
                                momentum=momentum, weight_decay=weight_decay, out=out,
                                resume=resume, overwrite=overwrite, seed=seed, num_workers=workers,
                                device=dev, progress=not no_progress and rank == 0, log=echo)
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError, NotImplementedError) as exc:
-        raise click.ClickException(str(exc)) from None
     val = res["history"][-1]["val"] if res["history"] else {}
     if "top1" in val:
         extra = f", backbone {val['backbone_top1']:.4f}" if "backbone_top1" in val else ""
@@ -100,63 +161,3 @@ def lficam_cmd(backbone, weights, mode, init, num_classes, layer, data, labels, 
             f"; use it with --methods lficam --opt lficam.checkpoint={out}"
             + (f" --backbone {backbone} --weights random" if mode == "end-to-end" else ""))
     echo(f"wrote {out} ({res['epoch']} epochs){hint}")
-
-
-@main.command("stability")
-@click.argument("checkpoints", nargs=-1, type=click.Path(exists=True, dir_okay=False))
-@click.option("--data", "data", default=None, type=click.Path(exists=True, file_okay=False),
-              help="image folder (default: the sample photos)")
-@click.option("--labels-file", default=None, type=click.Path(exists=True, dir_okay=False))
-@click.option("--limit", type=int, default=None, help="a deterministic subset of N images")
-@click.option("--seed", type=int, default=0, show_default=True, help="seed of --limit")
-@click.option("--methods", default=None,
-              help="compare these explainers' maps on one model instead of checkpoints "
-                   "(the first is the baseline unless --baseline)")
-@click.option("--backbone", default="efficientnet_lite0", show_default=True,
-              help="the model for --methods")
-@click.option("--weights", default=None, help="backbone state_dict file (frozen checkpoints "
-                                              "and --methods)")
-@click.option("--opt", "opts", multiple=True, help="METHOD.OPTION=VALUE for --methods, repeatable")
-@click.option("--threshold", type=float, default=None,
-              help="high attention = map >= threshold (default 127/255, the paper's >= 127)")
-@click.option("--baseline", default=None, help="force the baseline (checkpoint file name or method)")
-@click.option("--measure-accuracy", is_flag=True,
-              help="measure each model's top-1 on --data (needs labels) instead of reading it "
-                   "from the checkpoints")
-@click.option("--batch-size", type=int, default=16, show_default=True)
-@click.option("--device", default=None, help="cpu, cuda, ... (default: auto)")
-@click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False),
-              help="also write the result as JSON")
-def stability_cmd(checkpoints, data, labels_file, limit, seed, methods, backbone, weights, opts,
-                  threshold, baseline, measure_accuracy, batch_size, device, json_out) -> None:
-    """Stability of explanations (LFI-CAM paper): mean IoU of binarized maps vs the most
-    accurate model, for CHECKPOINTS of learned explainers (LFI-CAM, L-CAM; the explainer is read
-    from each checkpoint) or for --methods on one model."""
-    from .stability import (DEFAULT_THRESHOLD, format_result, run_stability,
-                            sources_from_checkpoints, sources_from_methods)
-
-    try:
-        if checkpoints and methods:
-            raise ValueError("give checkpoints or --methods, not both")
-        if methods:
-            from .backbones import load_backbone
-
-            bb = load_backbone(backbone, weights=weights, device=device)
-            names = _split(methods)
-            sources = sources_from_methods(names, bb, parse_opts(opts))
-            baseline = baseline or names[0]
-        else:
-            sources = sources_from_checkpoints(list(checkpoints), weights=weights, device=device)
-        res = run_stability(sources, data, labels=labels_file, limit=limit, seed=seed,
-                            batch_size=batch_size,
-                            threshold=DEFAULT_THRESHOLD if threshold is None else threshold,
-                            baseline=baseline, measure_accuracy=measure_accuracy, echo=click.echo)
-    except (ValueError, KeyError, FileNotFoundError, NotImplementedError) as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(format_result(res, sources))
-    if json_out:
-        with open(json_out, "w") as f:
-            json.dump({"baseline": res.baseline, "per_model": res.per_model, "overall": res.overall,
-                       "accuracy": res.accuracy, "n_images": res.n_images,
-                       "threshold": res.threshold,
-                       "classifiers": {s.name: s.classifier.name for s in sources}}, f, indent=2)

@@ -1,0 +1,31 @@
+"""``camzoo list``: explainers, backbones and their layers, metric protocols."""
+from __future__ import annotations
+
+import click
+
+
+@click.command("list")
+def list_cmd() -> None:
+    """List explainers, backbones and their explanation layers, and metric protocols."""
+    from ..explainers import EXPLAINERS
+    from ..metrics.protocol import PROTOCOLS, all_protocols
+    from ..models import BACKBONE_LAYERS
+
+    click.echo("explainers:")
+    for name in EXPLAINERS.names():
+        cls = EXPLAINERS.get(name)
+        extra = " (needs checkpoint=PATH)" if getattr(cls, "needs_checkpoint", False) else ""
+        click.echo(f"  {name:18s} {getattr(cls, 'summary', '')}{extra}")
+    for name, err in EXPLAINERS.plugin_errors.items():
+        click.echo(f"  {name:18s} [plugin failed to load: {err}]")
+    click.echo("backbones (layers, default marked *):")
+    for name, (layers, default) in BACKBONE_LAYERS.items():
+        ls = ", ".join(f"{l}*" if l == default else l for l in layers)
+        click.echo(f"  {name:18s} {ls}")
+    click.echo("  timm:<model>       any timm model: its feature stages, default the last")
+    click.echo("  py:module:function your own: a function returning a camzoo Backbone")
+    click.echo("metric protocols (--metrics; 'all' = " + ",".join(all_protocols()) + "):")
+    for name in PROTOCOLS.names():
+        click.echo(f"  {name:18s} {PROTOCOLS.get(name).summary}")
+    for name, err in PROTOCOLS.plugin_errors.items():
+        click.echo(f"  {name:18s} [plugin failed to load: {err}]")

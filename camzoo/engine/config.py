@@ -1,0 +1,318 @@
+"""What a bench run depends on: :class:`BenchConfig`, its presets, and the resume rules.
+
+``camzoo bench [options]`` is ``camzoo.bench.run(BenchConfig.from_cli(...))``, and
+``camzoo.bench.run(BenchConfig())`` runs exactly what a bare ``camzoo bench`` runs: the preset
+(:data:`PRESETS`) is applied by the engine, not by the CLI.
+
+Presets fill only what the user left unset (``None`` fields, and explainer options not given):
+
+- ``quick`` (the default without ``--data``: the six sample photos, about 3 minutes on a 2-core
+  CPU): 16 insertion/deletion steps, Score-CAM skipped, RISE with 64 masks;
+- ``full`` (the default with ``--data``): every protocol at its defaults.
+
+Resume rules (:func:`resume_config`, :func:`check_resume`): ``--resume --out RUN`` reads the
+stored ``bench_config``; an option given again overrides it, everything else comes from the
+store; the resumed run must then have the same identity (:func:`config_identity`) as the
+stored one, or it is refused with the differences listed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+from ..explainers import EXPLAINERS
+from ..metrics.protocol import PROTOCOLS, all_protocols, ordered_protocols
+from ..models import Backbone
+from ..results.run import CONFIG_NAME
+from ..utils import dict_diff, jsonable, parse_dotted, split_names
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Values a preset fills in when the user left them unset.
+
+    Attributes:
+        steps: insertion/deletion steps (``None``: the protocol's default).
+        skip_methods: dropped from an unset ``methods`` (unless options name them).
+        options: explainer options set unless given (``{"rise": {"n_masks": 64}}``).
+        summary: one line for messages.
+    """
+
+    steps: Optional[int] = None
+    skip_methods: Tuple[str, ...] = ()
+    options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    summary: str = ""
+
+
+PRESETS: Dict[str, Preset] = {
+    "quick": Preset(steps=16, skip_methods=("scorecam",), options={"rise": {"n_masks": 64}},
+                    summary="fast demo settings (default without --data)"),
+    "full": Preset(summary="every protocol and method at its defaults (default with --data)"),
+}
+FULL_HINT = ("full protocol: camzoo bench --data DIR [--labels FILE] --limit 2000 (or --preset full "
+             "on the sample photos): 224 insertion/deletion steps, every method incl. scorecam at its "
+             "defaults (e.g. --opt rise.n_masks=8000 for ResNet-50 as in the L-CAM paper)")
+
+
+@dataclass
+class BenchConfig:
+    """Everything a bench run depends on (the CLI maps its options onto these fields).
+
+    Attributes:
+        backbone: backbone name (``camzoo list``), ``timm:<model>``, ``py:module:function``
+            (a callable returning a :class:`~camzoo.Backbone`, e.g.
+            ``py:camzoo.models.testing:tiny_backbone``), or a Backbone object (Python API
+            only; config.json then records its ``name`` and ``weights_id``).
+        weights: state_dict file, ``"random"``, or ``None`` (the backbone's default weights).
+        layer: explanation layer for every method with a ``layer`` option (None = default).
+        methods: ``"all"`` or names; ``None`` = ``"all"`` less the preset's skipped methods.
+            ``"all"`` = every registered explainer whose class has ``needs_checkpoint ==
+            False``, plus learned ones given ``options[m]["checkpoint"]``.
+        options: per-method explainer options, ``{"rise": {"n_masks": 8000}}``.
+        metrics: ``"all"`` (every protocol with ``in_all``) or protocol names.
+        metric_options: per-protocol options, ``{"lcam": {"nus": [1.0, 0.5]}}``.
+        data, labels: see :func:`camzoo.data.open_dataset` (``None`` = the sample photos).
+        limit, seed: deterministic subset of the data (see :func:`camzoo.data.subset`).
+        steps: insertion/deletion steps (``rise`` protocol); None = the preset's, else 224.
+        batch_size: images per engine batch (maps are made per batch).
+        eval_batch_size: perturbed images per metric forward.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; None = CUDA when available.
+        out: run directory; None = ``results/<backbone>-<timestamp>``.
+        resume: continue an existing run directory (skip stored (method, image) pairs).
+        save_maps: also write ``maps/<method>/<image_id>.npy`` (float32 ``[H,W]``).
+        target: ``"pred"`` (the classifier's top-1) or ``"gt"`` (the data's labels).
+        grid_images: images shown in the overlay grid figure.
+        figures: write the figures at the end.
+        progress: show tqdm bars (one per method).
+        tune_malloc: on CPU, keep freed memory in glibc's heap
+            (:func:`camzoo.engine.timing.tune_cpu_allocator`).
+        preset: ``"quick"``, ``"full"`` or None (``quick`` without ``data``, else ``full``).
+    """
+
+    backbone: Union[str, Backbone] = "efficientnet_lite0"
+    weights: Optional[str] = None
+    layer: Optional[str] = None
+    methods: Union[None, str, Sequence[str]] = None
+    options: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    metrics: Union[str, Sequence[str]] = "all"
+    metric_options: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    data: Optional[str] = None
+    labels: Optional[str] = None
+    limit: Optional[int] = None
+    seed: int = 0
+    steps: Optional[int] = None
+    batch_size: int = 16
+    eval_batch_size: int = 64
+    device: Optional[str] = None
+    out: Optional[str] = None
+    resume: bool = False
+    save_maps: bool = False
+    target: str = "pred"
+    grid_images: int = 4
+    figures: bool = True
+    progress: bool = True
+    tune_malloc: bool = True
+    preset: Optional[str] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The fields as JSON values (a Backbone object becomes ``"<object:NAME>"``)."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if isinstance(d["backbone"], Backbone):
+            d["backbone"] = f"<object:{d['backbone'].name}>"
+        for k in ("methods", "metrics"):
+            d[k] = d[k] if d[k] is None or isinstance(d[k], str) else list(d[k])
+        return jsonable(d)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "BenchConfig":
+        """Inverse of :meth:`to_dict` (unknown keys are ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    @classmethod
+    def from_cli(cls, given: Mapping[str, Any], opts: Sequence[str] = (),
+                 metric_opts: Sequence[str] = ()) -> "BenchConfig":
+        """The config of ``camzoo bench``: only the options given on the command line.
+
+        Args:
+            given: field -> value for every option the user gave (not the CLI's defaults);
+                with ``resume=True`` the others come from the stored run (:func:`resume_config`).
+            opts: ``METHOD.OPTION=VALUE`` strings (``--opt``).
+            metric_opts: ``PROTOCOL.OPTION=VALUE`` strings (``--metric-opt``; commas make lists).
+        Raises:
+            ValueError for a malformed option or an unknown field.
+        """
+        fields = dict(given)
+        unknown = set(fields) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown bench option(s): {', '.join(sorted(unknown))}")
+        options = parse_dotted(opts, "METHOD")
+        metric_options = parse_dotted(metric_opts, "PROTOCOL", lists=True)
+        if options:
+            fields["options"] = options
+        if metric_options:
+            fields["metric_options"] = metric_options
+        if fields.get("resume"):
+            return resume_config(fields.get("out"), fields)
+        return cls(**fields)
+
+
+# -- names ------------------------------------------------------------------------------------
+def resolve_methods(methods: Union[None, str, Sequence[str]],
+                    options: Dict[str, Dict[str, Any]]) -> List[str]:
+    """Method names of a config: ``"all"`` (or None) expands as documented in :class:`BenchConfig`."""
+    names = split_names("all" if methods is None else methods)
+    if names == ["all"]:
+        out = []
+        for n in EXPLAINERS.names():
+            cls = EXPLAINERS.get(n)
+            if not getattr(cls, "needs_checkpoint", False) or options.get(n, {}).get("checkpoint"):
+                out.append(n)
+        return out
+    if not names:
+        raise ValueError("no methods given; use 'all' or names from: " + ", ".join(EXPLAINERS.names()))
+    for n in names:
+        EXPLAINERS.get(n)  # unknown names raise, listing the valid ones
+    if len(set(names)) != len(names):
+        raise ValueError(f"methods listed twice: {names}")
+    return names
+
+
+def resolve_protocols(metrics: Union[str, Sequence[str]]) -> List[str]:
+    """Protocol names of a config (``"all"`` = :func:`~camzoo.metrics.all_protocols`), validated,
+    in table order."""
+    names = split_names(metrics)
+    if names == ["all"]:
+        return all_protocols()
+    if not names:
+        raise ValueError(f"no metrics given; valid: all, {', '.join(PROTOCOLS.names())}")
+    return ordered_protocols(names)
+
+
+def protocol_options(config: BenchConfig, protocols: Sequence[str]) -> Dict[str, Dict[str, Any]]:
+    """Validated options (defaults filled) per protocol, with the config's shorthands
+    (``steps``) applied to the protocols that declare them."""
+    bad = sorted(set(config.metric_options) - set(protocols))
+    if bad:
+        raise ValueError(f"metric options given for protocol(s) not in this run: {', '.join(bad)}")
+    popts: Dict[str, Dict[str, Any]] = {}
+    for p in protocols:
+        proto = PROTOCOLS.get(p)
+        o = dict(config.metric_options.get(p, {}))
+        for fld, opt in proto.shorthands.items():
+            v = getattr(config, fld)
+            if v is not None:
+                o[opt] = v
+        popts[p] = proto.options(**o)  # validates, fills defaults
+    return popts
+
+
+def default_out(backbone: str) -> str:
+    """``results/<backbone>-<YYYYmmdd-HHMMSS>`` (``:`` and ``/`` in the name become ``_``)."""
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    safe = backbone.replace(":", "_").replace("/", "_")
+    return os.path.join("results", f"{safe}-{stamp}")
+
+
+# -- presets ----------------------------------------------------------------------------------
+def apply_preset(config: BenchConfig) -> Tuple[BenchConfig, List[str]]:
+    """The config with its preset's values filled in, and what was filled (for a message).
+
+    Idempotent: a config whose fields are already set is returned unchanged, so a resumed
+    run (whose stored fields are set) gets nothing new.
+    """
+    name = config.preset or ("quick" if config.data is None else "full")
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+    p = PRESETS[name]
+    options = {m: dict(o) for m, o in config.options.items()}
+    changes: Dict[str, Any] = {"preset": name}
+    picked: List[str] = []
+    if config.steps is None and p.steps is not None:
+        changes["steps"] = p.steps
+        picked.append(f"--steps {p.steps}")
+    names = resolve_methods(config.methods, options)
+    if config.methods is None:
+        skipped = [m for m in names if m in p.skip_methods and m not in options]
+        names = [m for m in names if m not in skipped]
+        changes["methods"] = ",".join(names)
+        if skipped:
+            picked.append(f"--methods {changes['methods']} (skipped: {', '.join(skipped)})")
+    for m, o in p.options.items():
+        if m in names:
+            for k, v in o.items():
+                if k not in options.get(m, {}):
+                    options.setdefault(m, {})[k] = v
+                    picked.append(f"--opt {m}.{k}={v}")
+    changes["options"] = options
+    return dataclasses.replace(config, **changes), picked
+
+
+# -- resume -----------------------------------------------------------------------------------
+def stored_config(out: Optional[str]) -> Dict[str, Any]:
+    """The ``config.json`` of run directory ``out``; a clear error when there is none."""
+    path = os.path.join(out, CONFIG_NAME) if out else None
+    if not path or not os.path.isfile(path):
+        raise ValueError("--resume needs --out pointing at an existing run directory"
+                         + (f" ({out} has no {CONFIG_NAME})" if out else ""))
+    with open(path) as f:
+        return json.load(f)
+
+
+def resume_config(out: Optional[str], given: Mapping[str, Any]) -> BenchConfig:
+    """The config of a resumed run: the stored ``bench_config`` overridden by ``given``.
+
+    Explainer and protocol options given again are merged into the stored ones (given
+    values win); every other field not in ``given`` keeps its stored value.
+    """
+    stored = dict(stored_config(out)["bench_config"])
+    fields = {k: v for k, v in stored.items() if k in {f.name for f in dataclasses.fields(BenchConfig)}}
+    for k, v in given.items():
+        if k in ("options", "metric_options"):
+            merged = {n: dict(o) for n, o in stored.get(k, {}).items()}
+            for n, o in v.items():
+                merged[n] = {**merged.get(n, {}), **o}
+            fields[k] = merged
+        else:
+            fields[k] = v
+    fields["resume"] = True
+    fields["out"] = out
+    # runs stored before presets were recorded hold their resolved values already
+    fields.setdefault("preset", "full")
+    return BenchConfig(**fields)
+
+
+def absolute_paths(d: Dict[str, Any], out: str) -> Dict[str, Any]:
+    """A ``bench_config`` dict with data / labels / weights / out made absolute (so a run can be
+    resumed from any directory)."""
+    d = dict(d)
+    d["out"] = os.path.abspath(out)
+    for k in ("data", "labels", "weights"):
+        if isinstance(d.get(k), str) and os.path.exists(d[k]):
+            d[k] = os.path.abspath(d[k])
+    return d
+
+
+def config_identity(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """The parts of ``config.json`` a resumed run must share with the stored one."""
+    return jsonable({
+        "backbone": {k: cfg["backbone"][k] for k in ("name", "weights_id", "layer")},
+        "methods": {m: {"options": v["options"], "classifier": v["classifier"]}
+                    for m, v in cfg["methods"].items()},
+        "protocols": cfg["protocols"],
+        "target": cfg["target"],
+        "data": {k: cfg["data"][k] for k in ("manifest_hash", "n_images")},
+    })
+
+
+def check_resume(old: Dict[str, Any], new: Dict[str, Any], out: str) -> None:
+    """Raise ``ValueError`` listing every difference of identity between two ``config.json``."""
+    diffs = dict_diff(config_identity(old), config_identity(new))
+    if diffs:
+        raise ValueError(f"cannot resume {out}: the run differs from the stored one:\n  "
+                         + "\n  ".join(diffs))
+

@@ -1,0 +1,211 @@
+"""Metric protocols as plugins: :class:`Protocol`, :class:`MetricSpec`, :class:`MetricInputs`.
+
+A protocol is a registry entry of ``PROTOCOLS`` (built-ins register with
+:func:`register_protocol`; other packages expose a :class:`Protocol` subclass or instance in
+the ``camzoo.protocols`` entry-point group). The engine knows no protocol by name: for each
+(method, batch) it builds one :class:`MetricInputs` and calls ``protocol.evaluate(inputs,
+**options)``; the per-image values go to the result store under ``protocol.row_keys(...)``
+and the tables aggregate them with ``protocol.metrics(...)``:
+table value = ``spec.scale * mean over images of row[spec.key]``. Table columns follow the
+protocols' ``order`` (then their names), and within a protocol the order of its specs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from torch import Tensor
+
+from ..registry import PROTOCOL_ENTRY_POINT_GROUP, Registry
+from .scorer import Scorer
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One table column.
+
+    Attributes:
+        key: the per-image value in the result row it aggregates.
+        column: table header (``"AD(100%)"``, ``"Ins"``, ...).
+        higher_is_better: direction (tables show an arrow, bold = best).
+        scale: table value = ``scale * mean_i row[key]`` (1 for values already in percent,
+            100 for fractions).
+        source: paper and authors' code the definition follows.
+        description: one line for docs and ``--help``.
+        in_table: False for values stored per image but not in the default table.
+    """
+
+    key: str
+    column: str
+    higher_is_better: bool
+    scale: float
+    source: str
+    description: str = ""
+    in_table: bool = True
+
+    @property
+    def arrow(self) -> str:
+        return "\u2191" if self.higher_is_better else "\u2193"
+
+
+@dataclass
+class MetricInputs:
+    """Everything a protocol may need for one batch of one method.
+
+    Attributes:
+        scorer: counting :class:`Scorer` of the evaluated classifier.
+        x: normalized images ``[B,3,H,W]``.
+        V: the method's maps ``[B,H,W]`` in [0,1] for classes ``c``.
+        c: LongTensor ``[B]`` evaluated classes.
+        Y: float ``[B]`` softmax prob of ``c`` on ``x`` (the engine's clean forward).
+        normalize: ``[N,3,H,W]`` in [0,1] -> normalized (``Backbone.normalize``).
+        denormalize: normalized -> [0,1] (``Backbone.denormalize``).
+        explain_fn: ``(E [B,3,H,W], c [B]) -> [B,H,W]`` the same explainer with the same
+            options on other inputs (e.g. ``adcc``'s Coherency); its forwards are counted
+            by the engine under ``<protocol>_explain``.
+        x01: images in [0,1] ``[B,3,H,W]``; ``denormalize(x)`` when not given.
+        mean_std: ``(mean [3], std [3])`` when ``normalize`` is ``(z - mean) / std`` per
+            channel: lets the ``lcam`` protocol build each masked image in one fused pass.
+        classifier: the evaluated :class:`camzoo.Backbone` (layers, class names, ...), for
+            protocols that need more than the scorer.
+    """
+
+    scorer: Scorer
+    x: Tensor
+    V: Tensor
+    c: Tensor
+    Y: Tensor
+    normalize: Callable[[Tensor], Tensor]
+    denormalize: Optional[Callable[[Tensor], Tensor]] = None
+    explain_fn: Optional[Callable[[Tensor, Tensor], Tensor]] = None
+    x01: Optional[Tensor] = None
+    mean_std: Optional[Tuple[Tensor, Tensor]] = None
+    classifier: Any = None
+
+    def images01(self) -> Tensor:
+        """The images in [0,1] ``[B,3,H,W]`` (``x01``, or ``denormalize(x)``)."""
+        if self.x01 is not None:
+            return self.x01
+        if self.denormalize is None:
+            raise ValueError("MetricInputs needs x01 or denormalize for this protocol")
+        return self.denormalize(self.x)
+
+
+class Protocol:
+    """Base class: a named evaluation protocol with options, metrics and a batch evaluator.
+
+    Class attributes:
+        name: registry name (``--metrics NAME``).
+        summary: one line for ``camzoo list``.
+        source: paper and authors' code.
+        defaults: every option with its default (``--metric-opt NAME.OPTION=VALUE``).
+        order: position of its columns in tables (built-ins: lcam 10, rise 20, adcc 30).
+        in_all: included in ``--metrics all``.
+        shorthands: :class:`~camzoo.engine.BenchConfig` fields that set an option of this
+            protocol when given (``{"steps": "steps"}``: ``--steps N`` is ``rise.steps=N``).
+    """
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    source: ClassVar[str] = ""
+    defaults: ClassVar[Dict[str, Any]] = {}
+    order: ClassVar[float] = 100.0
+    in_all: ClassVar[bool] = True
+    shorthands: ClassVar[Dict[str, str]] = {}
+
+    def options(self, **opts: Any) -> Dict[str, Any]:
+        """Defaults updated with ``opts``; unknown options raise, listing the valid ones."""
+        unknown = set(opts) - set(self.defaults)
+        if unknown:
+            raise ValueError(
+                f"protocol {self.name!r} has no option(s) {', '.join(sorted(unknown))}; "
+                f"options: {', '.join(f'{k}={v!r}' for k, v in self.defaults.items()) or 'none'}"
+            )
+        return {**self.defaults, **opts}
+
+    def families(self, **opts: Any) -> Tuple[str, ...]:
+        """Scorer families the forwards of this protocol are counted under."""
+        return (self.name,)
+
+    def metrics(self, **opts: Any) -> List[MetricSpec]:
+        """Table columns, in table order."""
+        raise NotImplementedError
+
+    def row_keys(self, **opts: Any) -> List[str]:
+        """Names of the per-image scalar values :meth:`evaluate` returns (each ``[B]``);
+        default: the keys of :meth:`metrics`."""
+        return [s.key for s in self.metrics(**opts)]
+
+    def curve_keys(self, **opts: Any) -> List[str]:
+        """Names of per-image curves ``[B,L]`` :meth:`evaluate` also returns (may be empty)."""
+        return []
+
+    def evaluate(self, inputs: MetricInputs, **opts: Any) -> Dict[str, Tensor]:
+        """Per-image values for one batch: ``{key: [B]}`` for :meth:`row_keys` plus curves."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<protocol {self.name}: {self.summary}>"
+
+
+def _as_protocol(obj: Any) -> Protocol:
+    """An entry point's object as a Protocol instance (a subclass is instantiated)."""
+    if isinstance(obj, type) and issubclass(obj, Protocol):
+        obj = obj()
+    if not isinstance(obj, Protocol):
+        raise TypeError(f"expected a camzoo Protocol subclass or instance; got {obj!r}")
+    if not obj.name:
+        raise TypeError(f"protocol {type(obj).__name__} has no name")
+    return obj
+
+
+PROTOCOLS: Registry[Protocol] = Registry("metric protocol", PROTOCOL_ENTRY_POINT_GROUP,
+                                        convert=_as_protocol)
+
+
+def register_protocol(cls: type) -> type:
+    """Class decorator adding (an instance of) a :class:`Protocol` subclass by its ``name``."""
+    PROTOCOLS.add(cls.name, _as_protocol(cls))
+    return cls
+
+
+def ordered_protocols(names: Iterable[str]) -> List[str]:
+    """``names`` (validated) in table order: by ``Protocol.order``, then by name."""
+    names = list(dict.fromkeys(names))
+    protos = {n: PROTOCOLS.get(n) for n in names}  # unknown names raise, listing the valid ones
+    return sorted(names, key=lambda n: (protos[n].order, n))
+
+
+def all_protocols() -> List[str]:
+    """What ``--metrics all`` runs: every registered protocol with ``in_all``, in table order."""
+    return ordered_protocols(n for n in PROTOCOLS.names() if PROTOCOLS.get(n).in_all)
+
+
+def table_metrics(protocols: Optional[Iterable[str]] = None,
+                  options: Optional[Dict[str, Dict[str, Any]]] = None,
+                  include_hidden: bool = False) -> List[MetricSpec]:
+    """The table columns of the given protocols (default: :func:`all_protocols`), in table order.
+
+    Args:
+        protocols: protocol names (any order; unknown names raise listing the valid ones).
+        options: per-protocol options (``{"lcam": {"nus": (1.0, 0.5)}}``).
+        include_hidden: also return specs with ``in_table=False``.
+    """
+    options = options or {}
+    names = all_protocols() if protocols is None else ordered_protocols(protocols)
+    specs: List[MetricSpec] = []
+    for n in names:
+        specs += [s for s in PROTOCOLS.get(n).metrics(**options.get(n, {}))
+                  if include_hidden or s.in_table]
+    return specs
+
+
+def evaluate_all(inputs: MetricInputs, protocols: Optional[Sequence[str]] = None,
+                 options: Optional[Dict[str, Dict[str, Any]]] = None) -> Dict[str, Tensor]:
+    """Run several protocols (default: :func:`all_protocols`) on one batch and merge their
+    per-image outputs (keys are unique)."""
+    options = options or {}
+    out: Dict[str, Tensor] = {}
+    for n in (all_protocols() if protocols is None else protocols):
+        out.update(PROTOCOLS.get(n).evaluate(inputs, **options.get(n, {})))
+    return out

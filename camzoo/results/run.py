@@ -1,0 +1,91 @@
+"""A run directory as the engine leaves it, and :class:`Run`, its reader.
+
+Files (see docs/bench.md): ``config.json`` (everything the run depends on), ``manifest.csv``
+(the images, in order), ``rows.sqlite`` (the per-image :class:`~camzoo.results.ResultStore`),
+``timings.json``, the tables (``table.{csv,md,tex}``, ``per_image.csv``) and figures.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, List
+
+import pandas as pd
+
+from .store import DB_NAME, ResultStore
+
+CONFIG_NAME = "config.json"
+MANIFEST_NAME = "manifest.csv"
+TIMINGS_NAME = "timings.json"
+
+
+def map_path(run_dir: str, kind: str, method: str, image_id: str) -> str:
+    """Where a run keeps one map: ``<run_dir>/<kind>/<method>/<image_id>.npy``.
+
+    ``kind`` is ``"maps"`` (``--save-maps``, float32) or ``"grid"`` (the figure's maps,
+    float16). Image ids keep their ``/`` folders; a ``..`` or ``.`` part (an id made from a
+    path outside the data folder) becomes ``_up_`` / ``_``, so every file stays inside
+    ``run_dir``.
+    """
+    parts = [{"..": "_up_", ".": "_", "": "_"}.get(p, p) for p in image_id.replace("\\", "/").split("/")]
+    return os.path.join(run_dir, kind, method, *parts[:-1], parts[-1] + ".npy")
+
+
+class Run:
+    """A run directory: its config, result store and derived tables.
+
+    Attributes:
+        dir: the run directory.
+        config: the parsed ``config.json``.
+        store: the :class:`~camzoo.results.ResultStore` of ``rows.sqlite``.
+        timings: engine seconds per part of the last (resumed) process (``timings.json``).
+    """
+
+    def __init__(self, path: str) -> None:
+        self.dir = os.fspath(path)
+        cfg = os.path.join(self.dir, CONFIG_NAME)
+        if not os.path.isfile(cfg):
+            raise FileNotFoundError(f"{self.dir} is not a camzoo run (no {CONFIG_NAME})")
+        with open(cfg) as f:
+            self.config: Dict[str, Any] = json.load(f)
+        self.store = ResultStore(os.path.join(self.dir, DB_NAME))
+        tpath = os.path.join(self.dir, TIMINGS_NAME)
+        self.timings: Dict[str, Any] = {}
+        if os.path.isfile(tpath):
+            with open(tpath) as f:
+                self.timings = json.load(f)
+
+    def __repr__(self) -> str:
+        return f"Run({self.dir!r})"
+
+    @property
+    def methods(self) -> List[str]:
+        """Method names in config order."""
+        return list(self.config["methods"])
+
+    def rows(self, curves: bool = False) -> pd.DataFrame:
+        """Per-image rows (one per method and image), see :meth:`ResultStore.rows`."""
+        return self.store.rows(curves=curves)
+
+    def errors(self) -> pd.DataFrame:
+        """Unreadable images with the reason."""
+        return self.store.errors()
+
+    def forwards(self) -> pd.DataFrame:
+        """Forward passes the engine made, per method and family."""
+        return self.store.forwards()
+
+    def table(self) -> pd.DataFrame:
+        """The summary table (one row per method), see :func:`camzoo.results.tables.summary`."""
+        from .tables import summary
+
+        return summary(self).df
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> "Run":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,137 @@
+"""One helper for each chore shared across camzoo's layers (the bottom layer: imports only
+the standard library, numpy-free, and torch)."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable, List, Sequence, Union
+
+import torch
+
+PathLike = Union[str, os.PathLike]
+
+
+# -- files ------------------------------------------------------------------------------------
+def atomic_write(path: PathLike, content: Union[str, bytes, Callable[[str], None]]) -> None:
+    """Write ``path`` atomically: into a temporary file beside it, then ``os.replace``.
+
+    Args:
+        path: the file to (over)write; its folder is created when missing.
+        content: text, bytes, or a callable ``write(tmp_path)`` that writes the file itself
+            (``np.save``, ``torch.save``, ...). The temporary name keeps ``path``'s extension,
+            so writers that append one (``np.save``) write where they are told.
+    A reader never sees a half-written file; on error the temporary file is removed and the
+    old file (if any) is left as it was.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    root, ext = os.path.splitext(path)
+    tmp = f"{root}.tmp{os.getpid()}{ext}"
+    try:
+        if callable(content):
+            content(tmp)
+        else:
+            mode = "wb" if isinstance(content, bytes) else "w"
+            with open(tmp, mode, **({} if mode == "wb" else {"newline": ""})) as f:
+                f.write(content)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def jsonable(obj: Any) -> Any:
+    """JSON round trip (tuples -> lists, unknown objects -> ``str``) for stable comparisons."""
+    return json.loads(json.dumps(obj, default=str, sort_keys=True))
+
+
+# -- devices ----------------------------------------------------------------------------------
+def resolve_device(device: Union[None, str, torch.device] = None) -> torch.device:
+    """``None`` -> CUDA when available, else CPU; otherwise ``torch.device(device)``.
+
+    Raises ``ValueError`` for a CUDA device when CUDA is not available, and for a string
+    that is not a device (naming the valid forms).
+    """
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r} is not a device; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    return dev
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA); a no-op on CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_generator(seed: int, device: Union[str, torch.device] = "cpu") -> torch.Generator:
+    """A seeded ``torch.Generator`` on ``device`` (library code never touches global RNG)."""
+    g = torch.Generator(device=device)
+    g.manual_seed(int(seed))
+    return g
+
+
+# -- option values ------------------------------------------------------------------------------
+def parse_value(s: str) -> Any:
+    """Parse a CLI option value: int, float, bool, none, else the string itself."""
+    low = s.strip().lower()
+    if low in ("none", "null"):
+        return None
+    if low in ("true", "yes", "on"):
+        return True
+    if low in ("false", "no", "off"):
+        return False
+    for cast in (int, float):
+        try:
+            return cast(s)
+        except ValueError:
+            pass
+    return s
+
+
+def parse_dotted(opts: Sequence[str], what: str = "METHOD", lists: bool = False) -> dict:
+    """``("rise.n_masks=8000", ...)`` -> ``{"rise": {"n_masks": 8000}, ...}``.
+
+    Args:
+        opts: ``OWNER.OPTION=VALUE`` strings (values parsed by :func:`parse_value`).
+        what: the owner's kind for the error message (``METHOD``, ``PROTOCOL``).
+        lists: a value with commas becomes a list of parsed values (``lcam.nus=1,0.5``).
+    Raises:
+        ValueError naming the malformed string and the expected form.
+    """
+    out: dict = {}
+    for o in opts:
+        if "=" not in o or "." not in o.split("=", 1)[0]:
+            raise ValueError(f"{o!r}: expected {what}.OPTION=VALUE")
+        key, val = o.split("=", 1)
+        owner, opt = key.split(".", 1)
+        out.setdefault(owner, {})[opt] = (
+            [parse_value(v) for v in val.split(",")] if lists and "," in val else parse_value(val))
+    return out
+
+
+def split_names(v: Union[None, str, Sequence[str]]) -> List[str]:
+    """``"a, b,c"`` or ``["a", "b"]`` -> ``["a", "b", "c"]`` (empty parts dropped)."""
+    if v is None:
+        return []
+    if isinstance(v, str):
+        return [p.strip() for p in v.split(",") if p.strip()]
+    return [str(p) for p in v]
+
+
+def dict_diff(a: Any, b: Any, prefix: str = "") -> List[str]:
+    """Every leaf where two nested dicts differ, as ``"key.sub: stored A, now B"`` lines."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: List[str] = []
+        for k in sorted(set(a) | set(b)):
+            out += dict_diff(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else str(k))
+        return out
+    return [] if a == b else [f"{prefix}: stored {a!r}, now {b!r}"]
+
