@@ -11,8 +11,7 @@ Layers (an import only points down; see docs/architecture.md): ``cli`` -> ``engi
 ``train`` -> ``results`` -> ``metrics`` -> ``explainers`` -> ``models`` -> ``data`` ->
 ``utils`` / ``registry``.
 """
-__version__ = "0.1.0"
-
+from .version import __version__  # noqa: E402
 from .explainers import Explainer, explain, get_explainer, list_explainers, register_explainer  # noqa: E402
 from .models import Backbone, backbone_from_module, list_backbones, load_backbone  # noqa: E402
 

@@ -303,7 +303,7 @@ def config_identity(cfg: Dict[str, Any]) -> Dict[str, Any]:
         "backbone": {k: cfg["backbone"][k] for k in ("name", "weights_id", "layer")},
         "methods": {m: {"options": v["options"], "classifier": v["classifier"]}
                     for m, v in cfg["methods"].items()},
-        "protocols": cfg["protocols"],
+        "protocols": {p: v["options"] for p, v in cfg["protocols"].items()},  # not their docs
         "target": cfg["target"],
         "data": {k: cfg["data"][k] for k in ("manifest_hash", "n_images")},
     })

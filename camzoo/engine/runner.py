@@ -36,6 +36,7 @@ from ..models import Backbone, load_backbone
 from ..results.run import CONFIG_NAME, MANIFEST_NAME, TIMINGS_NAME, Run, map_path
 from ..results.store import DB_NAME, ResultStore
 from ..utils import atomic_write, jsonable, resolve_device
+from ..version import __version__
 from .config import (FULL_HINT, BenchConfig, absolute_paths, apply_preset, check_resume,
                      default_out, protocol_options, resolve_methods, resolve_protocols)
 from .maps import MAIN_VIEW, MapBatch, MapMethod, Maps, iterate_maps, make_methods, same_normalization
@@ -88,13 +89,11 @@ def _columns(protocols: Sequence[str], popts: Dict[str, Dict[str, Any]]) -> Tupl
 
 
 def _config_json(plan_parts: Dict[str, Any], config: BenchConfig, malloc_tuned: bool) -> Dict[str, Any]:
-    import camzoo
-
     bb, ds, device = plan_parts["backbone"], plan_parts["dataset"], plan_parts["device"]
     methods, protocols, popts = plan_parts["methods"], plan_parts["protocols"], plan_parts["popts"]
     values, curves = _columns(protocols, popts)
     return {
-        "camzoo_version": camzoo.__version__,
+        "camzoo_version": __version__,
         "torch_version": torch.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),

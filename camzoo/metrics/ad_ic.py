@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from .protocol import MetricInputs, MetricSpec, Protocol, register_protocol
-from .scorer import Scorer
+from .scorer import Scorer, pair_chunks
 
 DEFAULT_NUS = (1.0, 0.5, 0.15)
 FAMILY = "lcam"
@@ -184,14 +184,9 @@ def masked_confidence(
     def chunks():
         # pairs p = j * B + i (threshold-major): a chunk is a few runs of consecutive images
         # at one threshold, each written from slices (no gathers)
-        for a in range(0, J * B, bs):
-            e = min(J * B, a + bs)
-            p = a
-            while p < e:
-                j, i0 = divmod(p, B)
-                i1 = min(B, i0 + e - p)
-                fill(j, i0, i1, buf[p - a:p - a + i1 - i0])
-                p += i1 - i0
+        for a, e, runs in pair_chunks(J, B, bs):
+            for j, i0, i1, r0 in runs:
+                fill(j, i0, i1, buf[r0:r0 + i1 - i0])
             yield buf[:e - a], c[torch.arange(a, e, device=c.device) % B]
 
     return scorer.probs_stream(chunks(), FAMILY).view(J, B).t().contiguous()

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .protocol import MetricInputs, MetricSpec, Protocol, register_protocol
-from .scorer import Scorer
+from .scorer import Scorer, pair_chunks
 
 MODES = ("insertion", "deletion")
 BLUR_KERNELS = ("rise", "gaussian")
@@ -171,22 +171,17 @@ def insertion_deletion(
                 if mode == "insertion" else None)
 
         def chunks(base=base):
-            for a in range(0, B * S1, bs):
-                e = min(B * S1, a + bs)
-                # pairs a..e-1 are image-major: a few runs (image b, points k0..k1-1), each
-                # built by broadcasting image b against the run's masks -- no gathers
-                p = a
-                while p < e:
-                    b, k0 = divmod(p, S1)
-                    k1 = min(S1, k0 + e - p)
-                    r0, r1 = p - a, p - a + (k1 - k0)
+            # pairs are image-major: a chunk is a few runs (image b, points k0..k1-1), each
+            # built by broadcasting image b against the run's masks -- no gathers
+            for a, e, runs in pair_chunks(B, S1, bs):
+                for b, k0, k1, r0 in runs:
+                    r1 = r0 + k1 - k0
                     m4 = torch.lt(rank[b][None], counts[k0:k1, None], out=mbuf[r0:r1])
                     m4 = m4.view(-1, 1, H, W)
                     if base is None:  # deletion: changed pixels -> 0
                         torch.where(m4, zero, x_cl[b:b + 1], out=buf[r0:r1])
                     else:  # insertion: changed pixels -> original, others blurred
                         torch.where(m4, x_cl[b:b + 1], base[b:b + 1], out=buf[r0:r1])
-                    p += k1 - k0
                 yield buf[:e - a], c[torch.arange(a, e, device=x.device) // S1]
 
         out[mode] = scorer.probs_stream(chunks(), mode).view(B, S1)

@@ -8,7 +8,7 @@ model, per metric family, so the engine can report and benchmark against forward
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -108,3 +108,28 @@ class Scorer:
             return torch.zeros(0, dtype=torch.float32, device=self.device)
         return torch.cat(outs)
 
+
+
+def pair_chunks(n_outer: int, n_inner: int, chunk: int) -> Iterator[Tuple[int, int, List[Tuple[int, int, int, int]]]]:
+    """Pack the pairs ``p = o * n_inner + i`` (``o < n_outer``, ``i < n_inner``) into chunks.
+
+    The protocols build their perturbed inputs this way: a chunk of at most ``chunk``
+    consecutive pairs is a few *runs* of consecutive ``i`` at one ``o``, so each run is written
+    from slices (one broadcast op, no per-pair gathers) into a reused buffer.
+
+    Yields:
+        ``(start, end, runs)`` per chunk of pairs ``[start, end)``; each run is
+        ``(o, i0, i1, offset)``: pairs ``(o, i0..i1-1)`` go to buffer rows
+        ``offset..offset + i1 - i0``.
+    """
+    total = n_outer * n_inner
+    for a in range(0, total, chunk):
+        e = min(total, a + chunk)
+        runs = []
+        p = a
+        while p < e:
+            o, i0 = divmod(p, n_inner)
+            i1 = min(n_inner, i0 + e - p)
+            runs.append((o, i0, i1, p - a))
+            p += i1 - i0
+        yield a, e, runs

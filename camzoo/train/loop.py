@@ -70,6 +70,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from ..explainers.learned.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from ..utils import resolve_device
+from ..version import __version__
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
@@ -179,12 +180,6 @@ def manifest_hash(dataset: Optional[Dataset]) -> str:
     return h.hexdigest()[:16]
 
 
-def _camzoo_version() -> str:
-    from .. import __version__
-
-    return __version__
-
-
 def _mean_logs(sums: Dict[str, Tensor], count: Tensor) -> Dict[str, float]:
     """Average summed logs over all ranks (one all_reduce)."""
     if not sums:
@@ -265,7 +260,7 @@ def fit(
     sched = scheduler(opt) if scheduler is not None else None
 
     meta = dict(task.metadata())
-    meta.update(camzoo_version=_camzoo_version(), torch_version=str(torch.__version__), seed=seed,
+    meta.update(camzoo_version=__version__, torch_version=str(torch.__version__), seed=seed,
                 world_size=world, batch_size=batch_size,
                 data={"train_manifest": manifest_hash(train_set),
                       "val_manifest": manifest_hash(val_set),
