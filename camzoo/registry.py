@@ -2,7 +2,9 @@
 
 Built-ins register with a decorator (or :meth:`Registry.add`); third-party packages add
 entries through the entry-point groups below, discovered lazily on the first lookup. A plugin
-that fails to import produces a warning naming it, and the remaining ones still load.
+that fails to import produces a warning naming it, and the remaining ones still load. Names
+are checked (:func:`check_name`: they become file names), and a plugin cannot replace a name
+that is already registered (a warning names both).
 
 =================  ===========================  =========================================
 group              entry point object           registry
@@ -16,6 +18,7 @@ camzoo.protocols   a ``Protocol`` subclass or   ``camzoo.metrics.protocol.PROTOC
 """
 from __future__ import annotations
 
+import re
 import warnings
 from importlib.metadata import entry_points
 from typing import Any, Callable, Dict, Generic, Iterator, List, Optional, TypeVar
@@ -27,11 +30,29 @@ BACKBONE_ENTRY_POINT_GROUP = "camzoo.backbones"
 PROTOCOL_ENTRY_POINT_GROUP = "camzoo.protocols"
 
 
+#: names become file and folder names (maps/<method>/...): letters, digits and ``_ + . -``
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_+.-]+$")
+
+
+def check_name(kind: str, name: str) -> str:
+    """Raise ``ValueError`` unless ``name`` is a safe registry name (see :data:`NAME_PATTERN`;
+    no path separators, no ``..``, not starting with ``.``)."""
+    if not isinstance(name, str) or not NAME_PATTERN.match(name) or ".." in name or name.startswith("."):
+        raise ValueError(f"{kind} name {name!r} is not allowed: use letters, digits and _ + . - "
+                         "(no path separators, no '..', not starting with '.')")
+    return name
+
+
 class UnknownNameError(KeyError):
     """Raised for a name that is not registered; the message lists the valid names."""
 
     def __str__(self) -> str:  # KeyError quotes its argument; we want plain text
         return str(self.args[0])
+
+
+def _qualname(obj: Any) -> str:
+    cls = obj if isinstance(obj, type) or callable(obj) and hasattr(obj, "__qualname__") else type(obj)
+    return f"{getattr(cls, '__module__', '?')}.{getattr(cls, '__qualname__', repr(cls))}"
 
 
 class Registry(Generic[T]):
@@ -64,6 +85,9 @@ class Registry(Generic[T]):
         return deco
 
     def add(self, name: str, obj: T, *, overwrite: bool = False) -> None:
+        """Register ``obj`` as ``name`` (validated by :func:`check_name`); a name taken by
+        another object raises unless ``overwrite``."""
+        check_name(self.kind, name)
         if name in self._items and not overwrite and self._items[name] is not obj:
             raise ValueError(f"{self.kind} {name!r} is already registered")
         self._items[name] = obj
@@ -73,7 +97,15 @@ class Registry(Generic[T]):
             return
         self._entry_points_loaded = True
         for ep in entry_points(group=self.entry_point_group):
+            if ep.name in self._items:  # a plugin never replaces a name taken before it
+                have = self._items[ep.name]
+                self.plugin_errors[ep.name] = f"name taken by {_qualname(have)}"
+                warnings.warn(f"camzoo: {self.kind} plugin {ep.name!r} ({ep.value}) is ignored: the "
+                              f"name is already registered by {_qualname(have)}", RuntimeWarning,
+                              stacklevel=3)
+                continue
             try:
+                check_name(self.kind, ep.name)
                 obj = ep.load()
                 if self.convert is not None:
                     obj = self.convert(obj)
@@ -86,8 +118,7 @@ class Registry(Generic[T]):
                     stacklevel=3,
                 )
                 continue
-            if ep.name not in self._items:
-                self._items[ep.name] = obj
+            self._items[ep.name] = obj
 
     def names(self) -> List[str]:
         self._load_entry_points()

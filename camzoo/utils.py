@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Callable, List, Sequence, Union
+from typing import Any, Callable, Dict, List, Sequence, Union
 
 import torch
 
 PathLike = Union[str, os.PathLike]
+
+
+class UserError(Exception):
+    """A failure the user can act on (a locked run directory, a full disk, ...): the CLI
+    shows its message, without a traceback."""
 
 
 # -- files ------------------------------------------------------------------------------------
@@ -40,6 +45,29 @@ def atomic_write(path: PathLike, content: Union[str, bytes, Callable[[str], None
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def load_torch_file(path: PathLike, what: str = "file") -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)`` with one clear message.
+
+    A corrupt file or one holding objects that only an unsafe load could rebuild raises
+    ``ValueError`` naming the file and the reason; never the advice to load with
+    ``weights_only=False`` (which can run arbitrary code).
+    """
+    path = os.fspath(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        text = str(exc)
+        reason = ""
+        if "WeightsUnpickler error:" in text:
+            tail = text.split("WeightsUnpickler error:", 1)[1]
+            reason = next((ln.strip() for ln in tail.splitlines() if ln.strip()), "")
+        elif "weights_only" not in text:
+            reason = text.strip().splitlines()[0] if text.strip() else ""
+        raise ValueError(f"cannot read {what} {path}: not a file camzoo can load safely "
+                         f"(torch.load with weights_only=True): {type(exc).__name__}"
+                         + (f": {reason[:200]}" if reason else "")) from None
 
 
 def jsonable(obj: Any) -> Any:
@@ -114,6 +142,46 @@ def parse_dotted(opts: Sequence[str], what: str = "METHOD", lists: bool = False)
         owner, opt = key.split(".", 1)
         out.setdefault(owner, {})[opt] = (
             [parse_value(v) for v in val.split(",")] if lists and "," in val else parse_value(val))
+    return out
+
+
+def check_options(owner: str, defaults: Dict[str, Any], given: Dict[str, Any]) -> Dict[str, Any]:
+    """``defaults`` updated with ``given``, after checking names and value types.
+
+    Unknown names raise ``ValueError`` listing the valid options. A value must have the type of
+    its default when the default is a bool, int, float (an int is accepted), str, or a list /
+    tuple (either is accepted; a single number becomes a one-element list); options whose
+    default is ``None`` are checked by their owner.
+
+    Args:
+        owner: how messages name the owner, e.g. ``"explainer 'rise'"``.
+    """
+    unknown = set(given) - set(defaults)
+    if unknown:
+        raise ValueError(
+            f"{owner} has no option(s) {', '.join(sorted(unknown))}; "
+            f"options: {', '.join(f'{k}={v!r}' for k, v in defaults.items()) or 'none'}")
+    out = {**defaults, **given}
+    for k, v in given.items():
+        d = defaults[k]
+        if d is None:
+            continue
+        if isinstance(d, (list, tuple)) and isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[k] = v = [v]  # one value of a list option: "--metric-opt lcam.nus=0.5"
+        if isinstance(d, bool):
+            ok, want = isinstance(v, bool), "true or false"
+        elif isinstance(d, int):
+            ok, want = isinstance(v, int) and not isinstance(v, bool), "an integer"
+        elif isinstance(d, float):
+            ok, want = isinstance(v, (int, float)) and not isinstance(v, bool), "a number"
+        elif isinstance(d, str):
+            ok, want = isinstance(v, str), "a string"
+        elif isinstance(d, (list, tuple)):
+            ok, want = isinstance(v, (list, tuple)), "a list (comma-separated values)"
+        else:
+            continue
+        if not ok:
+            raise ValueError(f"{owner}: option {k} expects {want} (default {d!r}); got {v!r}")
     return out
 
 

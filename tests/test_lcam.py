@@ -253,8 +253,16 @@ def test_cli_train_on_lite0_then_explain_and_bench(lite0, tmp_path):
     x = torch.stack([held[i][0] for i in range(3)])
     maps = camzoo.explain("lcam-img", lite0, x, checkpoint=out)
     assert maps.shape == (3, 224, 224)
-    # min-max at 7x7, then bilinear upsampling: peaks just below 1, troughs just above 0
-    assert (maps.flatten(1).max(1).values > 0.95).all() and (maps.flatten(1).min(1).values < 0.05).all()
+    # the map is the trained head's class map of the top-1 class: min-max at 7x7, upsampled
+    head = LCAMHead(1280, 1000)
+    head.load_state_dict(ck["state_dict"])
+    with torch.no_grad():
+        A, logits = lite0.features_and_logits(x, "conv_head")
+        c = logits.argmax(1)
+        ref = upsample(minmax(head(A, c)), (224, 224))
+        untrained = upsample(minmax(LCAMHead(1280, 1000, torch.Generator().manual_seed(5))(A, c)), (224, 224))
+    torch.testing.assert_close(maps, ref, atol=1e-5, rtol=0)
+    assert (maps - untrained).abs().max() > 0.1  # the checkpoint's head, not any head
     assert all(torch.equal(sd[k], v) for k, v in lite0.model.state_dict().items())
     # camzoo bench evaluates it next to Grad-CAM
     run = str(tmp_path / "run")
@@ -271,9 +279,14 @@ def test_cli_refuses_fm_at_a_layer_without_head(tmp_path):
 
     from camzoo.cli import main
 
+    from PIL import Image
+
+    (tmp_path / "data").mkdir()  # refused before any image is decoded
+    for i in range(4):
+        Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(tmp_path / "data" / f"{i}.png")
     r = CliRunner().invoke(main, ["train", "lcam", "--variant", "fm", "--backbone", "timm:resnet18",
                                   "--weights", "random", "--layer", "layer1", "--data",
-                                  IMAGENETTE, "--limit", "4", "--out", str(tmp_path / "x.pt"),
+                                  str(tmp_path / "data"), "--limit", "4", "--out", str(tmp_path / "x.pt"),
                                   "--device", "cpu"])
     assert r.exit_code != 0
     assert "layer 'layer1'" in r.output and "layers with a head: layer4" in r.output

@@ -1,15 +1,20 @@
 """LFI-CAM: model pieces, wiring, frozen / end-to-end training, explainer, stability."""
 import math
+import os
 
 import pytest
 import torch
 import torch.nn.functional as F
+
+import camzoo
 
 from camzoo.explainers.base import minmax as minmax_maps  # one min-max, differentiable
 from camzoo.explainers.learned.lficam import FIN, LFICAM, attention_map, channel_minmax, gray_image
 from camzoo.metrics.stability import (DEFAULT_THRESHOLD, binarize, iou, map_iou, pick_baseline,
                                       stability_from_maps)
 from camzoo.models.surgery import clone_backbone, replace_classifier
+
+from .conftest import IMAGENETTE
 
 
 # -- pieces ---------------------------------------------------------------------------------
@@ -302,7 +307,9 @@ def test_two_seeds_stability_on_the_synthetic_task(shapes, tmp_path):
     sources = sources_from_checkpoints(cks, backbones={("decoy-shapes", None): bb})
     assert [s.accuracy_source for s in sources] == ["checkpoint:top1"] * 2
     res2 = run_stability(sources, tmp_path, progress=False)
-    assert res2.n_images == 24 and 0.0 <= res2.overall <= 1.0
+    assert res2.n_images == 24
+    # the PNGs are the same images (8-bit rounding): the same agreement, to a few pixels
+    assert abs(res2.overall - trained_iou) < 0.05, (res2.overall, trained_iou)
     print(f"stability IoU (2 seeds): {trained_iou:.3f} maps, {res2.overall:.3f} PNGs; other "
           f"image's map {shuffled_iou:.3f}")
 
@@ -360,13 +367,12 @@ def test_end_to_end_checkpoint_is_its_own_classifier(tiny, tmp_path):
 
 
 # -- command line -------------------------------------------------------------------------------
+@pytest.mark.skipif(not os.path.isdir(IMAGENETTE), reason="shared imagenette-224 not present")
 def test_cli_train_frozen_then_stability_of_methods(tmp_path):
     from click.testing import CliRunner
 
     from camzoo.cli import main
     from camzoo.train.loop import load_checkpoint
-
-    from .conftest import IMAGENETTE
 
     out = tmp_path / "f.pt"
     tiny_timm = ["--backbone", "timm:test_resnet", "--weights", "random", "--device", "cpu"]
@@ -387,7 +393,9 @@ def test_cli_train_frozen_then_stability_of_methods(tmp_path):
     r = CliRunner().invoke(main, ["train", "lficam", "--mode", "frozen", "--num-classes", "10",
                                   "--data", IMAGENETTE, "--out", str(tmp_path / "x.pt")])
     assert r.exit_code != 0 and "--mode end-to-end" in r.output
-    # stability between two explainers' maps on one model
+    # stability between two explainers' maps on one model (timm's random init draws from the
+    # global RNG: seeded, so that the model is rebuilt below with the same weights)
+    torch.manual_seed(11)
     r = CliRunner().invoke(main, ["stability", "--methods", "gradcam,gradcam++", "--limit", "2",
                                   *tiny_timm, "--json", str(tmp_path / "s.json")])
     assert r.exit_code == 0, r.output
@@ -395,4 +403,15 @@ def test_cli_train_frozen_then_stability_of_methods(tmp_path):
 
     res = json.loads((tmp_path / "s.json").read_text())
     assert res["baseline"] == "gradcam" and res["n_images"] == 2
-    assert 0.0 <= res["per_model"]["gradcam++"] <= 1.0
+    # the IoU of the two methods' binarized maps, computed here independently
+    from camzoo.data import open_dataset
+
+    torch.manual_seed(11)
+    bb = camzoo.load_backbone("timm:test_resnet", weights="random", device="cpu")
+    ds = open_dataset(None, limit=2)  # the --limit 2 subset
+    x = torch.stack([bb.preprocess(ds.load(it)) for it in ds.items])
+    a, b = (camzoo.explain(m, bb, x) >= 127 / 255 for m in ("gradcam", "gradcam++"))
+    inter, union = (a & b).flatten(1).sum(1).float(), (a | b).flatten(1).sum(1).float()
+    want = float(torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union)).mean())
+    assert res["per_model"]["gradcam++"] == pytest.approx(want, abs=1e-6)
+    assert want < 0.999  # two different methods: not a trivial 1

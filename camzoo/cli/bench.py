@@ -6,6 +6,9 @@ import click
 
 from .options import emit, given, user_errors
 
+#: ``camzoo bench`` exit status when the run finished but some (method, image) pairs failed
+EXIT_FAILURES = 3
+
 
 @click.command("bench")
 @click.option("--backbone", default="efficientnet_lite0", show_default=True,
@@ -38,17 +41,28 @@ from .options import emit, given, user_errors
 @click.option("--preset", default=None, type=click.Choice(["quick", "full"]),
               help="quick = the fast demo settings (default without --data); full = protocol defaults "
                    "(default with --data)")
+@click.option("--max-failed-batches", type=int, default=3, show_default=True,
+              help="stop a method whose first N batches all fail (its other images are skipped)")
 @click.option("--no-progress", is_flag=True, help="no progress bars")
 @click.pass_context
 def bench_cmd(ctx, opts, metric_opts, no_progress, **_) -> None:
-    """Run every method x every metric protocol over a dataset; write tables and figures."""
+    """Run every method x every metric protocol over a dataset; write tables and figures.
+
+    Exit status: 0 when every (method, image) pair was evaluated, 3 when the run finished but
+    some failed (an explainer raised, or made an invalid map: see `camzoo errors RUN`), 1 for
+    an error that stopped it (bad options, a full disk, ...), 2 for bad usage."""
     from ..engine.config import BenchConfig
     from ..engine.runner import run
 
     fields = {k: v for k, v in given(ctx).items() if k not in ("opts", "metric_opts", "no_progress")}
     fields["progress"] = not no_progress
     with user_errors():
-        run(BenchConfig.from_cli(fields, opts, metric_opts), echo=click.echo)
+        r = run(BenchConfig.from_cli(fields, opts, metric_opts), echo=click.echo)
+        n_failed = len(r.failures())
+    if n_failed:
+        click.echo(f"finished with errors: {n_failed} (method, image) pair(s) not evaluated; see "
+                   f"`camzoo errors {r.dir}`, fix the cause and rerun with --resume", err=True)
+        ctx.exit(EXIT_FAILURES)
 
 
 @click.command("table")
@@ -62,6 +76,8 @@ def table_cmd(run_dir, fmt, per_image, output) -> None:
     from ..results import Run
     from ..results.tables import per_image_csv, summary
 
+    if per_image and fmt != "csv" and "fmt" in given(click.get_current_context()):
+        raise click.UsageError("--per-image exports the stored rows as CSV only; drop --format")
     with user_errors():
         r = Run(run_dir)
         text = per_image_csv(r) if per_image else summary(r).to(fmt)
@@ -82,3 +98,29 @@ def compare_cmd(run_dirs, fmt, output) -> None:
         runs = [Run(d) for d in run_dirs]
         text = compare(runs).to(fmt)
     emit(text, output)
+
+
+@click.command("errors")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--traceback", "show_tb", is_flag=True, help="also print each failure's traceback")
+def errors_cmd(run_dir, show_tb) -> None:
+    """List what a bench run could not evaluate: unreadable images, and (method, image) pairs
+    whose explainer or metric raised, whose map was invalid, or that were skipped."""
+    from ..results import Run
+
+    with user_errors():
+        r = Run(run_dir)
+        unreadable, fails = r.errors(), r.failures()
+    if not len(unreadable) and not len(fails):
+        click.echo(f"{run_dir}: no errors")
+        return
+    for e in unreadable.itertuples():
+        click.echo(f"unreadable  {e.image_id}: {e.reason}")
+    for f in fails.itertuples():
+        click.echo(f"{f.kind:<10s}  {f.method} {f.image_id}: {f.error}: {f.message}")
+        if show_tb and f.traceback:
+            click.echo("    " + str(f.traceback).rstrip().replace("\n", "\n    "))
+    by = fails.groupby(["method", "kind"]).size() if len(fails) else {}
+    click.echo(f"{len(unreadable)} unreadable image(s); " + ", ".join(
+        f"{m}: {int(n)} {k}" for (m, k), n in by.items()) if len(fails) else
+        f"{len(unreadable)} unreadable image(s)")

@@ -7,10 +7,11 @@ from typing import Any, Dict, Iterator, Optional, Sequence
 import click
 from click.core import ParameterSource
 
-from ..utils import parse_dotted, split_names
+from ..utils import UserError, parse_dotted, split_names
 
 #: exceptions that are the user's (bad names, options, files): shown as one message, no traceback
-USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, NotImplementedError)
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, NotImplementedError,
+               UserError)
 
 
 @contextlib.contextmanager

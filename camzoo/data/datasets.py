@@ -47,11 +47,13 @@ class ImageItem:
         image_id: stable unique id (relative path without extension; sample photo name).
         path: absolute file path, or ``None`` for an in-memory sample photo.
         label: ground-truth class index (0-based) or ``None`` when the layout has none.
+        where: where the label came from (``labels.csv:17``, a wnid folder), for messages.
     """
 
     image_id: str
     path: Optional[str]
     label: Optional[int]
+    where: Optional[str] = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -64,6 +66,8 @@ class Dataset:
             ``"folder"`` or ``"files"`` (:func:`files_dataset`).
         items: images in processing order (sorted by id; a ``limit`` subset keeps that order).
         labels_file: the ``--labels`` file, if any.
+        unlisted: image files below ``root`` the labels file does not list (they are not
+            evaluated; the engine reports them).
     """
 
     root: Optional[str]
@@ -71,6 +75,8 @@ class Dataset:
     items: List[ImageItem]
     labels_file: Optional[str] = None
     _memory: Dict[str, Image.Image] = field(default_factory=dict, repr=False)
+    #: images in ``root`` that the labels file does not list (not evaluated), relative paths
+    unlisted: List[str] = field(default_factory=list, repr=False)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -177,41 +183,46 @@ def _parse_label(value: str, wnids: Optional[Dict[str, int]], where: str) -> Tup
         raise ValueError(f"{where}: label {value!r} is neither a class index nor a wnid") from None
 
 
-def read_labels_csv(csv_path: str) -> List[Tuple[str, int]]:
-    """Rows ``(file, class_index)`` of a ``labels.csv`` with a header (files relative to its
-    folder)."""
-    with open(csv_path, newline="") as f:
+Row = Tuple[str, int, str]  # (file relative to the data folder, class index, "file:line")
+
+
+def read_labels_csv(csv_path: str) -> List[Row]:
+    """Rows ``(file, class_index, "labels.csv:LINE")`` of a ``labels.csv`` with a header (files
+    relative to its folder; a UTF-8 byte-order mark is accepted)."""
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
-        cols = reader.fieldnames or []
+        cols = [c.strip() for c in reader.fieldnames or []]
+        reader.fieldnames = cols
         if "file" not in cols or "class_index" not in cols:
             raise ValueError(f"{csv_path}: needs a header with columns file,class_index; got {cols}")
         rows = []
-        for n, r in enumerate(reader, start=2):
+        for r in reader:
+            n = reader.line_num
             try:
-                rows.append((r["file"].strip(), int(r["class_index"])))
-            except (TypeError, ValueError):
+                rows.append((r["file"].strip(), int(r["class_index"]), f"{csv_path}:{n}"))
+            except (TypeError, ValueError, AttributeError):
                 raise ValueError(f"{csv_path}:{n}: bad class_index {r.get('class_index')!r}") from None
     return rows
 
 
-def _read_labels_file(root: str, path: str) -> List[Tuple[str, int]]:
+def _read_labels_file(root: str, path: str) -> List[Row]:
     """Parse ``--labels``: one index per line (sorted-filename order) or ``file,label`` rows."""
-    with open(path, newline="") as f:
-        lines = [ln.strip() for ln in f.read().splitlines()]
-    lines = [ln for ln in lines if ln and not ln.startswith("#")]
-    if not lines:
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        numbered = [(n, ln.strip()) for n, ln in enumerate(f.read().splitlines(), start=1)]
+    numbered = [(n, ln) for n, ln in numbered if ln and not ln.startswith("#")]
+    if not numbered:
         raise ValueError(f"labels file {path} is empty")
-    split = [re.split(r"\s*,\s*|\s+", ln) for ln in lines]
+    split = [(n, re.split(r"\s*,\s*|\s+", ln)) for n, ln in numbered]
     wnids: Optional[Dict[str, int]] = None
-    if all(len(s) == 1 for s in split):
+    if all(len(s) == 1 for _, s in split):
         # the ImageNet-val ground truth: one label per line, in sorted-filename order
         files = sorted(f for f in os.listdir(root) if _is_image(f) and os.path.isfile(os.path.join(root, f)))
-        if len(files) != len(lines):
+        if len(files) != len(split):
             raise ValueError(
-                f"labels file {path} has {len(lines)} lines but {root} holds {len(files)} images; "
+                f"labels file {path} has {len(split)} lines but {root} holds {len(files)} images; "
                 "a one-label-per-line file must list every image, in sorted-filename order")
         labels = []
-        for n, s in enumerate(split, start=1):
+        for n, s in split:
             lab, wnids = _parse_label(s[0], wnids, f"{path}:{n}")
             labels.append(lab)
         if max(labels) >= 1000 and min(labels) >= 1:
@@ -219,19 +230,19 @@ def _read_labels_file(root: str, path: str) -> List[Tuple[str, int]]:
                 f"labels file {path} holds 1-based labels up to {max(labels)}: the ImageNet devkit's "
                 "ILSVRC2012_validation_ground_truth.txt uses ILSVRC2012_IDs (meta.mat order), not the "
                 "0-based sorted-wnid index camzoo needs; convert it (e.g. to file,wnid rows)")
-        return list(zip(files, labels))
+        return [(f, lab, f"{path}:{n}") for f, lab, (n, _) in zip(files, labels, split)]
     rows = []
     start = 0
-    if len(split[0]) >= 2:  # optional header, e.g. "file,class_index" or "ImageId,PredictionString"
+    if len(split[0][1]) >= 2:  # optional header, e.g. "file,class_index" or "ImageId,PredictionString"
         try:
-            _parse_label(split[0][1], None, "")
+            _parse_label(split[0][1][1], None, "")
         except ValueError:
             start = 1
-    for n, s in enumerate(split[start:], start=start + 1):
+    for n, s in split[start:]:
         if len(s) < 2:
-            raise ValueError(f"{path}:{n}: expected 'file,class_index'; got {lines[n - 1]!r}")
+            raise ValueError(f"{path}:{n}: expected 'file,class_index'; got {' '.join(s)!r}")
         lab, wnids = _parse_label(s[1], wnids, f"{path}:{n}")
-        rows.append((s[0], lab))
+        rows.append((s[0], lab, f"{path}:{n}"))
     return rows
 
 
@@ -245,20 +256,29 @@ def _resolve(root: str, rel: str) -> str:
     return p
 
 
-def _items_from_rows(root: str, rows: List[Tuple[str, int]], source: str) -> List[ImageItem]:
+def _items_from_rows(root: str, rows: List[Row], source: str) -> List[ImageItem]:
     seen = set()
-    paths, labels = [], []
-    for rel, lab in rows:
+    paths, labels, wheres = [], [], []
+    for rel, lab, where in rows:
         full = os.path.normpath(_resolve(root, rel))
         if full in seen:
-            raise ValueError(f"{source}: file {rel!r} is listed twice")
+            raise ValueError(f"{where}: file {rel!r} is listed twice in {source}")
         seen.add(full)
         paths.append(full)
         labels.append(lab)
+        wheres.append(where)
     rels = [os.path.relpath(p, root).replace(os.sep, "/") for p in paths]
     ids = _make_ids(rels)
     # missing files stay in the list: loading them fails and they go to the errors table
-    return [ImageItem(i, p, l) for i, p, l in zip(ids, paths, labels)]
+    return [ImageItem(i, p, l, w) for i, p, l, w in zip(ids, paths, labels, wheres)]
+
+
+def _unlisted(root: str, items: Sequence[ImageItem], labels_file: str) -> List[str]:
+    """Image files below ``root`` that ``items`` (read from ``labels_file``) do not list."""
+    listed = {os.path.normpath(it.path) for it in items if it.path}
+    skip = os.path.normpath(labels_file)
+    return [r for r in _walk_images(root)
+            if os.path.normpath(os.path.join(root, r)) not in listed and os.path.join(root, r) != skip]
 
 
 def subset(items: Sequence[ImageItem], limit: Optional[int], seed: int = 0) -> List[ImageItem]:
@@ -310,14 +330,17 @@ def open_dataset(
             raise FileNotFoundError(f"labels file not found: {lab}")
         items = _items_from_rows(root, _read_labels_file(root, lab), lab)
         layout, labels_file = "labels-file", lab
+        unlisted = _unlisted(root, items, lab)
     elif os.path.isfile(os.path.join(root, "labels.csv")):
         csv_path = os.path.join(root, "labels.csv")
         items = _items_from_rows(root, read_labels_csv(csv_path), csv_path)
         layout, labels_file = "labels.csv", csv_path
+        unlisted = _unlisted(root, items, csv_path)
     else:
         subdirs = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
         wnid_dirs = [d for d in subdirs if _WNID.match(d)]
         labels_file = None
+        unlisted = []
         if wnid_dirs and len(wnid_dirs) == len([d for d in subdirs if not d.startswith(".")]):
             index = _wnid_index()
             unknown = [d for d in wnid_dirs if d not in index]
@@ -327,7 +350,8 @@ def open_dataset(
             for d in wnid_dirs:
                 rels += [f"{d}/{r}" for r in _walk_images(os.path.join(root, d))]
             ids = _make_ids(rels)
-            items = [ImageItem(i, os.path.join(root, r), index[r.split("/", 1)[0]]) for i, r in zip(ids, rels)]
+            items = [ImageItem(i, os.path.join(root, r), index[r.split("/", 1)[0]], f"folder {r.split('/', 1)[0]}")
+                     for i, r in zip(ids, rels)]
             layout = "wnid-folders"
         else:
             rels = _walk_images(root)
@@ -337,4 +361,5 @@ def open_dataset(
     if not items:
         raise ValueError(f"no images found in {root} (extensions: {', '.join(IMAGE_EXTENSIONS)})")
     items.sort(key=lambda it: it.image_id)
-    return Dataset(root, layout, subset(items, limit, seed), labels_file=labels_file)
+    return Dataset(root, layout, subset(items, limit, seed), labels_file=labels_file,
+                   unlisted=unlisted)

@@ -7,6 +7,7 @@ on white), CMYK, 16-bit and float images are converted. An unreadable or corrupt
 from __future__ import annotations
 
 import os
+import stat
 from typing import List, Tuple, Union
 
 import numpy as np
@@ -44,8 +45,21 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def load_image(path: Union[str, os.PathLike]) -> Image.Image:
-    """Read ``path`` as 8-bit RGB; raise :class:`ImageReadError` naming the file on failure."""
+    """Read ``path`` as 8-bit RGB; raise :class:`ImageReadError` naming the file on failure.
+
+    Only regular files are opened: a FIFO, device or socket (which could block the reader
+    forever) is refused without being opened.
+    """
     path = os.fspath(path)
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise ImageReadError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from None
+    if not stat.S_ISREG(mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a folder"
+                if stat.S_ISDIR(mode) else "not a regular file")
+        raise ImageReadError(f"cannot read image {path}: it is {kind}, not a regular file (not opened)")
     try:
         with Image.open(path) as im:
             im.load()

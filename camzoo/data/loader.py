@@ -57,7 +57,7 @@ class Prefetcher:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}")
         self.q: "queue.Queue" = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._work, daemon=True,
+        self._thread = threading.Thread(target=self._work, daemon=True, name="camzoo-prefetch",
                                         args=(ds, list(items), dict(views), int(batch_size)))
         self._thread.start()
 

@@ -91,6 +91,9 @@ class BenchConfig:
         tune_malloc: on CPU, keep freed memory in glibc's heap
             (:func:`camzoo.engine.timing.tune_cpu_allocator`).
         preset: ``"quick"``, ``"full"`` or None (``quick`` without ``data``, else ``full``).
+        max_failed_batches: a method whose first N batches all fail (raise, or give only
+            invalid maps) is stopped for the rest of the run; its remaining images are recorded
+            as skipped (``--resume`` retries them).
     """
 
     backbone: Union[str, Backbone] = "efficientnet_lite0"
@@ -117,6 +120,7 @@ class BenchConfig:
     progress: bool = True
     tune_malloc: bool = True
     preset: Optional[str] = None
+    max_failed_batches: int = 3
 
     def to_dict(self) -> Dict[str, Any]:
         """The fields as JSON values (a Backbone object becomes ``"<object:NAME>"``)."""
@@ -298,10 +302,19 @@ def absolute_paths(d: Dict[str, Any], out: str) -> Dict[str, Any]:
 
 
 def config_identity(cfg: Dict[str, Any]) -> Dict[str, Any]:
-    """The parts of ``config.json`` a resumed run must share with the stored one."""
+    """The parts of ``config.json`` a resumed run must share with the stored one: everything
+    that changes a row (backbone and weights, layer, each method's options and classifier,
+    each protocol's options, the target, and the data: its manifest hash covers the folder,
+    labels, ``--limit`` and ``--seed``). A method's ``layer`` option left at ``None`` counts
+    as the layer it resolves to."""
+    layer = cfg["backbone"]["layer"]
+
+    def options(o: Dict[str, Any]) -> Dict[str, Any]:
+        return {k: (layer if k == "layer" and v is None else v) for k, v in o.items()}
+
     return jsonable({
         "backbone": {k: cfg["backbone"][k] for k in ("name", "weights_id", "layer")},
-        "methods": {m: {"options": v["options"], "classifier": v["classifier"]}
+        "methods": {m: {"options": options(v["options"]), "classifier": v["classifier"]}
                     for m, v in cfg["methods"].items()},
         "protocols": {p: v["options"] for p, v in cfg["protocols"].items()},  # not their docs
         "target": cfg["target"],
@@ -309,10 +322,30 @@ def config_identity(cfg: Dict[str, Any]) -> Dict[str, Any]:
     })
 
 
-def check_resume(old: Dict[str, Any], new: Dict[str, Any], out: str) -> None:
-    """Raise ``ValueError`` listing every difference of identity between two ``config.json``."""
-    diffs = dict_diff(config_identity(old), config_identity(new))
+def check_resume(old: Dict[str, Any], new: Dict[str, Any], out: str) -> Dict[str, Any]:
+    """Check that ``new`` may resume the run stored as ``old``; return the merged methods.
+
+    The identity (:func:`config_identity`) must be equal, except that ``new`` may run a
+    subset of the stored methods (``--resume --methods a,b`` finishes those). An explainer
+    option that names a value equal to its resolved default (``layer`` = the backbone's
+    layer) is no difference. Raises ``ValueError`` listing every difference.
+
+    Returns:
+        ``config.json``'s ``methods``: every stored method, in stored order, updated with
+        ``new``'s entries.
+    """
+    a, b = config_identity(old), config_identity(new)
+    extra = sorted(set(b["methods"]) - set(a["methods"]))
+    both = [m for m in b["methods"] if m in a["methods"]]  # the methods this process runs
+    a["methods"] = {m: a["methods"][m] for m in both}
+    b["methods"] = {m: b["methods"][m] for m in both}
+    diffs = dict_diff(a, b)
+    if extra:
+        diffs.append(f"methods: {', '.join(extra)} not in the stored run (stored: "
+                     f"{', '.join(old['methods'])}); a resumed run runs the stored methods or "
+                     "some of them")
     if diffs:
         raise ValueError(f"cannot resume {out}: the run differs from the stored one:\n  "
                          + "\n  ".join(diffs))
+    return {**old["methods"], **{m: v for m, v in new["methods"].items() if m in old["methods"]}}
 

@@ -29,7 +29,7 @@ def _gt_labels(paths: Sequence[str]) -> List[int]:
             lab = os.path.join(folder, "labels.csv")
             if not os.path.isfile(lab):
                 raise ValueError(f"--target gt needs a labels.csv (file,class_index) next to {path}")
-            tables[folder] = {os.path.normpath(f): c for f, c in read_labels_csv(lab)}
+            tables[folder] = {os.path.normpath(f): c for f, c, _ in read_labels_csv(lab)}
         name = os.path.basename(path)
         if name not in tables[folder]:
             raise ValueError(f"{name} has no row in {os.path.join(folder, 'labels.csv')}")

@@ -140,6 +140,12 @@ class Maps:
     x01: Tensor
     clean: Clean
 
+    def take(self, keep: Tensor) -> "Maps":
+        """The maps of the images where the bool ``keep`` ``[n]`` is True."""
+        ii = keep.nonzero()[:, 0].to(self.V.device)
+        sel = [self.sel[int(i)] for i in ii.tolist()]
+        return Maps(sel, self.V[ii], self.seconds, self.x[ii], self.x01[ii], self.clean.take(ii))
+
 
 @dataclass
 class MapBatch:
@@ -168,14 +174,20 @@ class MapBatch:
 
     def each_method(self) -> Iterator[Tuple[MapMethod, Maps]]:
         """``(method, maps)`` for every method with images left in this batch, in order; each
-        method's maps are made when the consumer reaches it (timed, counted)."""
+        method's maps are made when the consumer reaches it (timed, counted). An explainer's
+        exception propagates (use :meth:`pending` and :meth:`maps_of` to handle it per method)."""
         for m in self._methods:
-            maps = self._maps(m)
+            maps = self.maps_of(m)
             if maps is not None:
                 yield m, maps
 
-    def _maps(self, m: MapMethod) -> Optional[Maps]:
-        sel = [j for j, (_, it) in enumerate(self.items) if (m.name, it.image_id) not in self._done]
+    def pending(self, m: MapMethod) -> List[int]:
+        """Positions in the batch of the images ``m`` has not done yet."""
+        return [j for j, (_, it) in enumerate(self.items) if (m.name, it.image_id) not in self._done]
+
+    def maps_of(self, m: MapMethod) -> Optional[Maps]:
+        """``m``'s maps of its pending images (``None`` when it has none); timed and counted."""
+        sel = self.pending(m)
         if not sel:
             return None
         x, x01, clean = self.x[m.view], self.x01[m.view], self.clean[m.classifier_key]

@@ -22,6 +22,8 @@ import datetime as _dt
 import json
 import os
 import platform
+import sqlite3
+import traceback
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -33,9 +35,10 @@ from ..data import Dataset, open_dataset
 from ..metrics.protocol import PROTOCOLS, MetricInputs
 from ..metrics.scorer import Scorer
 from ..models import Backbone, load_backbone
-from ..results.run import CONFIG_NAME, MANIFEST_NAME, TIMINGS_NAME, Run, map_path
+from ..explainers.base import describe_invalid, valid_maps
+from ..results.run import CONFIG_NAME, MANIFEST_NAME, TIMINGS_NAME, Run, RunLock, map_path
 from ..results.store import DB_NAME, ResultStore
-from ..utils import atomic_write, jsonable, resolve_device
+from ..utils import UserError, atomic_write, jsonable, resolve_device
 from ..version import __version__
 from .config import (FULL_HINT, BenchConfig, absolute_paths, apply_preset, check_resume,
                      default_out, protocol_options, resolve_methods, resolve_protocols)
@@ -59,6 +62,7 @@ class Plan:
         protocol_options: validated options per protocol.
         out: the run directory.
         cfg: the ``config.json`` written for this process.
+        lock: the run directory's lock, held until the run ends.
     """
 
     config: BenchConfig
@@ -70,6 +74,7 @@ class Plan:
     protocol_options: Dict[str, Dict[str, Any]]
     out: str
     cfg: Dict[str, Any]
+    lock: RunLock
 
 
 def _mean_std(clf: Backbone) -> Optional[Tuple[Tensor, Tensor]]:
@@ -155,6 +160,11 @@ def prepare(config: BenchConfig, echo: Echo = print) -> Plan:
         raise ValueError(f"options given for method(s) not in this run: {', '.join(unknown_opts)}; "
                          f"methods: {', '.join(method_names)}")
     popts = protocol_options(config, protocols)
+    if config.limit is not None and int(config.limit) < 1:
+        raise ValueError(f"--limit {config.limit}: nothing to evaluate; give a number of images "
+                         ">= 1, or no --limit for all of them")
+    if int(config.max_failed_batches) < 1:
+        raise ValueError(f"max_failed_batches must be >= 1; got {config.max_failed_batches}")
 
     ds = open_dataset(config.data, config.labels, config.limit, config.seed)
     if config.target == "gt" and not ds.has_labels:
@@ -164,7 +174,15 @@ def prepare(config: BenchConfig, echo: Echo = print) -> Plan:
     bb = load_backbone(config.backbone, config.weights, device)
     if config.layer is not None:
         bb.layer(config.layer)  # validates, listing the valid layers
+    if config.target == "gt":
+        _check_labels(ds, bb)
+    for p in protocols:
+        PROTOCOLS.get(p).check_backbone(popts[p], bb)
     methods = make_methods(bb, method_names, config.options, config.layer)
+    if ds.unlisted:
+        echo(f"warning: {len(ds.unlisted)} image(s) in {ds.root} are not listed in "
+             f"{ds.labels_file} and are not evaluated: {', '.join(ds.unlisted[:5])}"
+             + (", ..." if len(ds.unlisted) > 5 else ""))
 
     out = config.out or default_out(bb.name if isinstance(config.backbone, Backbone) else config.backbone)
     cfg_path = os.path.join(out, CONFIG_NAME)
@@ -173,16 +191,45 @@ def prepare(config: BenchConfig, echo: Echo = print) -> Plan:
                               "it, or choose another out directory")
     cfg = _config_json({"backbone": bb, "dataset": ds, "device": device, "methods": methods,
                         "protocols": protocols, "popts": popts, "out": out}, config, malloc_tuned)
-    if config.resume and os.path.isfile(cfg_path):
-        with open(cfg_path) as f:
-            old = json.load(f)
-        check_resume(old, cfg, out)
-        cfg["created"] = old.get("created", cfg["created"])
-        cfg["resumed"] = old.get("resumed", []) + [_dt.datetime.now().isoformat(timespec="seconds")]
-    os.makedirs(out, exist_ok=True)
-    atomic_write(cfg_path, json.dumps(cfg, indent=2, default=str))
-    ds.write_manifest(os.path.join(out, MANIFEST_NAME))
-    return Plan(config, device, bb, ds, methods, protocols, popts, out, cfg)
+    # everything above can be refused without a trace; from here on the run directory is ours
+    _writing(out, "the run directory", lambda: os.makedirs(out, exist_ok=True))
+    lock = RunLock(out).acquire()
+    try:
+        if config.resume and os.path.isfile(cfg_path):
+            with open(cfg_path) as f:
+                old = json.load(f)
+            cfg["methods"] = check_resume(old, cfg, out)
+            # a resume of some methods keeps the run's method list for the next resume
+            cfg["bench_config"]["methods"] = ",".join(cfg["methods"])
+            cfg["created"] = old.get("created", cfg["created"])
+            cfg["resumed"] = old.get("resumed", []) + [_dt.datetime.now().isoformat(timespec="seconds")]
+        _writing(out, "config.json", lambda: atomic_write(cfg_path, json.dumps(cfg, indent=2, default=str)))
+        _writing(out, "manifest.csv", lambda: ds.write_manifest(os.path.join(out, MANIFEST_NAME)))
+    except BaseException:
+        lock.release()
+        raise
+    return Plan(config, device, bb, ds, methods, protocols, popts, out, cfg, lock)
+
+
+def _check_labels(ds: Dataset, bb: Backbone) -> None:
+    """Every ground-truth label must be a class of ``bb`` (refused with the file and line)."""
+    bad = [it for it in ds.items if it.label is not None and not 0 <= int(it.label) < bb.num_classes]
+    if bad:
+        it = bad[0]
+        raise ValueError(f"{it.where or it.image_id}: class_index {it.label} of {it.image_id!r} is "
+                         f"outside the {bb.num_classes} classes of {bb.name} (valid 0.."
+                         f"{bb.num_classes - 1}); {len(bad)} label(s) like it")
+
+
+def _writing(out: str, what: str, write: Callable[[], Any]) -> Any:
+    """Run ``write``; an OS or SQLite error (a full disk, no permission) becomes one
+    :class:`~camzoo.utils.UserError` naming the directory and what failed."""
+    try:
+        return write()
+    except (OSError, sqlite3.OperationalError) as exc:  # not IntegrityError: that is a bug
+        raise UserError(f"cannot write {what} in {out}: {type(exc).__name__}: {exc}. Every batch "
+                        f"stored before this one is kept: free space (or fix the permissions) and "
+                        f"rerun with --resume --out {out}") from None
 
 
 def run(config: BenchConfig, echo: Echo = print) -> Run:
@@ -195,16 +242,38 @@ def run(config: BenchConfig, echo: Echo = print) -> Run:
     table.
     """
     plan = prepare(config, echo)
-    c = plan.cfg["columns"]
-    with ResultStore(os.path.join(plan.out, DB_NAME), c["values"], c["curves"]) as store:
-        Runner(plan, store).loop(echo)
-    result = Run(plan.out)
-    finish(result, plan, echo)
+    try:
+        c = plan.cfg["columns"]
+        store = _writing(plan.out, "the result store",
+                         lambda: ResultStore(os.path.join(plan.out, DB_NAME), c["values"], c["curves"]))
+        with store:
+            Runner(plan, store).loop(echo)
+        result = Run(plan.out)
+        finish(result, plan, echo)
+    finally:
+        plan.lock.release()
     return result
 
 
+@dataclass
+class _Health:
+    """How one method fares in this process (for stopping a method that always fails)."""
+
+    batches: int = 0
+    failed: int = 0
+    stopped: bool = False
+    last_error: str = ""
+
+
 class Runner:
-    """The batch loop of :func:`run` (state shared by the batches of one process)."""
+    """The batch loop of :func:`run` (state shared by the batches of one process).
+
+    Each method is isolated: an exception of its explainer or of a metric on its maps is
+    recorded for the (method, image) pairs of that batch in the store's ``failures`` table and
+    the other methods go on; a map that is not finite or not in [0,1] is recorded as
+    ``invalid`` and never scored; a method that fails on each of its first
+    ``config.max_failed_batches`` batches is stopped (its other images recorded as ``skipped``).
+    """
 
     def __init__(self, plan: Plan, store: ResultStore) -> None:
         self.plan, self.store = plan, store
@@ -213,6 +282,7 @@ class Runner:
                         for m in plan.methods}
         self.clock = Clock(plan.device)
         self.bars: Dict[str, Any] = {}
+        self.health = {m.name: _Health() for m in plan.methods}
 
     def loop(self, echo: Echo) -> None:
         """Evaluate every pending (method, image) pair; write ``timings.json``."""
@@ -239,16 +309,18 @@ class Runner:
                         for b in self.bars.values():
                             b.total -= 1
                             b.refresh()
-                    rows = self.batch(batch)
+                    rows, fails = self.batch(batch, echo)
                     t = self.clock.start()
-                    store.write_batch(rows, batch.errors, batch.forwards)
+                    _writing(plan.out, "the result store (rows.sqlite)",
+                             lambda: store.write_batch(rows, batch.errors, batch.forwards, fails))
                     self.clock.stop("store", t)
         finally:
             for b in self.bars.values():
                 b.close()
         timings = {**self.clock.to_dict(), "scorer_forwards": {
             f"{m}/{f}": int(n) for m, s in self.scorers.items() for f, n in s.counts.items()}}
-        atomic_write(os.path.join(plan.out, TIMINGS_NAME), json.dumps(timings, indent=2))
+        _writing(plan.out, "timings.json",
+                 lambda: atomic_write(os.path.join(plan.out, TIMINGS_NAME), json.dumps(timings, indent=2)))
 
     def _open_bars(self, indexed, done) -> None:
         from tqdm.auto import tqdm
@@ -258,18 +330,69 @@ class Runner:
             self.bars[m.name] = tqdm(total=len(indexed), initial=n_done, desc=f"{m.name:>16s}",
                                      unit="img", position=pos, leave=True, dynamic_ncols=True)
 
-    def batch(self, batch: MapBatch) -> List[Dict[str, Any]]:
-        """Every method's metrics on its maps of ``batch``; returns the batch's rows."""
+    def batch(self, batch: MapBatch, echo: Echo = print) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
+        """Every method's maps and metrics on ``batch``, each method isolated from the others.
+
+        Returns:
+            ``(rows, failures)`` for the store.
+        """
         rows: List[Dict[str, Any]] = []
-        for m, maps in batch.each_method():
-            values = self.metrics(m, maps, batch.forwards)
-            t = self.clock.start()
-            rows += self.rows(m, batch, maps, values)
-            self.clock.stop("rows", t)
-            if m.name in self.bars:
-                self.bars[m.name].update(len(maps.sel))
-                self.bars[m.name].set_postfix_str(f"{maps.seconds:.3g} s/img map", refresh=False)
-        return rows
+        fails: List[Dict[str, Any]] = []
+        for m in self.plan.methods:
+            sel = batch.pending(m)
+            if not sel:
+                continue
+            h = self.health[m.name]
+            if h.stopped:
+                fails += self._failures(m, batch, sel, "skipped", "Stopped", h.last_error)
+                self._advance(m, len(sel))
+                continue
+            h.batches += 1
+            failed = True
+            try:
+                maps = batch.maps_of(m)
+                ok = valid_maps(maps.V)
+                for r in (~ok).nonzero()[:, 0].tolist():
+                    fails += self._failures(m, batch, [maps.sel[r]], "invalid", "InvalidMap",
+                                            describe_invalid(maps.V[r]))
+                if bool(ok.any()):
+                    good = maps if bool(ok.all()) else maps.take(ok)
+                    values = self.metrics(m, good, batch.forwards)
+                    t = self.clock.start()
+                    rows += self.rows(m, batch, good, values)
+                    self.clock.stop("rows", t)
+                    failed = False
+                    if m.name in self.bars:
+                        self.bars[m.name].set_postfix_str(f"{maps.seconds:.3g} s/img map", refresh=False)
+                else:
+                    h.last_error = "every map of the batch was invalid"
+            except UserError:
+                raise  # the run cannot go on (e.g. a full disk): not this method's fault
+            except Exception as exc:
+                h.last_error = f"{type(exc).__name__}: {exc}"
+                fails += self._failures(m, batch, sel, "error", type(exc).__name__, str(exc),
+                                        traceback.format_exc())
+            h.failed += failed
+            if h.failed == h.batches == int(self.config.max_failed_batches):
+                h.stopped = True
+                h.last_error = (f"{m.name} was stopped after failing on each of its first "
+                                f"{h.batches} batches (last: {h.last_error})")
+                echo(f"error: {h.last_error}; its other images are skipped (see `camzoo errors "
+                     f"{self.plan.out}`; fix it and rerun with --resume)")
+            self._advance(m, len(sel))
+        return rows, fails
+
+    def _advance(self, m: MapMethod, n: int) -> None:
+        if m.name in self.bars:
+            self.bars[m.name].update(n)
+
+    def _failures(self, m: MapMethod, batch: MapBatch, sel: Sequence[int], kind: str, error: str,
+                  message: str, tb: Optional[str] = None) -> List[Dict[str, Any]]:
+        """Failure records of the images at positions ``sel`` of ``batch`` for method ``m``."""
+        ds = self.plan.dataset
+        return [{"method": m.name, "image_id": batch.items[j][1].image_id, "idx": batch.items[j][0],
+                 "path": ds.rel_path(batch.items[j][1]), "kind": kind, "error": error,
+                 "message": message, "traceback": tb} for j in sel]
 
     def _reexplain(self, m: MapMethod, family: str, forwards) -> Callable[[Tensor, Tensor], Tensor]:
         """The method's explainer on other inputs (in its classifier's normalization), timed
@@ -331,27 +454,28 @@ class Runner:
                 row[k] = arr[r] if arr.ndim > 1 else float(arr[r])
             rows.append(row)
             if config.save_maps:
-                _save_map(map_path(out, "maps", m.name, it.image_id), V_h[r].astype(np.float32))
+                _save_map(out, map_path(out, "maps", m.name, it.image_id), V_h[r].astype(np.float32))
             if it.image_id in self.grid_ids:
-                _save_map(map_path(out, "grid", m.name, it.image_id), V_h[r].astype(np.float16))
+                _save_map(out, map_path(out, "grid", m.name, it.image_id), V_h[r].astype(np.float16))
         return rows
 
 
-def _save_map(path: str, arr: np.ndarray) -> None:
-    atomic_write(path, lambda tmp: np.save(tmp, arr))
+def _save_map(out: str, path: str, arr: np.ndarray) -> None:
+    _writing(out, f"the map {os.path.relpath(path, out)}", lambda: atomic_write(path, lambda tmp: np.save(tmp, arr)))
 
 
 def finish(result: Run, plan: Plan, echo: Echo) -> None:
     """Tables and figures of a finished run."""
     from ..results.tables import write_tables
 
-    md = write_tables(result)
+    md = _writing(result.dir, "the tables", lambda: write_tables(result))
+    echo(md)
+    echo(f"run directory: {result.dir}")
     if plan.config.figures:
         from ..results.plots import bench_figures
 
         try:
             bench_figures(result, plan.dataset, plan.backbone, n_images=plan.config.grid_images)
-        except Exception as exc:  # a figure must never lose a finished run
-            echo(f"warning: figures failed: {type(exc).__name__}: {exc}")
-    echo(md)
-    echo(f"run directory: {result.dir}")
+        except Exception as exc:  # the rows and tables are safe; the run still fails
+            raise UserError(f"the tables are written, but the figures in {result.dir} failed: "
+                            f"{type(exc).__name__}: {exc}") from None

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..registry import EXPLAINER_ENTRY_POINT_GROUP, Registry
+from ..utils import check_options
 
 EXPLAINERS: Registry[type] = Registry("explainer", EXPLAINER_ENTRY_POINT_GROUP)
 
@@ -64,6 +65,40 @@ def cam_to_map(cam: Tensor, size: Tuple[int, int], relu: bool = True) -> Tensor:
     return upsample(minmax(cam), size).clamp_(0.0, 1.0)
 
 
+#: map values this close to [0,1] are float rounding and are clamped into it
+MAP_TOLERANCE = 1e-5
+
+
+def valid_maps(maps: Tensor) -> Tensor:
+    """Which maps keep the contract: finite and within [0,1] everywhere.
+
+    Args:
+        maps: ``[B,H,W]`` (any float dtype).
+    Returns:
+        bool ``[B]``.
+    """
+    flat = maps.reshape(maps.shape[0], -1)
+    return (torch.isfinite(flat) & (flat >= 0) & (flat <= 1)).all(dim=1)
+
+
+def describe_invalid(V: Tensor) -> str:
+    """Why one map ``[H,W]`` breaks the contract, e.g. ``"12 NaN, min -0.5"``."""
+    parts = []
+    n_nan, n_inf = int(torch.isnan(V).sum()), int(torch.isinf(V).sum())
+    if n_nan:
+        parts.append(f"{n_nan} NaN")
+    if n_inf:
+        parts.append(f"{n_inf} Inf")
+    finite = V[torch.isfinite(V)]
+    if finite.numel():
+        lo, hi = float(finite.min()), float(finite.max())
+        if lo < 0:
+            parts.append(f"min {lo:.4g}")
+        if hi > 1:
+            parts.append(f"max {hi:.4g}")
+    return "map not finite or outside [0,1]: " + ", ".join(parts)
+
+
 class Explainer:
     """Base class of every explainer.
 
@@ -82,13 +117,8 @@ class Explainer:
     summary: ClassVar[str] = ""
 
     def __init__(self, **options: Any) -> None:
-        unknown = set(options) - set(self.defaults)
-        if unknown:
-            raise ValueError(
-                f"explainer {self.name!r} has no option(s) {', '.join(sorted(unknown))}; "
-                f"options: {', '.join(f'{k}={v!r}' for k, v in self.defaults.items()) or 'none'}"
-            )
-        self.options: Dict[str, Any] = {**self.defaults, **options}
+        # unknown names and values of the wrong type are refused, naming the option
+        self.options: Dict[str, Any] = check_options(f"explainer {self.name!r}", self.defaults, options)
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
@@ -115,7 +145,11 @@ class Explainer:
             x: normalized float batch ``[B,3,H,W]`` on the model's device.
             y: LongTensor ``[B]`` of classes to explain; ``None`` = the model's top-1.
         Returns:
-            float32 ``[B,H,W]`` in [0,1] on ``x.device``, NaN-free (constant map = zeros).
+            float32 ``[B,H,W]`` on ``x.device``: in [0,1] (a constant map is all zeros) for
+            every built-in explainer; a broken plugin's invalid values are not hidden (see
+            :meth:`finish_maps`, :func:`valid_maps`).
+        Raises:
+            ValueError: a bad ``x`` / ``y``, or maps of the wrong shape (naming the method).
         """
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"x must be a normalized batch [B,3,H,W]; got shape {tuple(x.shape)}")
@@ -129,10 +163,23 @@ class Explainer:
             if y.shape[0] != x.shape[0]:
                 raise ValueError(f"y has {y.shape[0]} classes for a batch of {x.shape[0]} images")
         model.check_classes(y)
-        maps = self._explain(model, x, y)
-        maps = torch.nan_to_num(maps.float(), nan=0.0).clamp_(0.0, 1.0)
-        assert maps.shape == (x.shape[0], x.shape[2], x.shape[3]), maps.shape
-        return maps
+        return self.finish_maps(self._explain(model, x, y), x)
+
+    def finish_maps(self, maps: Tensor, x: Tensor) -> Tensor:
+        """Check the maps of ``x`` and make them float32.
+
+        Raises ``ValueError`` naming the method, the expected ``[B,H,W]`` and the actual shape.
+        Values within :data:`MAP_TOLERANCE` of [0,1] (float rounding of an upsampling, say)
+        are clamped into it; anything else (NaN, Inf, clearly negative or above 1) is left as
+        it is, so that :func:`valid_maps` can flag it: the engine never scores such a map.
+        """
+        want = (x.shape[0], x.shape[2], x.shape[3])
+        if tuple(maps.shape) != want:
+            raise ValueError(f"explainer {self.name!r} returned maps of shape {tuple(maps.shape)} "
+                             f"for a batch of shape {tuple(x.shape)}; expected [B,H,W] = {want}")
+        maps = maps.float()
+        near = torch.isfinite(maps) & (maps >= -MAP_TOLERANCE) & (maps <= 1.0 + MAP_TOLERANCE)
+        return torch.where(near, maps.clamp(0.0, 1.0), maps)
 
     __call__ = explain
 

@@ -269,6 +269,18 @@ class LCAMProtocol(Protocol):
     source = LCAM_SOURCE
     defaults = {"nus": DEFAULT_NUS}
 
+    def validate(self, opts: Dict[str, Any]) -> None:
+        nus = opts["nus"]
+        if not nus:
+            raise ValueError("protocol 'lcam': option nus needs at least one threshold")
+        for nu in nus:
+            if isinstance(nu, bool) or not isinstance(nu, (int, float)) or not 0.0 < float(nu) <= 1.0:
+                raise ValueError(f"protocol 'lcam': option nus takes fractions of pixels kept, each "
+                                 f"in (0, 1] (e.g. 1,0.5,0.15); got {nu!r}")
+        labels = [nu_label(nu) for nu in nus]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"protocol 'lcam': option nus lists a threshold twice: {list(nus)}")
+
     def metrics(self, **opts: Any) -> List[MetricSpec]:
         nus = self.options(**opts)["nus"]
         specs = []

@@ -163,6 +163,11 @@ class ADCCProtocol(Protocol):
     source = ADCC_SOURCE
     defaults = {"nan_correlation": 0.0}
 
+    def validate(self, opts: Dict[str, Any]) -> None:
+        if not -1.0 <= float(opts["nan_correlation"]) <= 1.0:
+            raise ValueError(f"protocol 'adcc': option nan_correlation is a correlation in [-1, 1]; "
+                             f"got {opts['nan_correlation']!r}")
+
     def metrics(self, **opts: Any) -> List[MetricSpec]:
         return [
             MetricSpec("adcc_ad", "AvgDrop(E)", False, 100.0, ADCC_SOURCE + ", Sec. 3 (Avg Drop)",

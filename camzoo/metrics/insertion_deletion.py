@@ -242,6 +242,27 @@ class RISEProtocol(Protocol):
     source = RISE_SOURCE
     defaults = {"steps": 224, "modes": MODES, "kernel_size": 11, "sigma": 5.0, "kernel": "rise"}
 
+    def validate(self, opts: Dict[str, Any]) -> None:
+        if int(opts["steps"]) < 1:
+            raise ValueError(f"protocol 'rise': option steps must be >= 1 (points = steps + 1; "
+                             f"the paper: 224); got {opts['steps']!r}")
+        bad = [m for m in opts["modes"] if m not in MODES]
+        if bad or not opts["modes"]:
+            raise ValueError(f"protocol 'rise': option modes takes one or both of {', '.join(MODES)}; "
+                             f"got {list(opts['modes'])}")
+        if int(opts["kernel_size"]) < 1 or float(opts["sigma"]) <= 0:
+            raise ValueError(f"protocol 'rise': the blur needs kernel_size >= 1 and sigma > 0; got "
+                             f"kernel_size={opts['kernel_size']!r}, sigma={opts['sigma']!r}")
+        if opts["kernel"] not in BLUR_KERNELS:
+            raise ValueError(f"protocol 'rise': option kernel takes {', '.join(BLUR_KERNELS)}; "
+                             f"got {opts['kernel']!r}")
+
+    def check_backbone(self, opts: Dict[str, Any], backbone: Any) -> None:
+        n = int(backbone.input_size) ** 2
+        if int(opts["steps"]) > n:
+            raise ValueError(f"protocol 'rise': option steps={opts['steps']} is more than the "
+                             f"{n} pixels of {backbone.name}'s {backbone.input_size}px inputs")
+
     def metrics(self, **opts: Any) -> List[MetricSpec]:
         modes = self.options(**opts)["modes"]
         specs = []

@@ -17,6 +17,7 @@ from typing import Any, Callable, ClassVar, Dict, Iterable, List, Optional, Sequ
 from torch import Tensor
 
 from ..registry import PROTOCOL_ENTRY_POINT_GROUP, Registry
+from ..utils import check_options
 from .scorer import Scorer
 
 
@@ -114,14 +115,19 @@ class Protocol:
     shorthands: ClassVar[Dict[str, str]] = {}
 
     def options(self, **opts: Any) -> Dict[str, Any]:
-        """Defaults updated with ``opts``; unknown options raise, listing the valid ones."""
-        unknown = set(opts) - set(self.defaults)
-        if unknown:
-            raise ValueError(
-                f"protocol {self.name!r} has no option(s) {', '.join(sorted(unknown))}; "
-                f"options: {', '.join(f'{k}={v!r}' for k, v in self.defaults.items()) or 'none'}"
-            )
-        return {**self.defaults, **opts}
+        """Defaults updated with ``opts``, checked: unknown options and values of the wrong
+        type raise ``ValueError`` naming the option (:func:`camzoo.utils.check_options`), then
+        :meth:`validate` checks the ranges."""
+        o = check_options(f"protocol {self.name!r}", self.defaults, opts)
+        self.validate(o)
+        return o
+
+    def validate(self, opts: Dict[str, Any]) -> None:
+        """Raise ``ValueError`` naming the option when a value is out of range (override)."""
+
+    def check_backbone(self, opts: Dict[str, Any], backbone: Any) -> None:
+        """Raise ``ValueError`` when the options cannot work with ``backbone`` (e.g. more
+        steps than pixels); the engine calls it before a run starts (override)."""
 
     def families(self, **opts: Any) -> Tuple[str, ...]:
         """Scorer families the forwards of this protocol are counted under."""

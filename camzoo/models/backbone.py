@@ -23,6 +23,8 @@ from typing import Any, Callable, Dict, List, Optional, Union
 import torch
 from torch import Tensor, nn
 
+from ..utils import load_torch_file
+
 WeightsArg = Union[None, str, os.PathLike]
 
 
@@ -170,16 +172,50 @@ def backbone_hash(bb: "Backbone") -> str:
 
 
 def load_state_dict_file(path: Union[str, os.PathLike]) -> Dict[str, Tensor]:
-    """Read a state_dict file (``weights_only=True``); ``{"state_dict": ...}`` is unwrapped."""
+    """Read a state_dict file safely (``weights_only=True``, never anything else).
+
+    A checkpoint that wraps its weights (``{"state_dict": ...}``, ``{"model": ...}``) is
+    unwrapped, and a ``module.`` prefix (``DataParallel``) is removed. A missing, corrupt or
+    unsafe file raises ``FileNotFoundError`` / ``ValueError`` naming it.
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weights file not found: {path}")
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict):
-        raise ValueError(f"{path} does not hold a state_dict (got {type(sd).__name__})")
+    sd = load_torch_file(path, "weights file")
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict) and not torch.is_tensor(sd.get(key)):
+            sd = sd[key]
+            break
+    if not isinstance(sd, dict) or not sd or not all(torch.is_tensor(v) for v in sd.values()):
+        got = type(sd).__name__ if not isinstance(sd, dict) else \
+            f"a dict with keys {', '.join(map(str, list(sd)[:5]))}"
+        raise ValueError(f"{path} does not hold a state_dict of tensors (got {got})")
+    if all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
     return sd
+
+
+def load_weights(model: nn.Module, sd: Dict[str, Tensor], source: str, name: str) -> None:
+    """``model.load_state_dict(sd)`` with one clear message when the weights do not fit.
+
+    Raises ``ValueError`` naming ``source`` (the file) and ``name`` (the architecture) and the
+    first few missing, unexpected and wrongly shaped keys.
+    """
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [f"{k} (file {tuple(sd[k].shape)}, model {tuple(own[k].shape)})" for k in own
+              if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        def few(xs):
+            return ", ".join(xs[:4]) + (f", ... ({len(xs)} in all)" if len(xs) > 4 else "")
+
+        parts = [f"{len(missing)} missing key(s): {few(missing)}" if missing else "",
+                 f"{len(unexpected)} unexpected key(s): {few(unexpected)}" if unexpected else "",
+                 f"{len(shapes)} shape mismatch(es): {few(shapes)}" if shapes else ""]
+        raise ValueError(f"weights {source} do not fit {name}: " + "; ".join(p for p in parts if p)
+                         + " (a state_dict of another architecture?)")
+    model.load_state_dict(sd)
 
 
 class capture:  # noqa: N801 - used like a function: ``with capture(layer) as cap``

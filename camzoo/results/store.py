@@ -6,11 +6,16 @@ Tables (schema in docs/bench.md):
   time, one REAL column per per-image metric value (the protocols' ``row_keys``) and one
   float32 blob per curve (``ins_curve``, ``del_curve``).
 - ``errors``: unreadable images (image_id primary key, path, reason).
+- ``failures``: (method, image_id) pairs a method could not evaluate: ``kind`` is ``error``
+  (the explainer or a metric raised: exception type, message and traceback are kept),
+  ``invalid`` (the map was not finite or not in [0,1]; never scored) or ``skipped`` (the method
+  was stopped after failing on every one of its first batches). A resumed run retries them;
+  a success deletes the record in the batch's transaction.
 - ``forwards``: forward passes the engine made, per (method, family), summed over batches.
 - ``meta``: key/value (schema version; the value and curve columns of ``rows``).
 
-Every batch is written by :meth:`ResultStore.write_batch` in ONE transaction (rows, errors and
-forward counts together), so a process killed at any point leaves whole batches only; a
+Every batch is written by :meth:`ResultStore.write_batch` in ONE transaction (rows, errors,
+failures and forward counts together), so a process killed at any point leaves whole batches only; a
 resumed run skips the stored (method, image) pairs and adds the rest.
 """
 from __future__ import annotations
@@ -23,7 +28,8 @@ from typing import Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 import numpy as np
 import pandas as pd
 
-SCHEMA_VERSION = 1
+#: 2 added the ``failures`` table (a version-1 store gets it when opened for writing)
+SCHEMA_VERSION = 2
 DB_NAME = "rows.sqlite"
 
 #: identity / bookkeeping columns of every row, in order, with SQL types
@@ -51,6 +57,13 @@ def decode_curve(blob: Optional[bytes]) -> Optional[np.ndarray]:
     return None if blob is None else np.frombuffer(blob, dtype="<f4").copy()
 
 
+_FAILURES_DDL = ("CREATE TABLE IF NOT EXISTS failures (method TEXT NOT NULL, image_id TEXT NOT NULL, "
+                 "idx INTEGER, path TEXT, kind TEXT NOT NULL, error TEXT, message TEXT, "
+                 "traceback TEXT, PRIMARY KEY (method, image_id))")
+#: columns of a failure record (see the module docstring)
+FAILURE_COLUMNS = ("method", "image_id", "idx", "path", "kind", "error", "message", "traceback")
+
+
 def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -69,14 +82,24 @@ class ResultStore:
     """
 
     def __init__(self, path: str, value_columns: Optional[Sequence[str]] = None,
-                 curve_columns: Optional[Sequence[str]] = None) -> None:
+                 curve_columns: Optional[Sequence[str]] = None, readonly: bool = False) -> None:
         self.path = os.fspath(path)
+        self.readonly = readonly
         exists = os.path.isfile(self.path)
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves (one transaction per batch)
-        self.conn = sqlite3.connect(self.path, isolation_level=None, timeout=60.0)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=NORMAL")  # WAL+NORMAL: durable across process crashes
-        stored = self._meta("columns") if exists else None
+        if readonly and not exists:
+            raise FileNotFoundError(f"{self.path} does not exist (the run has not stored any batch yet)")
+        try:
+            if readonly:  # never creates the file, never writes
+                self.conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None,
+                                            timeout=60.0)
+            else:
+                # isolation_level=None: we issue BEGIN/COMMIT ourselves (one transaction per batch)
+                self.conn = sqlite3.connect(self.path, isolation_level=None, timeout=60.0)
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.execute("PRAGMA synchronous=NORMAL")  # WAL+NORMAL: durable across crashes
+            stored = self._meta("columns") if exists else None
+        except sqlite3.DatabaseError as exc:
+            raise ValueError(f"{self.path} is not a readable camzoo result store: {exc}") from None
         if stored is not None:
             cols = json.loads(stored)
             for given, key in ((value_columns, "values"), (curve_columns, "curves")):
@@ -85,9 +108,11 @@ class ResultStore:
                     raise ValueError(f"{self.path} stores {key} {cols[key]}; this run computes "
                                      f"{list(given)} (use a new --out, or the same metrics)")
             self.value_columns, self.curve_columns = list(cols["values"]), list(cols["curves"])
+            if not readonly:
+                self._migrate()
         else:
-            if value_columns is None:
-                raise ValueError(f"{self.path} is not a camzoo result store; pass value_columns")
+            if value_columns is None or readonly:
+                raise ValueError(f"{self.path} is not a camzoo result store (no column list in it)")
             self.value_columns = list(value_columns)
             self.curve_columns = list(curve_columns or [])
             self._create()
@@ -122,13 +147,38 @@ class ResultStore:
             c.execute("CREATE TABLE IF NOT EXISTS forwards (method TEXT NOT NULL, family TEXT NOT NULL, "
                       "forwards INTEGER NOT NULL, PRIMARY KEY (method, family))")
             c.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            c.execute(_FAILURES_DDL)
             c.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             c.execute("INSERT OR REPLACE INTO meta VALUES ('columns', ?)", (json.dumps(
                 {"values": self.value_columns, "curves": self.curve_columns}),))
             c.execute("COMMIT")
         except BaseException:
-            c.execute("ROLLBACK")
+            self._rollback()
             raise
+
+    def _migrate(self) -> None:
+        """Bring an older store up to :data:`SCHEMA_VERSION` (adds tables, never drops data)."""
+        if self._meta("schema_version") == str(SCHEMA_VERSION):
+            return
+        c = self.conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            c.execute(_FAILURES_DDL)
+            c.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            c.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+
+    def _rollback(self) -> None:
+        # SQLite may already have rolled back (e.g. "database or disk is full"): a second
+        # ROLLBACK would raise "cannot rollback - no transaction is active" over the real error
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
+
+    def _has_table(self, name: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?",
+                                 (name,)).fetchone() is not None
 
     # -- resume ------------------------------------------------------------------------
     def done_pairs(self) -> Set[Tuple[str, str]]:
@@ -145,15 +195,20 @@ class ResultStore:
         rows: Iterable[Mapping[str, object]],
         errors: Iterable[Tuple[str, int, str, str]] = (),
         forwards: Optional[Mapping[Tuple[str, str], int]] = None,
+        failures: Iterable[Mapping[str, object]] = (),
     ) -> None:
-        """Write one batch atomically (rows, errors and forward counts in one transaction).
+        """Write one batch atomically (rows, errors, failures and forward counts in one
+        transaction: a failure anywhere writes nothing of the batch).
 
         Args:
             rows: dicts keyed by column name (missing value/curve columns are NULL; curves may
                 be numpy arrays, stored as float32 blobs). An existing (method, image_id) raises
-                ``sqlite3.IntegrityError`` and nothing of the batch is written.
+                ``sqlite3.IntegrityError`` and nothing of the batch is written. A stored failure
+                of the same pair is deleted (it was retried successfully).
             errors: ``(image_id, idx, path, reason)`` of unreadable images.
             forwards: ``{(method, family): count}`` added to the stored counts.
+            failures: dicts keyed by :data:`FAILURE_COLUMNS` (missing keys are NULL); a stored
+                failure of the same pair is replaced.
         """
         names = self.column_names
         curves = set(self.curve_columns)
@@ -173,10 +228,15 @@ class ResultStore:
                     x = x.item()
                 v.append(x)
             values.append(v)
+        fails = [tuple(f.get(k) for k in FAILURE_COLUMNS) for f in failures]
         c = self.conn
         c.execute("BEGIN IMMEDIATE")
         try:
             c.executemany(sql, values)
+            c.executemany("DELETE FROM failures WHERE method=? AND image_id=?",
+                          [(v[0], v[1]) for v in values])
+            c.executemany(f"INSERT OR REPLACE INTO failures VALUES ({', '.join('?' * len(FAILURE_COLUMNS))})",
+                          fails)
             c.executemany("INSERT OR REPLACE INTO errors VALUES (?, ?, ?, ?)", list(errors))
             for (method, family), n in (forwards or {}).items():
                 c.execute("INSERT INTO forwards VALUES (?, ?, ?) ON CONFLICT(method, family) "
@@ -184,7 +244,7 @@ class ResultStore:
                           (method, family, int(n)))
             c.execute("COMMIT")
         except BaseException:
-            c.execute("ROLLBACK")
+            self._rollback()
             raise
 
     # -- reading -----------------------------------------------------------------------
@@ -201,6 +261,13 @@ class ResultStore:
     def errors(self) -> pd.DataFrame:
         """Unreadable images: ``image_id, idx, path, reason`` ordered by idx."""
         return pd.read_sql_query("SELECT * FROM errors ORDER BY idx, image_id", self.conn)
+
+    def failures(self) -> pd.DataFrame:
+        """Pairs a method could not evaluate (:data:`FAILURE_COLUMNS`), by method and idx;
+        empty for a store written before failures were recorded."""
+        if not self._has_table("failures"):
+            return pd.DataFrame(columns=list(FAILURE_COLUMNS))
+        return pd.read_sql_query("SELECT * FROM failures ORDER BY method, idx, image_id", self.conn)
 
     def forwards(self) -> pd.DataFrame:
         """Forward counts: ``method, family, forwards``."""

@@ -14,7 +14,7 @@ import io
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Set, Tuple
 
 import numpy as np
 import pandas as pd
@@ -37,12 +37,15 @@ class Table:
         df: one row per method (index = method names, or (backbone, method) for
             :func:`compare`); float columns, headers with direction arrows.
         higher_is_better: ``{column: bool}`` for the metric columns (the ones that get marks).
-        footnotes: lines printed under the table (image counts, unreadable images).
+        footnotes: lines printed under the table (image counts, unreadable images, failures).
+        unmarked: index keys (methods, or (backbone, method) in :func:`compare`) never marked
+            best or second: methods with an invalid map.
     """
 
     df: pd.DataFrame
     higher_is_better: Dict[str, bool]
     footnotes: List[str] = field(default_factory=list)
+    unmarked: Set = field(default_factory=set)
 
     def to(self, fmt: str) -> str:
         """Render as ``"csv"``, ``"markdown"`` or ``"latex"``."""
@@ -96,7 +99,35 @@ def summary(run) -> Table:
         if clf.get("key", "backbone") != "backbone":
             notes.append(f"{m}: evaluated on its own classifier {clf.get('name')} "
                          f"({clf.get('weights_id')}), not on {bbn}.")
-    return Table(df, better, notes)
+    fail_notes, unmarked = failure_notes(run)
+    return Table(df, better, notes + fail_notes, unmarked=unmarked)
+
+
+def failure_notes(run) -> Tuple[List[str], Set[str]]:
+    """Footnotes for the (method, image) pairs a method could not evaluate, and the methods
+    that may not be marked best or second (those with any invalid map)."""
+    fails = run.failures()
+    if not len(fails):
+        return [], set()
+    n_images = int(run.config["data"]["n_images"]) - len(run.errors())
+    notes, unmarked = [], set()
+    for m in run.methods:
+        f = fails[fails.method == m]
+        if not len(f):
+            continue
+        kinds = f.kind.value_counts()
+        parts = []
+        if kinds.get("error", 0):
+            parts.append(f"{int(kinds['error'])} of {n_images} images failed")
+        if kinds.get("invalid", 0):
+            parts.append(f"{int(kinds['invalid'])} of {n_images} maps invalid (not finite or "
+                         "outside [0,1]): left out of its means, never marked best")
+            unmarked.add(m)
+        if kinds.get("skipped", 0):
+            parts.append(f"{int(kinds['skipped'])} of {n_images} images not evaluated (the method "
+                         "was stopped after failing on its first batches)")
+        notes.append(f"{m}: " + "; ".join(parts) + f" (see `camzoo errors {run.dir}`).")
+    return notes, unmarked
 
 
 def compare(runs: Sequence) -> Table:
@@ -128,7 +159,8 @@ def compare(runs: Sequence) -> Table:
         df.index = pd.MultiIndex.from_product([[name], list(df.index)], names=[BACKBONE_COL, METHOD_COL])
         frames.append(df)
     notes = [n for t in tables for n in t.footnotes]
-    return Table(pd.concat(frames), better, notes)
+    unmarked = {(name, m) for name, t in zip(names, tables) for m in t.unmarked}
+    return Table(pd.concat(frames), better, notes, unmarked=unmarked)
 
 
 # -- formatting --------------------------------------------------------------------------
@@ -147,8 +179,9 @@ def _fmt(col: str, v: float) -> str:
 def marks(table: Table) -> pd.DataFrame:
     """``"best"``, ``"second"`` or ``""`` per cell (within each backbone block).
 
-    Values are compared at the printed precision (2 decimals); NaN cells get no mark; a
-    column whose printed values are all equal gets bold everywhere and no underline.
+    Values are compared at the printed precision (2 decimals); NaN cells and the methods in
+    ``table.unmarked`` get no mark; a column whose printed values are all equal gets bold
+    everywhere and no underline.
     """
     df = table.df
     out = pd.DataFrame("", index=df.index, columns=df.columns)
@@ -162,6 +195,8 @@ def marks(table: Table) -> pd.DataFrame:
         sign = 1.0 if table.higher_is_better[col] else -1.0
         for blk in blocks:
             vals = df.loc[blk, col].astype(float).round(DECIMALS)
+            # a method with an invalid map competes for no mark (its means leave images out)
+            vals = vals[[k not in table.unmarked for k in vals.index]]
             uniq = sorted({float(v) * sign for v in vals if not math.isnan(v)}, reverse=True)
             if not uniq:
                 continue

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Mapping, Union
 
 import torch
 
-from ...utils import atomic_write
+from ...utils import atomic_write, load_torch_file
 
 CHECKPOINT_FORMAT = "camzoo.train/1"
 
@@ -33,15 +33,24 @@ def load_checkpoint(path: Union[str, os.PathLike], map_location: Any = "cpu") ->
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ck = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
+    ck = load_torch_file(path, "checkpoint")
+    if map_location not in (None, "cpu"):
+        ck = _to(ck, map_location)
     if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
         got = ck.get("format") if isinstance(ck, dict) else type(ck).__name__
         raise ValueError(f"{path} is not a camzoo training checkpoint (expected format "
                          f"{CHECKPOINT_FORMAT!r}; got {got!r})")
     return ck
+
+
+def _to(obj: Any, device: Any) -> Any:
+    if torch.is_tensor(obj):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to(v, device) for v in obj]
+    return obj
 
 
 def load_task_checkpoint(path: Union[str, os.PathLike], task: str, hint: str) -> Dict[str, Any]:

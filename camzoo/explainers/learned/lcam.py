@@ -210,7 +210,7 @@ class _LCAM(Explainer):
         with torch.inference_mode():
             A, logits = model.features_and_logits(x.detach(), meta["layer"])
             maps = self.feature_maps(model, A, logits.argmax(dim=1), tuple(x.shape[-2:]))
-        return torch.nan_to_num(maps.float(), nan=0.0).clamp_(0.0, 1.0)
+        return self.finish_maps(maps, x)
 
     __call__ = explain
 
