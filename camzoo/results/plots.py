@@ -153,3 +153,26 @@ def bench_figures(run, ds, bb, n_images: int = 4) -> List[str]:
             overlay_grid(imgs, maps, titles, run.methods, p)
             written.append(p)
     return written
+
+
+def agreement_heatmap(matrix, path: str, title: str = "") -> None:
+    """Save a heatmap of a square correlation matrix (a DataFrame, values in [-1,1], index =
+    columns = metric names; NaN cells blank) with the values written in the cells."""
+    plt = _plt()
+    M = np.asarray(matrix, dtype=np.float64)
+    names = list(matrix.columns)
+    n = len(names)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.62 * n, 0.6 + 0.55 * n))
+    im = ax.imshow(np.ma.masked_invalid(M), cmap="coolwarm", vmin=-1, vmax=1)
+    ax.set_xticks(range(n), names, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(n), names, fontsize=7)
+    for i in range(n):
+        for j in range(n):
+            if np.isfinite(M[i, j]):
+                ax.text(j, i, f"{M[i, j]:.2f}", ha="center", va="center", fontsize=6)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    if title:
+        ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
