@@ -1,6 +1,6 @@
 """The ``camzoo`` command line: a thin layer over the Python API, one module per command.
 
-``camzoo list | explain | bench | table | compare | train lcam | train lficam | stability | stats``
+``camzoo list | explain | bench | table | compare | train lcam | train lficam | stability | stats | sanity``
 """
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import click
 from .bench import bench_cmd, compare_cmd, table_cmd
 from .explain import explain_cmd
 from .list import list_cmd
+from .sanity import sanity_cmd
 from .stability import stability_cmd
 from .stats import stats_cmd
 from .train import train
@@ -20,7 +21,8 @@ def main() -> None:
     """camzoo: benchmark CAM-style explainers of CNN image classifiers."""
 
 
-for _cmd in (list_cmd, explain_cmd, bench_cmd, table_cmd, compare_cmd, train, stability_cmd, stats_cmd):
+for _cmd in (list_cmd, explain_cmd, bench_cmd, table_cmd, compare_cmd, train, stability_cmd, stats_cmd,
+             sanity_cmd):
     main.add_command(_cmd)
 
 if __name__ == "__main__":  # pragma: no cover

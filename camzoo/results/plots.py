@@ -176,3 +176,33 @@ def agreement_heatmap(matrix, path: str, title: str = "") -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def similarity_curves(curves: dict, steps: Sequence[str], path: str, title: str = "",
+                      ylabel: str = "similarity") -> None:
+    """Save the sanity check's line plot (Adebayo et al. 2018, Fig. 3 style): similarity to the
+    trained model's map (y) against the randomized block (x), one line per method.
+
+    Args:
+        curves: ``{method: (mean [S], std [S])}`` over images, one value per step.
+        steps: the S step labels (``original``, then the blocks).
+    """
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.55 * len(steps) + 2), 3.8))
+    x = np.arange(len(steps))
+    for method, (mean, std) in curves.items():
+        mean, std = np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64)
+        ax.plot(x[: len(mean)], mean, marker="o", ms=3, lw=1.4, label=method)
+        ax.fill_between(x[: len(mean)], mean - std, mean + std, alpha=0.15)
+    ax.axhline(0.0, color="k", lw=0.6, alpha=0.5)
+    ax.set_xticks(x, steps, rotation=60, ha="right", fontsize=7)
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_ylabel(ylabel)
+    ax.set_xlabel("randomized block (from the logits down)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
