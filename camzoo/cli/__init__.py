@@ -1,11 +1,12 @@
 """The ``camzoo`` command line: a thin layer over the Python API, one module per command.
 
-``camzoo list | explain | bench | table | compare | train lcam | train lficam | stability | stats | sanity``
+``camzoo list | explain | bench | table | compare | train lcam | train lficam | stability | stats | sanity | analyze``
 """
 from __future__ import annotations
 
 import click
 
+from .analyze import analyze_cmd
 from .bench import bench_cmd, compare_cmd, table_cmd
 from .explain import explain_cmd
 from .list import list_cmd
@@ -22,7 +23,7 @@ def main() -> None:
 
 
 for _cmd in (list_cmd, explain_cmd, bench_cmd, table_cmd, compare_cmd, train, stability_cmd, stats_cmd,
-             sanity_cmd):
+             sanity_cmd, analyze_cmd):
     main.add_command(_cmd)
 
 if __name__ == "__main__":  # pragma: no cover
