@@ -50,7 +50,8 @@ class SanityResult:
     Attributes:
         rows: one row per (step, image, method): ``step`` (0 = trained model), ``block``
             (the block randomized at this step, ``"original"`` for step 0), ``mode``,
-            ``image_id``, ``method``, ``class`` (explained), and the similarities
+            ``image_id``, ``method``, ``class`` (the class explained at that step: the trained
+            model's top-1), and the similarities
             (:data:`~camzoo.metrics.similarity.SIMILARITIES`) to the trained model's map.
         blocks: the block labels in randomization order (``conv_head+bn2`` ...).
         mode: ``"cascading"`` or ``"independent"``.
@@ -154,7 +155,7 @@ def run(backbone: Union[str, Backbone] = "efficientnet_lite0", methods: Union[st
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(blocks) + 1, desc=f"sanity ({mode})", unit="step")
-    ref, _, pred = _maps(bb, ds, names, options, layer, batch_size, "pred")
+    ref, cls0, pred = _maps(bb, ds, names, options, layer, batch_size, "pred")
     if bar:
         bar.update(1)
     # every step explains the trained model's top-1: the items carry it as their label
@@ -164,7 +165,7 @@ def run(backbone: Union[str, Backbone] = "efficientnet_lite0", methods: Union[st
     grid = {iid: {m: [ref[m][iid]] for m in names} for iid in grid_ids}
     recs: List[Dict[str, Any]] = []
 
-    def compare(step: int, block: str, maps) -> None:
+    def compare(step: int, block: str, maps, explained: Dict[str, int]) -> None:
         for m in names:
             ids = [iid for iid in (it.image_id for it in keep) if iid in maps[m]]
             if not ids:
@@ -174,19 +175,19 @@ def run(backbone: Union[str, Backbone] = "efficientnet_lite0", methods: Union[st
             sims = map_similarities(V, V0)
             for r, iid in enumerate(ids):
                 recs.append({"step": step, "block": block, "mode": mode, "image_id": iid, "method": m,
-                             "class": pred[iid], **{k: float(sims[k][r]) for k in SIMILARITIES}})
+                             "class": explained[iid], **{k: float(sims[k][r]) for k in SIMILARITIES}})
             for iid in grid_ids:
                 if iid in maps[m] and step > 0:
                     grid[iid][m].append(maps[m][iid])
 
-    compare(0, ORIGINAL, ref)
+    compare(0, ORIGINAL, ref, cls0)
     work = clone_backbone(bb) if mode == "cascading" else None
     for k, blk in enumerate(blocks):
         if mode == "independent":
             work = clone_backbone(bb)
         reinit_modules(work, blk, init_seed + k)
-        maps, _, _ = _maps(work, fixed, names, options, layer, batch_size, "gt")
-        compare(k + 1, labels_[k], maps)
+        maps, explained, _ = _maps(work, fixed, names, options, layer, batch_size, "gt")
+        compare(k + 1, labels_[k], maps, explained)
         if mode == "independent":
             work = None
         if bar:
