@@ -360,13 +360,33 @@ def to_csv(table: Table) -> str:
     return buf.getvalue()
 
 
-def _md_cell(s: str, hw, mark: str, near: bool) -> str:
-    s = f"**{s}**" if mark == "best" else f"<u>{s}</u>" if mark == "second" else s
-    if hw is None:
-        s += f" \u00b1 {NO_CI}"
-    elif not math.isnan(hw):
-        s += f" \u00b1 {hw:.{DECIMALS}f}"
-    return s + (f" {NEAR}" if near else "")
+@dataclass(frozen=True)
+class CellStyle:
+    """How a format writes a metric cell: ``best`` / ``second`` wrap the value (``{}``),
+    ``ci`` follows it with the half-width (``{}``), ``no_ci`` where no interval is claimed,
+    ``near`` is the ``≈`` marker, ``wrap`` encloses the whole cell."""
+
+    best: str
+    second: str
+    ci: str
+    no_ci: str
+    near: str
+    wrap: str = "{}"
+
+    def cell(self, s: str, hw: Optional[float], mark: str, near: bool) -> str:
+        """The cell of printed value ``s``; ``hw``: half-width, None = no interval claimed,
+        NaN = intervals not shown."""
+        s = self.best.format(s) if mark == "best" else self.second.format(s) if mark == "second" else s
+        if hw is None:
+            s += self.no_ci
+        elif not math.isnan(hw):
+            s += self.ci.format(f"{hw:.{DECIMALS}f}")
+        return self.wrap.format(s + (self.near if near else ""))
+
+
+MARKDOWN = CellStyle("**{}**", "<u>{}</u>", " \u00b1 {}", f" \u00b1 {NO_CI}", f" {NEAR}")
+LATEX = CellStyle(r"\mathbf{{{}}}", r"\underline{{{}}}", r"_{{\pm {}}}", r"_{\pm\textrm{---}}", r"^{\approx}",
+                  "${}$")
 
 
 def to_markdown(table: Table) -> str:
@@ -378,7 +398,7 @@ def to_markdown(table: Table) -> str:
     lines = ["| " + " | ".join(head) + " |",
              "|" + "|".join([":---"] * (2 if multi else 1) + ["---:"] * len(df.columns)) + "|"]
     for i, key in enumerate(df.index):
-        cells = (list(key) if multi else [str(key)]) + _cells(table, i, _md_cell)
+        cells = (list(key) if multi else [str(key)]) + _cells(table, i, MARKDOWN.cell)
         lines.append("| " + " | ".join(cells) + " |")
     for n in legend(table) + table.footnotes:
         lines.append("")
@@ -395,15 +415,6 @@ _TEX_ESC = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": 
 
 def _tex(s: str) -> str:
     return "".join(_TEX_ESC.get(ch, ch) for ch in str(s))
-
-
-def _tex_cell(s: str, hw, mark: str, near: bool) -> str:
-    v = rf"\mathbf{{{s}}}" if mark == "best" else rf"\underline{{{s}}}" if mark == "second" else s
-    if hw is None:
-        v += r"_{\pm\textrm{---}}"
-    elif not math.isnan(hw):
-        v += rf"_{{\pm {hw:.{DECIMALS}f}}}"
-    return f"${v}" + (r"^{\approx}" if near else "") + "$"
 
 
 def to_latex(table: Table) -> str:
@@ -428,7 +439,7 @@ def to_latex(table: Table) -> str:
                 prev = block
         else:
             method = key
-        lines.append(" & ".join([_tex(method)] + _cells(table, i, _tex_cell, _tex)) + r" \\")
+        lines.append(" & ".join([_tex(method)] + _cells(table, i, LATEX.cell, _tex)) + r" \\")
     lines.append(r"\bottomrule")
     for n in legend(table) + table.footnotes:
         lines.append(rf"\multicolumn{{{ncol}}}{{l}}{{\footnotesize {_tex(n)}}} \\")
