@@ -34,9 +34,10 @@ from .options import method_options, user_errors
 @click.option("--no-progress", is_flag=True, help="no progress bar")
 def sanity_cmd(backbone, weights, methods, data, labels, limit, seed, layer, opts, mode, max_blocks,
                init_seed, out, grid_images, batch_size, device, no_progress) -> None:
-    """Model-randomization sanity check (Adebayo et al. 2018): re-initialize a copy of the
-    model block by block from the logits down and compare each method's maps with those of
-    the trained model (Spearman, SSIM, HOG). A method that ignores the model stays at 1."""
+    """Model-randomization sanity check (Adebayo and co-authors, NeurIPS 2018): re-initialize
+    a copy of the model block by block from the logits down and compare each method's maps
+    with those of the trained model (Spearman, SSIM, HOG); a method that ignores the model
+    stays at similarity 1."""
     from ..engine.sanity import format_summary, run
 
     with user_errors():
