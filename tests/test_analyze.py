@@ -4,7 +4,6 @@ per-class table, the figures and the report."""
 import csv
 import os
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch

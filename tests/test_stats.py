@@ -13,7 +13,7 @@ import scipy.stats as ss
 from click.testing import CliRunner
 
 import camzoo
-from camzoo.bench import BenchConfig, Run, run
+from camzoo.bench import BenchConfig, run
 from camzoo.cli import main
 from camzoo.results import stats
 from camzoo.results.tables import NEAR, Table, marks, near_best_tests, summary, to_csv, to_latex, to_markdown

@@ -28,7 +28,6 @@ figure per misclassified image (``misclassified_<k>.png``) and ``report.md`` lin
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
