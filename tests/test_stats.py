@@ -147,6 +147,11 @@ def test_rank_correlations_equal_scipys_and_kendalls_w_by_hand():
         assert sp[i] == pytest.approx(ss.spearmanr(-A[i], B[i]).statistic)
         assert kd[i] == pytest.approx(ss.kendalltau(-A[i], B[i]).statistic)
     assert list(stats.rankings(np.array([[3.0, 1.0, 2.0]]), True)[0]) == [1, 3, 2]  # 1 = best
+    for row in A:  # the ranks are scipy's average ranks of the scores
+        np.testing.assert_array_equal(stats.rankings(row[None], False)[0], ss.rankdata(row))
+    # float32 noise is a tie (Grad-CAM = XGrad-CAM under a GAP head), a real difference is not
+    assert list(stats.rankings(np.array([[0.29239801, 0.2923980, 0.5]]), True)[0]) == [2.5, 2.5, 1]
+    assert list(stats.rankings(np.array([[0.2924, 0.2923, 0.5]]), True)[0]) == [2, 3, 1]
     # W: k raters in full agreement -> 1; two raters reversed -> 0; by hand with a tie
     R = np.array([[[1, 2, 3], [1, 2, 3], [1, 2, 3]], [[1, 2, 3], [3, 2, 1], [np.nan] * 3]], float)
     np.testing.assert_allclose(stats.kendall_w(R), [1.0, 0.0])

@@ -37,7 +37,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
-from scipy.stats import norm, rankdata, wilcoxon
+from scipy.stats import norm, wilcoxon
 
 DEFAULT_RESAMPLES = 10_000
 DEFAULT_SEED = 0
@@ -401,11 +401,23 @@ def intervals(run, metrics: Optional[Sequence[str]] = None, n_resamples: int = D
 # -- agreement of metrics (Tomsett et al. 2020) -------------------------------------------
 def rankings(X: np.ndarray, higher_is_better: bool) -> np.ndarray:
     """Per-image ranks of the methods: ``X`` ``[n, m]`` -> float ``[n, m]``, 1 = best by the
-    metric's direction, ties get their average rank; an image with a missing value gets a
-    row of NaN (it is not ranked)."""
+    metric's direction; values equal up to float32 rounding (:data:`EQUAL_RTOL`; e.g.
+    Grad-CAM and XGrad-CAM under a global-average-pooling head, which are the same map) are
+    ties and get their average rank; an image with a missing value gets a row of NaN (it is
+    not ranked)."""
     X = np.asarray(X, dtype=np.float64)
-    score = -X if higher_is_better else X
-    R = rankdata(np.where(np.isfinite(score), score, 0.0), axis=1, method="average")
+    n, m = X.shape
+    score = np.where(np.isfinite(X), -X if higher_is_better else X, 0.0)  # low score = best
+    order = np.argsort(score, axis=1, kind="stable")
+    s = np.take_along_axis(score, order, axis=1)
+    step = np.diff(s, axis=1) > EQUAL_RTOL * np.maximum(np.abs(s[:, 1:]), np.abs(s[:, :-1]))
+    pos = np.broadcast_to(np.arange(m), (n, m))
+    edge = np.ones((n, 1), dtype=bool)
+    # first and last sorted position of each tie group
+    first = np.maximum.accumulate(np.where(np.hstack([edge, step]), pos, 0), axis=1)
+    last = np.minimum.accumulate(np.where(np.hstack([step, edge]), pos, m - 1)[:, ::-1], axis=1)[:, ::-1]
+    R = np.empty((n, m))
+    np.put_along_axis(R, order, (first + last) / 2.0 + 1.0, axis=1)
     R[~np.isfinite(X).all(axis=1)] = np.nan
     return R
 
