@@ -91,6 +91,9 @@ def test_wilcoxon_p_values_equal_scipys_and_holm_by_hand():
     a[3] = np.nan  # a missing value: the pair is left out
     assert stats.wilcoxon_p(a, b) == ss.wilcoxon(np.delete(a, 3), np.delete(b, 3)).pvalue
     assert stats.wilcoxon_p(np.ones(5), np.ones(5)) == 1.0
+    # float32 noise (here around 0 on a 0-100 scale) is no difference: p = 1, like exact zeros
+    noisy = np.array([0.0, 13.6123, 40.1, 0.0, 2.5])
+    assert stats.wilcoxon_p(noisy, noisy + np.array([1e-5, -2e-5, 1e-5, 3e-6, 0])) == 1.0
     # Holm by hand: sorted 0.01, 0.03, 0.04, 0.2 (m = 4) -> 0.04, 0.09, max(0.09, 0.08), 0.2
     np.testing.assert_allclose(stats.holm([0.01, 0.04, 0.03, np.nan, 0.2]),
                                [0.04, 0.09, 0.09, np.nan, 0.2])

@@ -214,9 +214,13 @@ def paired(a: np.ndarray, b: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
 
 
 def same_values(a: np.ndarray, b: np.ndarray) -> bool:
-    """True when ``a`` and ``b`` are equal element-wise up to float32 rounding
-    (``|a - b| <= EQUAL_RTOL * max(|a|, |b|)``)."""
-    return bool(np.all(np.abs(a - b) <= EQUAL_RTOL * np.maximum(np.abs(a), np.abs(b))))
+    """True when ``a`` and ``b`` are equal element-wise up to float32 rounding:
+    ``max |a - b| <= EQUAL_RTOL * max(|a|, |b|)`` (the largest magnitude of either, so that
+    noise around 0 on a 0-100 scale is noise too)."""
+    if not len(a):
+        return True
+    scale = max(float(np.max(np.abs(a))), float(np.max(np.abs(b))))
+    return bool(np.max(np.abs(a - b)) <= EQUAL_RTOL * scale)
 
 
 def wilcoxon_p(a: np.ndarray, b: np.ndarray) -> float:
@@ -401,16 +405,16 @@ def intervals(run, metrics: Optional[Sequence[str]] = None, n_resamples: int = D
 # -- agreement of metrics (Tomsett et al. 2020) -------------------------------------------
 def rankings(X: np.ndarray, higher_is_better: bool) -> np.ndarray:
     """Per-image ranks of the methods: ``X`` ``[n, m]`` -> float ``[n, m]``, 1 = best by the
-    metric's direction; values equal up to float32 rounding (:data:`EQUAL_RTOL`; e.g.
-    Grad-CAM and XGrad-CAM under a global-average-pooling head, which are the same map) are
-    ties and get their average rank; an image with a missing value gets a row of NaN (it is
-    not ranked)."""
+    metric's direction; values equal up to float32 rounding (:data:`EQUAL_RTOL` times the
+    image's largest magnitude; e.g. Grad-CAM and XGrad-CAM under a global-average-pooling
+    head, which make the same map) are ties and get their average rank; an image with a
+    missing value gets a row of NaN (it is not ranked)."""
     X = np.asarray(X, dtype=np.float64)
     n, m = X.shape
     score = np.where(np.isfinite(X), -X if higher_is_better else X, 0.0)  # low score = best
     order = np.argsort(score, axis=1, kind="stable")
     s = np.take_along_axis(score, order, axis=1)
-    step = np.diff(s, axis=1) > EQUAL_RTOL * np.maximum(np.abs(s[:, 1:]), np.abs(s[:, :-1]))
+    step = np.diff(s, axis=1) > EQUAL_RTOL * np.abs(s).max(axis=1, keepdims=True)
     pos = np.broadcast_to(np.arange(m), (n, m))
     edge = np.ones((n, 1), dtype=bool)
     # first and last sorted position of each tie group
