@@ -45,9 +45,10 @@ LEVEL = 0.95
 ALPHA = 0.05
 POWER = 0.8
 CI_METHODS = ("bca", "percentile")
-#: values of a column count as all equal (no interval) when their range is at most this
-#: fraction of their magnitude: the rounding noise of float32 per-image values
-EQUAL_RTOL = 1e-6
+#: values count as equal (no interval, no difference, a tie) when they differ by at most this
+#: fraction of their magnitude: the rounding noise of float32 forwards (two explainers that
+#: make the same map, e.g. Grad-CAM and XGrad-CAM under a GAP head, differ by ~1e-6 in AD)
+EQUAL_RTOL = 1e-5
 #: resamples drawn (and multiplied) at once: bounds memory to CHUNK x images counts
 CHUNK = 1000
 
