@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from camzoo.bench import BenchConfig, run
 from camzoo.cli import main
-from camzoo.engine.analyze import MULTI, NONE, RELATED, analyze
+from camzoo.engine.analyze import MULTI, NONE, RELATED, _categories, analyze
 from camzoo.explainers import explain
 from camzoo.metrics.ad_ic import keep_mask
 from camzoo.metrics.stability import iou
@@ -88,3 +88,16 @@ def test_analyze_cli_and_errors(labelled_run, tmp_path):
                 echo=lambda s: None)
     res = CliRunner().invoke(main, ["analyze", nolab.dir])
     assert res.exit_code != 0 and "ground-truth labels" in res.output
+
+
+def test_category_rule_on_hand_built_pairs():
+    df = pd.DataFrame({"image_id": ["a"] * 4 + ["b"] * 3,
+                       "method": ["fake", "m1", "m2", "m3", "fake", "m1", "m2"],
+                       "iou": [1.0, 0.2, 0.6, 0.7, 1.0, 0.4, 0.55],
+                       "class_dependent": [False, True, True, True, False, True, True]})
+    out = _categories(df, 0.5)
+    assert list(out.category) == [NONE, MULTI, RELATED, RELATED, NONE, MULTI, RELATED]
+    # image a: median IoU of the class-dependent methods 0.6 -> related; b: 0.475 -> multi-object
+    assert out.groupby("image_id").image_category.first().to_dict() == {"a": RELATED, "b": MULTI}
+    only_fake = _categories(df[df.method == "fake"].copy(), 0.5)
+    assert set(only_fake.image_category) == {NONE}

@@ -13,10 +13,10 @@ For a run made with ground-truth labels:
    classes are explained by the same region) is *related classes* (the paper's category i,
    e.g. two dog breeds); below it, *multi-object* (category ii: the classifier found another
    object of the image). A method whose two maps are identical (it ignores the class, e.g.
-   Fake-CAM) says nothing about the category (``class-independent``) and is left out of the
-   image's consensus (the majority over the other methods; a tie counts as related). When the
-   classes are ImageNet-1k classes their wnids are listed; camzoo ships no WordNet hierarchy
-   (none is available offline), so closeness in WordNet is not part of the rule.
+   Fake-CAM) says nothing about the category (``class-independent``); the image's category
+   applies the same rule to the median IoU of the other methods. When the classes are
+   ImageNet-1k classes their wnids are listed; camzoo ships no WordNet hierarchy (none is
+   available offline), so closeness in WordNet is not part of the rule.
 3. **Per-class table** (the class-bias study, category iii): for each ground-truth class the
    image count, the classifier's accuracy and each method's mean of every table metric, from
    the stored per-image rows; the report lists the classes where the classifier, and each
@@ -60,7 +60,7 @@ class Analysis:
         misclassified: one row per (misclassified image, method): ``image_id``, ``label``,
             ``pred`` and their class names, ``method``, ``spearman``, ``iou``, ``category``
             (per method), ``class_dependent`` (the two maps differ), ``image_category``
-            (the consensus), ``figure``.
+            (the rule on the median IoU of the class-dependent methods), ``figure``.
         per_class: one row per ground-truth class: ``class``, ``class_name``, ``n``,
             ``accuracy``, then ``<method>:<metric>`` means (table units).
         accuracy: the classifier's top-1 over the run's images.
@@ -78,11 +78,8 @@ def _categories(df: pd.DataFrame, related_iou: float) -> pd.DataFrame:
     df["category"] = np.where(~df.class_dependent, NONE, np.where(df.iou >= related_iou, RELATED, MULTI))
     cons = {}
     for iid, g in df.groupby("image_id", sort=False):
-        votes = g.category[g.class_dependent]
-        if votes.empty:
-            cons[iid] = NONE
-        else:
-            cons[iid] = RELATED if (votes == RELATED).sum() >= (votes == MULTI).sum() else MULTI
+        ious = g.iou[g.class_dependent]
+        cons[iid] = NONE if ious.empty else RELATED if float(ious.median()) >= related_iou else MULTI
     df["image_category"] = df.image_id.map(cons)
     return df
 
@@ -292,7 +289,7 @@ def _report(res: Analysis, r: Run, names, top: float, related_iou: float, worst:
          f"similarity: Spearman rank correlation (rho) and IoU of the top-{100 * top:g} % regions. "
          f"Rule: IoU >= {related_iou:g} -> *{RELATED}* (both classes are explained by the same region), "
          f"else *{MULTI}*; a method whose two maps are identical ignores the class and does not vote "
-         f"({NONE}); the image's category is the majority of the others.", ""]
+         f"({NONE}); the image's category applies the rule to the median IoU of the others.", ""]
     if n_wrong:
         L.append("| image | ground truth | predicted | " + " | ".join(f"{m} IoU / rho" for m in names)
                  + " | category | figure |")
