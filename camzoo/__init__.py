@@ -16,7 +16,7 @@ from .explainers import Explainer, explain, get_explainer, list_explainers, regi
 from .models import Backbone, backbone_from_module, list_backbones, load_backbone  # noqa: E402
 
 #: sub-packages and modules loaded on first use (they pull in pandas, sqlite, ...)
-_LAZY = ("bench", "data", "engine", "metrics", "models", "results", "train", "utils")
+_LAZY = ("bench", "data", "engine", "metrics", "models", "results", "sanity", "stats", "train", "utils")
 
 
 def __getattr__(name: str):

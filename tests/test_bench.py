@@ -169,9 +169,10 @@ def test_table_values_and_exports_parse_back(tiny_run):
     assert df.loc["fakecam", "#FW"] == 0 and df.loc["gradcam", "#FW"] == 1
     # CSV
     back = pd.read_csv(os.path.join(tiny_run.dir, "table.csv"))
+    back = back[[c for c in back.columns if not c.endswith(("_lo", "_hi"))]]  # intervals: test_stats.py
     assert list(back.columns) == ["Method"] + list(df.columns)
     np.testing.assert_allclose(back.drop(columns="Method").to_numpy(float), df.to_numpy(float), rtol=1e-5)
-    # Markdown: a pipe table, values at 2 decimals, marks stripped
+    # Markdown: a pipe table, values at 2 decimals, marks and intervals stripped
     md = to_markdown(t)
     table_lines = [ln for ln in md.splitlines() if ln.startswith("|")]
     assert "0 unreadable image(s)" in md
@@ -179,7 +180,7 @@ def test_table_values_and_exports_parse_back(tiny_run):
     parsed = parsed.drop(columns=[c for c in parsed.columns if c.startswith("Unnamed")]).iloc[1:]
     parsed.columns = [c.strip() for c in parsed.columns]
     assert list(parsed.columns) == ["Method"] + list(df.columns)
-    clean = parsed["ADCC↑"].str.replace(r"\*\*|</?u>", "", regex=True).astype(float).to_numpy()
+    clean = parsed["ADCC↑"].str.replace(r"\*\*|</?u>| ± \S+| ≈", "", regex=True).astype(float).to_numpy()
     np.testing.assert_allclose(clean, df["ADCC↑"].round(2).to_numpy(), atol=1e-9)
     # LaTeX: one row per method with all columns; bold on the best, underline on the second
     tex = to_latex(t)
@@ -191,9 +192,9 @@ def test_table_values_and_exports_parse_back(tiny_run):
     assert "ADCC$\\uparrow$" in header and "AD(100\\%)$\\downarrow$" in header
     j = list(df.columns).index("Complexity↓") + 1
     best = int(df["Complexity↓"].to_numpy().argmin())
-    assert cells[best][j].startswith("\\textbf{") and cells[1 - best][j].startswith("\\underline{")
+    assert cells[best][j].startswith("$\\mathbf{") and cells[1 - best][j].startswith("$\\underline{")
     j = list(df.columns).index("#FW") + 1
-    assert not any("\\textbf" in c[j] or "\\underline" in c[j] for c in cells)  # #FW is not ranked
+    assert not any("\\mathbf" in c[j] or "\\underline" in c[j] for c in cells)  # #FW is not ranked
     assert "unreadable" in tex.split("\\bottomrule")[1]
 
 
@@ -482,9 +483,11 @@ def test_cli_bench_table_compare(tmp_path):
     assert res.exit_code == 0, res.output
     assert "| fakecam |" in res.output and "AD(50%)↓" in res.output and "AD(15%)" not in res.output
     res = runner.invoke(main, ["table", out, "--format", "latex"])
-    assert res.exit_code == 0 and "\\toprule" in res.output and "\\textbf{" in res.output
-    res = runner.invoke(main, ["table", out, "--format", "csv"])
+    assert res.exit_code == 0 and "\\toprule" in res.output and "\\mathbf{" in res.output
+    res = runner.invoke(main, ["table", out, "--format", "csv", "--no-ci"])
     assert pd.read_csv(pd.io.common.StringIO(res.output)).shape == (2, 1 + 4 + 2 + 3 + 2)
+    res = runner.invoke(main, ["table", out, "--format", "csv", "--resamples", "100"])
+    assert pd.read_csv(pd.io.common.StringIO(res.output)).shape == (2, 1 + 3 * (4 + 2 + 3) + 2)
     res = runner.invoke(main, ["table", out, "--per-image"])
     per = pd.read_csv(pd.io.common.StringIO(res.output))
     assert len(per) == 6 and {"method", "image_id", "Y", "O_50", "adcc", "ins_auc", "seconds"} <= set(per.columns)

@@ -18,7 +18,8 @@ PACKAGE = os.path.join(REPO, "camzoo")
 LAYERS = ["api", "cli", "engine", "train", "results", "metrics", "explainers", "models", "data",
           "base"]
 #: top-level modules of the package and their layers (sub-packages are their own layer)
-TOP_LEVEL = {"__init__": "api", "__main__": "api", "bench": "api", "utils": "base",
+TOP_LEVEL = {"__init__": "api", "__main__": "api", "bench": "api", "stats": "api", "sanity": "api",
+             "utils": "base",
              "registry": "base", "version": "base"}
 
 

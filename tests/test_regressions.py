@@ -52,7 +52,7 @@ def test_compare_marks_best_and_second_within_each_block():
     md = to_markdown(t)
     assert "| B | m2 | **40.00** |" in md and "| B | m1 | <u>50.00</u> |" in md
     tex = to_latex(t)
-    assert r"m2 & \textbf{40.00}" in tex and r"\multicolumn{2}{c}{\textit{B}}" in tex
+    assert r"m2 & $\mathbf{40.00}$" in tex and r"\multicolumn{2}{c}{\textit{B}}" in tex
 
 
 def test_latex_escapes_every_special_character():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .options import emit, given, user_errors
+from .options import ci_kwargs, ci_options, emit, given, user_errors
 
 #: ``camzoo bench`` exit status when the run finished but some (method, image) pairs failed
 EXIT_FAILURES = 3
@@ -71,8 +71,11 @@ def bench_cmd(ctx, opts, metric_opts, no_progress, **_) -> None:
               type=click.Choice(["csv", "latex", "markdown"]))
 @click.option("--per-image", is_flag=True, help="export the stored per-image rows (CSV) instead")
 @click.option("--output", "-o", default=None, type=click.Path(), help="write to a file instead of stdout")
-def table_cmd(run_dir, fmt, per_image, output) -> None:
-    """Print the table of a bench run (RUN_DIR = its results/<run> directory)."""
+@ci_options
+def table_cmd(run_dir, fmt, per_image, output, no_ci, resamples, ci_seed) -> None:
+    """Print the table of a bench run (RUN_DIR = its results/<run> directory): means with
+    their 95 % bootstrap intervals, best bold, second underlined, ≈ = not significantly
+    different from the best."""
     from ..results import Run
     from ..results.tables import per_image_csv, summary
 
@@ -80,7 +83,8 @@ def table_cmd(run_dir, fmt, per_image, output) -> None:
         raise click.UsageError("--per-image exports the stored rows as CSV only; drop --format")
     with user_errors():
         r = Run(run_dir)
-        text = per_image_csv(r) if per_image else summary(r).to(fmt)
+        text = per_image_csv(r) if per_image else \
+            summary(r, **ci_kwargs(no_ci, resamples, ci_seed)).to(fmt)
     emit(text, output)
 
 
@@ -89,14 +93,16 @@ def table_cmd(run_dir, fmt, per_image, output) -> None:
 @click.option("--format", "fmt", default="markdown", show_default=True,
               type=click.Choice(["csv", "latex", "markdown"]))
 @click.option("--output", "-o", default=None, type=click.Path(), help="write to a file instead of stdout")
-def compare_cmd(run_dirs, fmt, output) -> None:
-    """Stack bench runs (e.g. one per backbone) into one table, a block per run."""
+@ci_options
+def compare_cmd(run_dirs, fmt, output, no_ci, resamples, ci_seed) -> None:
+    """Stack bench runs (e.g. one per backbone) into one table, a block per run (intervals,
+    marks and tests within each block)."""
     from ..results import Run
     from ..results.tables import compare
 
     with user_errors():
         runs = [Run(d) for d in run_dirs]
-        text = compare(runs).to(fmt)
+        text = compare(runs, **ci_kwargs(no_ci, resamples, ci_seed)).to(fmt)
     emit(text, output)
 
 

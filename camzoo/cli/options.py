@@ -44,6 +44,28 @@ def given(ctx: click.Context) -> Dict[str, Any]:
             if ctx.get_parameter_source(k) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
 
 
+def ci_options(f):
+    """``--no-ci``, ``--resamples N`` and ``--ci-seed S`` of the commands that print tables
+    (defaults: those of :mod:`camzoo.results.stats`, 10000 resamples, seed 0; see
+    :func:`ci_kwargs`)."""
+    f = click.option("--ci-seed", default=None, type=int,
+                     help="seed of the bootstrap resamples [default: 0]")(f)
+    f = click.option("--resamples", default=None, type=click.IntRange(min=2),
+                     help="bootstrap resamples of the intervals [default: 10000]")(f)
+    return click.option("--no-ci", is_flag=True, help="no confidence intervals in the table")(f)
+
+
+def ci_kwargs(no_ci: bool, resamples: Optional[int], ci_seed: Optional[int]) -> Dict[str, Any]:
+    """The :func:`camzoo.results.tables.summary` keywords of :func:`ci_options`' values (the
+    ones not given keep summary's defaults)."""
+    out: Dict[str, Any] = {"ci": not no_ci}
+    if resamples is not None:
+        out["n_resamples"] = resamples
+    if ci_seed is not None:
+        out["seed"] = ci_seed
+    return out
+
+
 def emit(text: str, output: Optional[str]) -> None:
     """Write ``text`` to ``output`` (a file) or stdout."""
     if output:

@@ -44,18 +44,19 @@ def explanation_map(x: Tensor, V: Tensor) -> Tensor:
     return x * V.unsqueeze(1).to(x.dtype)
 
 
-def pearson(A: Tensor, B: Tensor, nan_value: float = 0.0) -> Tensor:
+def pearson(A: Tensor, B: Tensor, nan_value: float = 0.0, dtype: torch.dtype = torch.float32) -> Tensor:
     """Per-sample Pearson correlation of flattened maps.
 
     Args:
         A, B: ``[N,...]`` maps of equal shape.
         nan_value: returned where the correlation is undefined (either map constant, or a
             non-finite value).
+        dtype: the precision it is computed in (float64 for ranks of large maps).
     Returns:
-        float32 ``[N]`` in [-1,1].
+        ``dtype`` ``[N]`` in [-1,1].
     """
-    a = A.reshape(A.shape[0], -1).float()
-    b = B.reshape(B.shape[0], -1).float()
+    a = A.reshape(A.shape[0], -1).to(dtype)
+    b = B.reshape(B.shape[0], -1).to(dtype)
     if a.shape != b.shape:
         raise ValueError(f"maps differ in shape: {tuple(A.shape)} vs {tuple(B.shape)}")
     a = a - a.mean(dim=1, keepdim=True)

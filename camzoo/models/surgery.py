@@ -1,11 +1,12 @@
 """Backbone surgery on copies: deep copy with working heads, classifier replacement,
-re-initialization and unfreezing (used by LFI-CAM's end-to-end mode and its training)."""
+re-initialization (whole model or named blocks) and unfreezing (used by LFI-CAM's end-to-end
+mode and its training, and by the model-randomization sanity check)."""
 from __future__ import annotations
 
 import copy
 import dataclasses
 import types
-from typing import Any, Optional, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -96,21 +97,76 @@ def replace_classifier(bb: Backbone, num_classes: int, generator: Optional[torch
     return bb
 
 
-def reinit_backbone(bb: Backbone, seed: int) -> Backbone:
-    """Re-initialize every module of ``bb.model`` with ``reset_parameters`` (``--init random``).
+def reinit_modules(bb: Backbone, names: Sequence[str], seed: int) -> Backbone:
+    """Re-initialize, in place, every module below each of ``names`` (dotted paths in
+    ``bb.model``; ``""`` is the whole model) with its ``reset_parameters`` (BatchNorm: weight
+    1, bias 0 and its running statistics reset). Use on a :func:`clone_backbone` copy.
 
     PyTorch's initializers draw from the global RNG; the draws happen inside
     ``torch.random.fork_rng`` seeded with ``seed``, so the global RNG state is restored
-    afterwards and the result depends on ``seed`` only.
+    afterwards and the result depends on ``seed`` (and ``names``) only.
     """
+    mods = [bb.model.get_submodule(n) for n in names]  # unknown names raise, naming them
     devices = [bb.device] if bb.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(int(seed))
         with torch.no_grad():
-            for m in bb.model.modules():
-                if hasattr(m, "reset_parameters") and callable(m.reset_parameters):
-                    m.reset_parameters()
+            for mod in mods:
+                for m in mod.modules():
+                    if hasattr(m, "reset_parameters") and callable(m.reset_parameters):
+                        m.reset_parameters()
     return bb
+
+
+def reinit_backbone(bb: Backbone, seed: int) -> Backbone:
+    """Re-initialize every module of ``bb.model`` (``--init random``): :func:`reinit_modules`
+    of the whole model."""
+    return reinit_modules(bb, [""], seed)
+
+
+def _has_params(m: nn.Module) -> bool:
+    return any(True for _ in m.parameters())
+
+
+def randomization_blocks(model: nn.Module) -> List[List[str]]:
+    """The blocks of the model-randomization sanity check, from the logits down.
+
+    The rule (one for every family): the top-level children of ``model`` that hold
+    parameters, last first; an ``nn.Sequential`` child is split into its own children
+    (last first); a normalization layer (BatchNorm, LayerNorm, GroupNorm) joins the block
+    of the layer before it in the forward order, so a convolution and its normalization are
+    randomized together. Per family this gives:
+
+    - torchvision VGG-16: ``classifier.6``, ``classifier.3``, ``classifier.0``, then every
+      convolution of ``features``, ``features.28`` ... ``features.0`` (16 blocks);
+    - ResNet / ResNeXt (torchvision and timm): ``fc``, the residual blocks ``layer4.2`` ...
+      ``layer1.0``, then ``conv1+bn1``;
+    - EfficientNet-Lite0 / timm EfficientNets: ``classifier``, ``conv_head+bn2``, the stages
+      ``blocks.6`` ... ``blocks.0``, ``conv_stem+bn1`` (10 blocks);
+    - any other timm model: its top-level children (split when sequential);
+    - the tiny test model: ``fc``, ``body.2``, ``body.0``.
+
+    Returns:
+        a list of blocks, each a list of module paths (``get_submodule`` names).
+    """
+    norm = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
+    forward_order: List[Tuple[str, nn.Module]] = []
+    for name, child in model.named_children():
+        if isinstance(child, nn.Sequential):
+            forward_order += [(f"{name}.{n}", c) for n, c in child.named_children()]
+        else:
+            forward_order.append((name, child))
+    blocks: List[List[str]] = []
+    for name, m in forward_order:
+        if not _has_params(m):
+            continue
+        if isinstance(m, norm) and blocks:
+            blocks[-1].append(name)
+        else:
+            blocks.append([name])
+    if not blocks:
+        raise ValueError(f"{type(model).__name__} has no parameters to randomize")
+    return blocks[::-1]
 
 
 def set_trainable(bb: Backbone, trainable: bool = True) -> Backbone:

@@ -153,3 +153,56 @@ def bench_figures(run, ds, bb, n_images: int = 4) -> List[str]:
             overlay_grid(imgs, maps, titles, run.methods, p)
             written.append(p)
     return written
+
+
+def agreement_heatmap(matrix, path: str, title: str = "") -> None:
+    """Save a heatmap of a square correlation matrix (a DataFrame, values in [-1,1], index =
+    columns = metric names; NaN cells blank) with the values written in the cells."""
+    plt = _plt()
+    M = np.asarray(matrix, dtype=np.float64)
+    names = list(matrix.columns)
+    n = len(names)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.62 * n, 0.6 + 0.55 * n))
+    im = ax.imshow(np.ma.masked_invalid(M), cmap="coolwarm", vmin=-1, vmax=1)
+    ax.set_xticks(range(n), names, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(n), names, fontsize=7)
+    for i in range(n):
+        for j in range(n):
+            if np.isfinite(M[i, j]):
+                ax.text(j, i, f"{M[i, j]:.2f}", ha="center", va="center", fontsize=6)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    if title:
+        ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def similarity_curves(curves: dict, steps: Sequence[str], path: str, title: str = "",
+                      ylabel: str = "similarity") -> None:
+    """Save the sanity check's line plot (Adebayo et al. 2018, Fig. 3 style): similarity to the
+    trained model's map (y) against the randomized block (x), one line per method.
+
+    Args:
+        curves: ``{method: (mean [S], std [S])}`` over images, one value per step.
+        steps: the S step labels (``original``, then the blocks).
+    """
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.55 * len(steps) + 2), 3.8))
+    x = np.arange(len(steps))
+    for method, (mean, std) in curves.items():
+        mean, std = np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64)
+        ax.plot(x[: len(mean)], mean, marker="o", ms=3, lw=1.4, label=method)
+        ax.fill_between(x[: len(mean)], mean - std, mean + std, alpha=0.15)
+    ax.axhline(0.0, color="k", lw=0.6, alpha=0.5)
+    ax.set_xticks(x, steps, rotation=60, ha="right", fontsize=7)
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_ylabel(ylabel)
+    ax.set_xlabel("randomized block (from the logits down)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

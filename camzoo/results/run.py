@@ -132,10 +132,11 @@ class Run:
         return self.store.failures()
 
     def table(self) -> pd.DataFrame:
-        """The summary table (one row per method), see :func:`camzoo.results.tables.summary`."""
+        """The summary table's means (one row per method), see
+        :func:`camzoo.results.tables.summary` (which also gives their intervals)."""
         from .tables import summary
 
-        return summary(self).df
+        return summary(self, ci=False, tests=False).df
 
     def close(self) -> None:
         self.store.close()

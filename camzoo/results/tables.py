@@ -7,6 +7,15 @@ metric value is ``scale * mean over images`` of its per-image value, with the sc
 direction given by the protocol's :class:`~camzoo.metrics.MetricSpec` (all x100 / percent).
 In LaTeX and Markdown the best value of each metric column is bold and the second best
 underlined (compared at the printed precision; ties share the mark), like the papers.
+
+Every metric cell also carries its 95 % confidence interval over images (a seeded bootstrap
+of the stored per-image values, the same resampled images for every method: see
+:mod:`camzoo.results.stats`), shown as ``13.60 ± 2.10`` (half-width) in Markdown,
+``$13.60_{\\pm 2.10}$`` in LaTeX and as ``<column>_lo`` / ``<column>_hi`` in CSV; ``—`` where
+no interval can be claimed (fewer than 2 images, or every value equal). A method that is not
+significantly different from the best of its column (paired Wilcoxon signed-rank test on
+the per-image values, Holm-corrected over the methods compared with the best, alpha 0.05)
+gets ``≈`` and a footnote.
 """
 from __future__ import annotations
 
@@ -14,12 +23,13 @@ import io
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Sequence, Set, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import pandas as pd
 
 from ..utils import atomic_write
+from . import stats
 
 FORMATS = ("csv", "markdown", "latex")
 FW_COL = "#FW"
@@ -27,6 +37,8 @@ TIME_COL = "s/img"
 METHOD_COL = "Method"
 BACKBONE_COL = "Backbone"
 DECIMALS = 2
+NEAR = "\u2248"  # ≈: not significantly different from the best
+NO_CI = "\u2014"  # —: no interval claimed
 
 
 @dataclass
@@ -38,13 +50,27 @@ class Table:
             :func:`compare`); float columns, headers with direction arrows.
         higher_is_better: ``{column: bool}`` for the metric columns (the ones that get marks).
         footnotes: lines printed under the table (image counts, unreadable images, failures).
-        unmarked: index keys (methods, or (backbone, method) in :func:`compare`) never marked
-            best or second: methods with an invalid map.
+        lo, hi: the confidence interval of every metric cell (same index and metric columns
+            as ``df``; NaN where none is claimed); ``None`` for a table without intervals.
+        p_best: Holm-adjusted p-value of the paired test of each metric cell against the
+            best of its column (NaN for the best itself and for cells not tested); ``None``
+            when not computed.
+        ci_note: how the intervals were made (the legend line under the table).
+        alpha: the level of the ``≈`` marker (``p_best >= alpha``).
+        show_ci: render the intervals (``--no-ci`` turns them off).
+        unmarked: index keys (methods, or (backbone, method) in :func:`compare`) that never
+            compete for best or second: methods with an invalid map (see :func:`contenders`).
     """
 
     df: pd.DataFrame
     higher_is_better: Dict[str, bool]
     footnotes: List[str] = field(default_factory=list)
+    lo: Optional[pd.DataFrame] = None
+    hi: Optional[pd.DataFrame] = None
+    p_best: Optional[pd.DataFrame] = None
+    ci_note: str = ""
+    alpha: float = stats.ALPHA
+    show_ci: bool = True
     unmarked: Set = field(default_factory=set)
 
     def to(self, fmt: str) -> str:
@@ -58,15 +84,21 @@ class Table:
         raise ValueError(f"unknown table format {fmt!r}; valid: {', '.join(FORMATS)}")
 
 
-def _specs(run):
-    from ..metrics.protocol import table_metrics
-
-    protos = run.config["protocols"]
-    return table_metrics(list(protos), {p: v["options"] for p, v in protos.items()})
+_specs = stats.run_specs
 
 
-def summary(run) -> Table:
-    """The table of one :class:`~camzoo.results.Run` (methods in config order)."""
+def summary(run, ci: bool = True, n_resamples: int = stats.DEFAULT_RESAMPLES,
+            seed: int = stats.DEFAULT_SEED, level: float = stats.LEVEL, alpha: float = stats.ALPHA,
+            ci_method: str = "bca", tests: bool = True) -> Table:
+    """The table of one :class:`~camzoo.results.Run` (methods in config order).
+
+    Args:
+        run: the run.
+        ci: compute the confidence interval of every metric cell (``Table.lo`` / ``hi``).
+        n_resamples, seed, level, ci_method: the bootstrap (:func:`stats.bootstrap_ci`).
+        alpha: level of the paired tests against the best of each column (the ``≈`` marker).
+        tests: run those tests (``Table.p_best``).
+    """
     rows = run.rows()
     errors = run.errors()
     specs = _specs(run)
@@ -100,7 +132,20 @@ def summary(run) -> Table:
             notes.append(f"{m}: evaluated on its own classifier {clf.get('name')} "
                          f"({clf.get('weights_id')}), not on {bbn}.")
     fail_notes, unmarked = failure_notes(run)
-    return Table(df, better, notes + fail_notes, unmarked=unmarked)
+    table = Table(df, better, notes + fail_notes, alpha=alpha, unmarked=unmarked)
+    if not (ci or tests) or not specs:
+        return table
+    mats = {f"{s.column}{s.arrow}": s.scale * stats.per_image_matrix(rows, s.key, methods) for s in specs}
+    if ci:
+        table.lo, table.hi = _intervals(mats, df, n_resamples, seed, level, ci_method)
+        kind = {"bca": "BCa", "percentile": "percentile"}[ci_method]
+        table.ci_note = (f"\u00b1: half-width of the {100 * level:g} % {kind} bootstrap interval over "
+                         f"images ({n_resamples:,} resamples, seed {seed}, the same resampled images "
+                         f"for every method); {NO_CI}: no interval (fewer than 2 images or all "
+                         "values equal).")
+    if tests:
+        table.p_best = near_best_tests(table, mats)
+    return table
 
 
 def failure_notes(run) -> Tuple[List[str], Set[str]]:
@@ -130,15 +175,58 @@ def failure_notes(run) -> Tuple[List[str], Set[str]]:
     return notes, unmarked
 
 
-def compare(runs: Sequence) -> Table:
+
+def _intervals(mats: Dict[str, pd.DataFrame], df: pd.DataFrame, n_resamples: int, seed: int,
+               level: float, ci_method: str):
+    """``(lo, hi)`` DataFrames of every metric cell, one bootstrap over all columns at once."""
+    cols = list(mats)
+    allX = np.concatenate([mats[c].to_numpy(np.float64) for c in cols], axis=1)
+    lo, hi = stats.bootstrap_ci(allX, n_resamples, seed, level, ci_method)
+    m = df.shape[0]
+    shape = lambda v: pd.DataFrame(v.reshape(len(cols), m).T, index=df.index, columns=cols)
+    return shape(lo), shape(hi)
+
+
+def near_best_tests(table: Table, mats: Dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Holm-adjusted p-values of each contender against the best of its column.
+
+    For every metric column, the reference is the contender marked best (:func:`marks`; of
+    several tied at the printed precision, the one with the best unrounded mean); every
+    other contender is compared with it by a paired Wilcoxon signed-rank test on the images
+    both have (:func:`stats.wilcoxon_p`); Holm's correction runs over those comparisons.
+
+    Args:
+        table: a one-run table (no backbone blocks).
+        mats: ``{column: images x methods}`` per-image values in table units.
+    Returns:
+        DataFrame like ``table.df``'s metric columns; NaN for the reference, for cells
+        marked best (tied with it) and for non-contenders.
+    """
+    mk = marks(table)
+    comp = contenders(table)
+    out = pd.DataFrame(np.nan, index=table.df.index, columns=list(mats))
+    for col, X in mats.items():
+        best = [m for m in table.df.index if mk.loc[m, col] == "best"]
+        if not best:
+            continue
+        sign = 1.0 if table.higher_is_better[col] else -1.0
+        ref = max(best, key=lambda m: sign * float(table.df.loc[m, col]))
+        others = [m for m in table.df.index if comp.loc[m, col] and mk.loc[m, col] != "best"]
+        p = [stats.wilcoxon_p(X[ref].to_numpy(), X[m].to_numpy()) for m in others]
+        out.loc[others, col] = stats.holm(p)
+    return out
+
+
+def compare(runs: Sequence, **options) -> Table:
     """Stack runs (typically of different backbones) into one table, a block per run.
 
     The index is ``(backbone, method)``; columns are the union of the runs' columns in
-    paper order; marks (best/second) are computed within each block.
+    paper order; marks (best/second), intervals and tests are computed within each block.
+    ``options`` go to :func:`summary`.
     """
     if not runs:
         raise ValueError("compare needs at least one run")
-    tables = [summary(r) for r in runs]
+    tables = [summary(r, **options) for r in runs]
     cols: List[str] = []
     better: Dict[str, bool] = {}
     for t in tables:
@@ -158,9 +246,20 @@ def compare(runs: Sequence) -> Table:
         df = t.df.reindex(columns=cols)
         df.index = pd.MultiIndex.from_product([[name], list(df.index)], names=[BACKBONE_COL, METHOD_COL])
         frames.append(df)
-    notes = [n for t in tables for n in t.footnotes]
+    notes = list(dict.fromkeys(n for t in tables for n in t.footnotes))
+    mcols = [c for c in cols if c in better]
+
+    def stack(attr):
+        parts = [getattr(t, attr) for t in tables]
+        if any(p is None for p in parts):
+            return None
+        return pd.concat([p.reindex(columns=mcols).set_axis(f.index, axis=0) for p, f in zip(parts, frames)])
+
     unmarked = {(name, m) for name, t in zip(names, tables) for m in t.unmarked}
-    return Table(pd.concat(frames), better, notes, unmarked=unmarked)
+    out = Table(pd.concat(frames), better, notes, stack("lo"), stack("hi"), stack("p_best"),
+                tables[0].ci_note, tables[0].alpha, unmarked=unmarked)
+    return out
+
 
 
 # -- formatting --------------------------------------------------------------------------
@@ -176,33 +275,50 @@ def _fmt(col: str, v: float) -> str:
     return f"{v:.{DECIMALS}f}"
 
 
+def _blocks(df: pd.DataFrame) -> List[np.ndarray]:
+    """Boolean row masks of the backbone blocks of a :func:`compare` table (one block otherwise)."""
+    if isinstance(df.index, pd.MultiIndex):
+        return [df.index.get_level_values(0) == b for b in dict.fromkeys(df.index.get_level_values(0))]
+    return [np.ones(len(df), dtype=bool)]
+
+
+def contenders(table: Table) -> pd.DataFrame:
+    """The cells that compete for best / second (and are tested against the best): bool, like
+    ``table.df``, True for every metric cell with a value of a method not in
+    ``table.unmarked``. The one place that decides it:
+    :func:`marks` and :func:`near_best_tests` both ask here."""
+    df = table.df
+    out = pd.DataFrame(False, index=df.index, columns=df.columns)
+    # a method with an invalid map competes for nothing (its means leave images out)
+    eligible = np.array([k not in table.unmarked for k in df.index], dtype=bool)
+    for col in df.columns:
+        if col in table.higher_is_better:
+            out[col] = df[col].astype(float).notna().to_numpy() & eligible
+    return out
+
+
 def marks(table: Table) -> pd.DataFrame:
     """``"best"``, ``"second"`` or ``""`` per cell (within each backbone block).
 
-    Values are compared at the printed precision (2 decimals); NaN cells and the methods in
-    ``table.unmarked`` get no mark; a column whose printed values are all equal gets bold
-    everywhere and no underline.
+    Only :func:`contenders` are ranked. Values are compared at the printed precision (2
+    decimals); a column whose printed values are all equal gets bold everywhere and no
+    underline.
     """
     df = table.df
+    comp = contenders(table)
     out = pd.DataFrame("", index=df.index, columns=df.columns)
-    if isinstance(df.index, pd.MultiIndex):
-        blocks = [df.index.get_level_values(0) == b for b in dict.fromkeys(df.index.get_level_values(0))]
-    else:
-        blocks = [np.ones(len(df), dtype=bool)]
     for col in df.columns:
         if col not in table.higher_is_better:
             continue
         sign = 1.0 if table.higher_is_better[col] else -1.0
-        for blk in blocks:
+        for blk in _blocks(df):
             vals = df.loc[blk, col].astype(float).round(DECIMALS)
-            # a method with an invalid map competes for no mark (its means leave images out)
-            vals = vals[[k not in table.unmarked for k in vals.index]]
-            uniq = sorted({float(v) * sign for v in vals if not math.isnan(v)}, reverse=True)
+            ok = comp.loc[blk, col]
+            uniq = sorted({float(v) * sign for v, c in zip(vals, ok) if c}, reverse=True)
             if not uniq:
                 continue
-            idx = vals.index
-            for i, v in zip(idx, vals):
-                if math.isnan(v):
+            for i, v, c in zip(vals.index, vals, ok):
+                if not c:
                     continue
                 if float(v) * sign == uniq[0]:
                     out.loc[i, col] = "best"
@@ -211,50 +327,139 @@ def marks(table: Table) -> pd.DataFrame:
     return out
 
 
+def near_best(table: Table) -> pd.DataFrame:
+    """True for the cells not significantly different from the best of their column
+    (``p_best >= alpha``); all False without tests."""
+    out = pd.DataFrame(False, index=table.df.index, columns=table.df.columns)
+    if table.p_best is not None:
+        for col in table.p_best.columns:
+            out[col] = (table.p_best[col] >= table.alpha).to_numpy()
+    return out
+
+
+def _half_width(table: Table, i: int, col: str) -> Optional[float]:
+    """The half-width of cell (row ``i``, ``col``); None = no interval claimed; NaN = the
+    table has no intervals for this column."""
+    if table.lo is None or col not in table.lo.columns:
+        return float("nan")
+    lo, hi = float(table.lo.iloc[i][col]), float(table.hi.iloc[i][col])
+    if math.isnan(lo) or math.isnan(hi):
+        return None
+    return (hi - lo) / 2.0
+
+
+def legend(table: Table) -> List[str]:
+    """The lines explaining the table's signs (intervals, ``≈``), shown under it."""
+    out = []
+    if table.show_ci and table.lo is not None and table.ci_note:
+        out.append(table.ci_note)
+    if near_best(table).to_numpy().any():
+        out.append(f"{NEAR}: not significantly different from the best of its column (paired "
+                   f"Wilcoxon signed-rank test on the per-image values, Holm-corrected over the "
+                   f"methods compared with the best, alpha = {table.alpha:g}).")
+    return out
+
+
+def _cells(table: Table, i: int, style, plain=str) -> List[str]:
+    """The rendered value cells of row ``i``: ``style(value, half_width, mark, near)``
+    renders a metric cell (``half_width``: float, None = no interval, NaN = not shown),
+    ``plain(text)`` the others."""
+    df = table.df
+    mk, nb = marks(table), near_best(table)
+    out = []
+    for col in df.columns:
+        v = df.iloc[i][col]
+        s = _fmt(col, v)
+        if col in table.higher_is_better and s != "-":
+            hw = _half_width(table, i, col) if table.show_ci else float("nan")
+            s = style(s, hw, mk.iloc[i][col], bool(nb.iloc[i][col]))
+        else:
+            s = plain(s)
+        out.append(s)
+    return out
+
+
 def to_csv(table: Table) -> str:
-    """CSV with full-precision values (method / backbone columns first); no footnotes."""
-    df = table.df.reset_index()
+    """CSV with full-precision values (method / backbone columns first), each metric column
+    followed by its interval ``<column>_lo``, ``<column>_hi`` (empty where none is claimed);
+    no footnotes."""
+    df = table.df.copy()
+    if table.lo is not None and table.show_ci:
+        cols = []
+        for c in table.df.columns:
+            cols.append(c)
+            if c in table.lo.columns:
+                df[f"{c}_lo"], df[f"{c}_hi"] = table.lo[c], table.hi[c]
+                cols += [f"{c}_lo", f"{c}_hi"]
+        df = df[cols]
     buf = io.StringIO()
-    df.to_csv(buf, index=False, float_format="%.6g")
+    df.reset_index().to_csv(buf, index=False, float_format="%.6g")
     return buf.getvalue()
 
 
+@dataclass(frozen=True)
+class CellStyle:
+    """How a format writes a metric cell: ``best`` / ``second`` wrap the value (``{}``),
+    ``ci`` follows it with the half-width (``{}``), ``no_ci`` where no interval is claimed,
+    ``near`` is the ``≈`` marker, ``wrap`` encloses the whole cell."""
+
+    best: str
+    second: str
+    ci: str
+    no_ci: str
+    near: str
+    wrap: str = "{}"
+
+    def cell(self, s: str, hw: Optional[float], mark: str, near: bool) -> str:
+        """The cell of printed value ``s``; ``hw``: half-width, None = no interval claimed,
+        NaN = intervals not shown."""
+        s = self.best.format(s) if mark == "best" else self.second.format(s) if mark == "second" else s
+        if hw is None:
+            s += self.no_ci
+        elif not math.isnan(hw):
+            s += self.ci.format(f"{hw:.{DECIMALS}f}")
+        return self.wrap.format(s + (self.near if near else ""))
+
+
+MARKDOWN = CellStyle("**{}**", "<u>{}</u>", " \u00b1 {}", f" \u00b1 {NO_CI}", f" {NEAR}")
+LATEX = CellStyle(r"\mathbf{{{}}}", r"\underline{{{}}}", r"_{{\pm {}}}", r"_{\pm\textrm{---}}", r"^{\approx}",
+                  "${}$")
+
+
 def to_markdown(table: Table) -> str:
-    """A pipe table: best in **bold**, second <u>underlined</u>; footnotes below."""
+    """A pipe table: ``value ± half-width``, best in **bold**, second <u>underlined</u>,
+    ``≈`` = not significantly different from the best; legend and footnotes below."""
     df = table.df
-    mk = marks(table)
     multi = isinstance(df.index, pd.MultiIndex)
     head = ([BACKBONE_COL] if multi else []) + [METHOD_COL] + list(df.columns)
     lines = ["| " + " | ".join(head) + " |",
              "|" + "|".join([":---"] * (2 if multi else 1) + ["---:"] * len(df.columns)) + "|"]
     for i, key in enumerate(df.index):
-        cells = list(key) if multi else [str(key)]
-        for col in df.columns:
-            s = _fmt(col, df.iloc[i][col])
-            m = mk.iloc[i][col]
-            s = f"**{s}**" if m == "best" else f"<u>{s}</u>" if m == "second" else s
-            cells.append(s)
+        cells = (list(key) if multi else [str(key)]) + _cells(table, i, MARKDOWN.cell)
         lines.append("| " + " | ".join(cells) + " |")
-    for n in table.footnotes:
+    for n in legend(table) + table.footnotes:
         lines.append("")
         lines.append(f"<sub>{n}</sub>")
     return "\n".join(lines) + "\n"
 
 
 _TEX_ESC = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
-            "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+            "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+            "\u2191": r"$\uparrow$", "\u2193": r"$\downarrow$", "\u00b1": r"$\pm$",
+            "\u2248": r"$\approx$", "\u2014": "---", "\u2013": "--", "\u00a0": "~", "<": "$<$",
+            ">": "$>$"}
 
 
 def _tex(s: str) -> str:
-    s = "".join(_TEX_ESC.get(ch, ch) for ch in str(s))
-    return s.replace("\u2191", r"$\uparrow$").replace("\u2193", r"$\downarrow$")
+    return "".join(_TEX_ESC.get(ch, ch) for ch in str(s))
 
 
 def to_latex(table: Table) -> str:
-    """A booktabs ``tabular``: best bold, second underlined; a block per backbone
-    (``\\multicolumn`` header rows) for :func:`compare` tables; footnotes as a last row."""
+    """A booktabs ``tabular``: each metric cell ``$13.60_{\\pm 2.10}$``, best bold
+    (``\\mathbf``), second underlined, ``$^{\\approx}$`` = not significantly different from
+    the best; a block per backbone (``\\multicolumn`` header rows) for :func:`compare` tables;
+    legend and footnotes as last rows. Needs only ``\\usepackage{booktabs}``."""
     df = table.df
-    mk = marks(table)
     multi = isinstance(df.index, pd.MultiIndex)
     ncol = 1 + len(df.columns)
     lines = [r"\begin{tabular}{l" + "r" * len(df.columns) + "}", r"\toprule",
@@ -271,15 +476,9 @@ def to_latex(table: Table) -> str:
                 prev = block
         else:
             method = key
-        cells = [_tex(method)]
-        for col in df.columns:
-            s = _fmt(col, df.iloc[i][col])
-            m = mk.iloc[i][col]
-            s = rf"\textbf{{{s}}}" if m == "best" else rf"\underline{{{s}}}" if m == "second" else s
-            cells.append(s)
-        lines.append(" & ".join(cells) + r" \\")
+        lines.append(" & ".join([_tex(method)] + _cells(table, i, LATEX.cell, _tex)) + r" \\")
     lines.append(r"\bottomrule")
-    for n in table.footnotes:
+    for n in legend(table) + table.footnotes:
         lines.append(rf"\multicolumn{{{ncol}}}{{l}}{{\footnotesize {_tex(n)}}} \\")
     lines.append(r"\end{tabular}")
     return "\n".join(lines) + "\n"
