@@ -109,6 +109,29 @@ def test_features_channels_and_heads_of_token_layers(vit, swin):
                                    _tokens_at(swin, "layers.0", xs).permute(0, 3, 1, 2))
 
 
+def test_capture_layer_reshapes_activation_and_gradient(vit):
+    x = _x(vit)
+    y = torch.tensor([0, 1, 2])
+    raw = {}
+
+    def keep(m, i, o):
+        raw["t"] = o
+        o.register_hook(lambda g: raw.update(g=g))
+
+    h = vit.layer().register_forward_hook(keep)
+    try:
+        with torch.enable_grad(), vit.capture_layer(grad=True) as cap:
+            logits = vit.model(x.clone().requires_grad_(True))
+            logits.gather(1, y[:, None]).sum().backward()
+    finally:
+        h.remove()
+    lay = vit.reshape_of()
+    assert cap.activation.shape == cap.gradient.shape == (3, 32, 4, 4)
+    torch.testing.assert_close(cap.activation, lay(raw["t"]))
+    torch.testing.assert_close(cap.gradient, lay(raw["g"]), rtol=0, atol=0)
+    assert float(cap.gradient.abs().amax()) > 0 and hook_count(vit.model) == 0
+
+
 def test_weights_file_loads_into_the_tiny_vit(tmp_path):
     other = tiny_vit(seed=1)
     path = tmp_path / "vit.pt"
