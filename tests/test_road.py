@@ -74,7 +74,7 @@ def test_imputation_equals_an_independent_scipy_solve(H, W):
     xx = x[torch.arange(len(rem)) % 2]
     info = {}
     out = impute(xx, rem, info=info)
-    assert info["residual"] <= 1e-6 and info["outer"] >= 1
+    assert info["residual"] <= 1e-5 and info["outer"] >= 1  # the default tolerance
     assert info["inner"] <= 20  # the multigrid preconditioner works (plain CG needs > 40 here)
     for i in range(len(rem)):
         ref = scipy_impute(xx[i].double().numpy(), rem[i].numpy())

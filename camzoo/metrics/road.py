@@ -32,8 +32,9 @@ kept ones: symmetric positive definite whenever a pixel is kept. It is solved ba
 (image, fraction) systems by conjugate gradients preconditioned with a multigrid V-cycle
 (:class:`_Multigrid`: 2x2 aggregation, Galerkin coarse operators, Jacobi smoothing, a dense
 Cholesky solve on the coarsest grid), in float32 inside a float64 iterative refinement, to a
-relative residual ``||b - A u|| <= tol * ||b||`` (float64, per system and channel; default
-``tol = 1e-6``). No scipy, no per-pixel Python loop; any device.
+relative residual ``||b - A u|| <= tol * ||b||`` (float64, per image over its channels;
+default ``tol = 1e-5``: imputed values within ~5e-5 of an exact solve at 224x224, far below
+the 0.01 noise). No scipy, no per-pixel Python loop; any device.
 """
 from __future__ import annotations
 
@@ -110,54 +111,94 @@ def removal_masks(V: Tensor, fractions: Sequence[float], order: str,
 
 
 # -- the linear system ---------------------------------------------------------------------------
+# Memory layouts (each chosen for the fastest CPU kernels; any device works): fine-grid fields
+# ``[N,C,H,W]`` are channels-last (the depthwise 3x3 convolution is several times faster there)
+# with the masks expanded to the fields' shape (a broadcast over the innermost channel dimension
+# is slow); coarse-grid fields are contiguous NCHW with ``[N,1,h,w]`` coefficients.
+_CL = torch.channels_last
+
+
+def _span(d: int, n: int) -> Tuple[slice, slice]:
+    """Indices ``i`` with ``0 <= i + d < n`` (destination) and ``i + d`` (source)."""
+    return slice(max(0, -d), n - max(0, d)), slice(max(0, d), n + min(0, d))
+
+
 def _shifted(u: Tensor, dy: int, dx: int) -> Tensor:
-    """``v[..., i, j] = u[..., i+dy, j+dx]`` with zeros outside (a view of a padded copy)."""
+    """``v[..., i, j] = u[..., i+dy, j+dx]``, zero outside."""
     h, w = u.shape[-2:]
-    up = F.pad(u, (1, 1, 1, 1))
-    return up[..., 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
+    (ty, sy), (tx, sx) = _span(dy, h), _span(dx, w)
+    v = torch.zeros_like(u)
+    v[..., ty, tx] = u[..., sy, sx]
+    return v
 
 
 def _apply_stencil(S: List[Tensor], u: Tensor) -> Tensor:
-    """``(A u)(i) = sum_k S[k](i) * u(i + offset_k)``; S: 9 tensors ``[N,1,h,w]``, u ``[N,C,h,w]``."""
+    """``(A u)(i) = sum_k S[k](i) * u(i + offset_k)`` (zero outside); S: 9 tensors ``[N,1,h,w]``,
+    u ``[N,C,h,w]`` (contiguous). Written on slices (no padded copy)."""
     h, w = u.shape[-2:]
-    up = F.pad(u, (1, 1, 1, 1))
     out = S[_CENTRE] * u
     for k, (dy, dx) in enumerate(_OFFSETS):
         if k != _CENTRE:
-            out.addcmul_(S[k], up[..., 1 + dy:1 + dy + h, 1 + dx:1 + dx + w])
+            (ty, sy), (tx, sx) = _span(dy, h), _span(dx, w)
+            out[..., ty, tx].addcmul_(S[k][..., ty, tx], u[..., sy, sx])
     return out
+
+
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    """Inner products per image over all channels, ``[N,1,1,1]``, of fine-grid (channels-last)
+    fields ``[N,C,H,W]``: one batched matrix product over their memory, no copies."""
+    N = a.shape[0]
+    fa = a.permute(0, 2, 3, 1).reshape(N, 1, -1)
+    fb = b.permute(0, 2, 3, 1).reshape(N, 1, -1).transpose(1, 2)  # (a row-major B^T: fast GEMM)
+    return torch.bmm(fa, fb).view(N, 1, 1, 1)
 
 
 class _FineOperator:
     """The system over the removed pixels of ``N`` images: ``A u = m * (d * u - K*u)``.
 
-    ``m`` ``[N,1,H,W]`` is 1 at removed pixels; fields ``u`` live on them (0 elsewhere), so
-    ``K*u`` (the 3x3 neighbour weights, zero padding) only sums removed neighbours and the
-    kept ones go to the right-hand side ``b = m * (K * ((1 - m) * x))``. ``d`` (the in-image
-    weight sums) is 1 inside the image, so ``d * u - K*u = (delta - K)*u + (d - 1) * u`` is one
-    convolution plus a correction on the border pixels.
+    ``m`` is 1 at removed pixels; fields ``u`` ``[N,C,H,W]`` live on them (0 elsewhere), so
+    ``K*u`` (the 3x3 neighbour weights, zero padding) only sums removed neighbours and the kept
+    ones go to the right-hand side ``b = m * (K * ((1 - m) * x))``. ``d`` (the in-image weight
+    sums) is 1 inside the image, so ``d*u - K*u = (delta - K)*u + (d - 1)*u``: one depthwise
+    convolution (float32; float64 uses the separable form ``K = [1,2,1]^T [1,2,1] / 12 -
+    delta / 3`` on slices) plus a correction on the border pixels.
     """
 
-    def __init__(self, removed: Tensor, dtype: torch.dtype) -> None:
+    def __init__(self, removed: Tensor, dtype: torch.dtype, channels: int = 3) -> None:
         dev = removed.device
-        self.m = removed[:, None].to(dtype)
+        N, H, W = removed.shape
+        self.dtype = dtype
+        self.m1 = removed[:, None].to(dtype)  # [N,1,H,W] (setup only)
+        self.m = self.m1.expand(N, channels, H, W).contiguous(memory_format=_CL)
         k = neighbour_kernel(dtype, dev)
-        self.kernel = k[None, None]
         delta = torch.zeros_like(k)
         delta[1, 1] = 1.0
-        self.laplace = (delta - k)[None, None]  # delta - K
-        ones = torch.ones(1, 1, *removed.shape[-2:], dtype=dtype, device=dev)
-        self.d = F.conv2d(ones, self.kernel, padding=1)  # in-image weight sums [1,1,H,W]
-        self.dm1 = self.d - 1.0
+        self.kernel = k.expand(channels, 1, 3, 3).contiguous()
+        self.laplace = (delta - k).expand(channels, 1, 3, 3).contiguous()  # delta - K
+        ones = torch.ones(1, 1, H, W, dtype=dtype, device=dev)
+        self.d = F.conv2d(ones, k[None, None], padding=1)  # in-image weight sums [1,1,H,W]
+        self.dm1 = (self.d - 1.0).expand(1, channels, H, W).contiguous(memory_format=_CL)
         self.md = self.m * self.d
 
-    def _conv(self, u: Tensor, kernel: Tensor) -> Tensor:
-        N, C, H, W = u.shape
-        return F.conv2d(u.reshape(N * C, 1, H, W), kernel, padding=1).view(N, C, H, W)
+    def _neighbours(self, u: Tensor) -> Tensor:
+        """``K*u`` (zero padding)."""
+        if self.dtype == torch.float32:
+            return F.conv2d(u, self.kernel, padding=1, groups=u.shape[1])
+        a = u * 2.0  # [1,2,1] along the rows, then along the columns (zero outside)
+        a[..., :, 1:] += u[..., :, :-1]
+        a[..., :, :-1] += u[..., :, 1:]
+        s = a * 2.0
+        s[..., 1:, :] += a[..., :-1, :]
+        s[..., :-1, :] += a[..., 1:, :]
+        return s.mul_(1.0 / 12.0).sub_(u, alpha=1.0 / 3.0)
 
     def _unmasked(self, u: Tensor) -> Tensor:
         """``d * u - K*u`` everywhere (u supported on the removed pixels)."""
-        return self._conv(u, self.laplace).addcmul_(self.dm1, u)
+        if self.dtype == torch.float32:
+            t = F.conv2d(u, self.laplace, padding=1, groups=u.shape[1])
+        else:
+            t = u - self._neighbours(u)
+        return t.addcmul_(self.dm1, u)
 
     def apply(self, u: Tensor) -> Tensor:
         """``A u`` for fields ``u`` ``[N,C,H,W]`` that are 0 at kept pixels."""
@@ -168,16 +209,16 @@ class _FineOperator:
         return torch.addcmul(r, self.m, self._unmasked(u), value=-1.0)
 
     def rhs(self, x: Tensor) -> Tensor:
-        """``b = m * (K * ((1 - m) * x))`` for images ``x`` ``[N,C,H,W]``."""
-        return self._conv((1 - self.m) * x, self.kernel).mul_(self.m)
+        """``b = m * (K * ((1 - m) * x))`` for channels-last images ``x`` ``[N,C,H,W]``."""
+        return self._neighbours((1 - self.m) * x).mul_(self.m)
 
     def stencil(self) -> List[Tensor]:
-        """The explicit 9-point stencil (for coarsening): ``[N,1,H,W]`` per offset."""
-        m = self.m
+        """The explicit 9-point stencil ``[N,1,H,W]`` per offset (for coarsening)."""
+        m = self.m1
         S = []
         for dy, dx in _OFFSETS:
             if (dy, dx) == (0, 0):
-                S.append(self.md.expand_as(m).contiguous())
+                S.append(m * self.d)
             else:
                 S.append(-NEIGHBOUR_WEIGHTS[(dy, dx)] * m * _shifted(m, dy, dx))
         return S
@@ -198,38 +239,42 @@ class _StencilOperator:
 
 def _coarsen(S: List[Tensor]) -> List[Tensor]:
     """Galerkin coarse stencil ``P^T A P`` for 2x2 aggregation (P = piecewise constant on the
-    cells' own unknowns). A 9-point stencil stays 9-point; odd sizes are padded with empty cells."""
+    cells' own unknowns). A 9-point stencil stays 9-point; odd sizes get empty cells."""
     h, w = S[0].shape[-2:]
-    ph, pw = h % 2, w % 2
-    if ph or pw:
-        S = [F.pad(s, (0, pw, 0, ph)) for s in S]
-    h2, w2 = (h + ph) // 2, (w + pw) // 2
+    h2, w2 = (h + 1) // 2, (w + 1) // 2
     Sc = [torch.zeros(*S[0].shape[:2], h2, w2, dtype=S[0].dtype, device=S[0].device)
           for _ in range(9)]
     for a in (0, 1):
         for b in (0, 1):
+            ra, rb = (h - a + 1) // 2, (w - b + 1) // 2
             for k, (dy, dx) in enumerate(_OFFSETS):
                 oy, ox = (a + dy) // 2, (b + dx) // 2  # floor: the coarse cell of i + offset
-                Sc[(oy + 1) * 3 + (ox + 1)] += S[k][..., a::2, b::2]
+                Sc[(oy + 1) * 3 + (ox + 1)][..., :ra, :rb] += S[k][..., a::2, b::2]
     return Sc
 
 
-def _restrict(r: Tensor, shape: Tuple[int, int]) -> Tensor:
-    """``P^T r``: sums over 2x2 blocks (zero-padded to ``2 * shape``)."""
+def _restrict(r: Tensor) -> Tensor:
+    """``P^T r``: sums over 2x2 blocks (a partial block at an odd edge sums what it has);
+    returns contiguous ``[N,C,ceil(h/2),ceil(w/2)]``."""
     h, w = r.shape[-2:]
-    H2, W2 = shape
-    if (2 * H2, 2 * W2) != (h, w):
-        r = F.pad(r, (0, 2 * W2 - w, 0, 2 * H2 - h))
-    N, C = r.shape[:2]
-    return r.view(N, C, H2, 2, W2, 2).sum(dim=(3, 5))
+    rc = r[..., 0::2, 0::2].contiguous()
+    for a, b in ((0, 1), (1, 0), (1, 1)):
+        ra, rb = (h - a + 1) // 2, (w - b + 1) // 2
+        rc[..., :ra, :rb] += r[..., a::2, b::2]
+    return rc
 
 
-def _prolong(uc: Tensor, shape: Tuple[int, int]) -> Tensor:
-    """Each coarse value copied to its 2x2 block (cropped to ``shape``); ``P uc`` is this times
-    the fine level's support."""
-    h, w = shape
-    u = F.interpolate(uc, scale_factor=2.0, mode="nearest")
-    return u[..., :h, :w]
+def _prolong_add(u: Tensor, uc: Tensor, support: Tensor, alpha: float) -> Tensor:
+    """``u += alpha * P uc`` in place: each coarse value added to its 2x2 block of unknowns
+    (``support`` 1 on them, broadcastable to ``u``)."""
+    h, w = u.shape[-2:]
+    if u.is_contiguous(memory_format=_CL) and not u.is_contiguous():
+        uc = uc.contiguous(memory_format=_CL)
+    for a in (0, 1):
+        for b in (0, 1):
+            ra, rb = (h - a + 1) // 2, (w - b + 1) // 2
+            u[..., a::2, b::2].addcmul_(uc[..., :ra, :rb], support[..., a::2, b::2], value=alpha)
+    return u
 
 
 class _Multigrid:
@@ -244,21 +289,18 @@ class _Multigrid:
     """
 
     def __init__(self, fine: _FineOperator, omega: float = 0.9, alpha: float = 1.6, nu: int = 1,
-                 coarse_size: int = 8, dtype: torch.dtype = torch.float32) -> None:
+                 coarse_size: int = 16) -> None:
         self.omega, self.alpha, self.nu = float(omega), float(alpha), int(nu)
-        self.fine = fine
-        self.dtype = dtype
+        dtype = fine.dtype
         S = fine.stencil()
         self.ops: List[Any] = [fine]  # level 0: the fine operator; then coarse stencils
-        self.shapes = [tuple(fine.m.shape[-2:])]
-        self.support = [fine.m.to(dtype)]
+        self.support = [fine.m]
         self.dinv = [torch.where(fine.md > 0, self.omega / fine.md.clamp_min(1e-30),
-                                 torch.zeros_like(fine.md)).to(dtype)]
+                                 torch.zeros_like(fine.md))]
         while max(S[0].shape[-2:]) > coarse_size:
             S = _coarsen(S)
             diag = S[_CENTRE]
             self.ops.append(_StencilOperator([s.to(dtype) for s in S]))
-            self.shapes.append(tuple(diag.shape[-2:]))
             self.support.append((diag > 0).to(dtype))
             self.dinv.append(torch.where(diag > 0, self.omega / diag.clamp_min(1e-30),
                                          torch.zeros_like(diag)).to(dtype))
@@ -278,41 +320,33 @@ class _Multigrid:
             ok = (jy >= 0) & (jy < h) & (jx >= 0) & (jx < w)
             A[:, idx[ok], (jy * w + jx)[ok]] = S[k].reshape(N, n)[:, ok].double()
         empty = (S[_CENTRE].reshape(N, n) <= 0).double()
-        A = A + torch.diag_embed(empty)
-        self.chol = torch.linalg.cholesky(A)
-        self.coarse_shape = (h, w)
+        self.chol = torch.linalg.cholesky(A + torch.diag_embed(empty))
 
     def __call__(self, r: Tensor, level: int = 0) -> Tensor:
         """Approximate ``A^{-1} r`` for residuals ``r`` ``[N,C,h,w]`` at ``level``."""
-        if level == len(self.shapes) - 1:  # the coarsest grid (or a single level): exact
-            return self._coarse_solve(r, level)
+        if level == len(self.ops) - 1:  # the coarsest grid (or a single level): exact
+            N, C, h, w = r.shape
+            z = torch.cholesky_solve(r.reshape(N, C, h * w).transpose(1, 2).double(), self.chol)
+            return z.transpose(1, 2).reshape(N, C, h, w).to(r.dtype) * self.support[level]
         op, dinv = self.ops[level], self.dinv[level]
         u = dinv * r
         for _ in range(self.nu - 1):
             u.addcmul_(dinv, op.residual(r, u))
-        rc = _restrict(op.residual(r, u), self.shapes[level + 1])
-        uc = self(rc, level + 1)
-        u.addcmul_(_prolong(uc, self.shapes[level]), self.support[level], value=self.alpha)
+        uc = self(_restrict(op.residual(r, u)), level + 1)
+        _prolong_add(u, uc, self.support[level], self.alpha)
         for _ in range(self.nu):
             u.addcmul_(dinv, op.residual(r, u))
         return u
 
-    def _coarse_solve(self, r: Tensor, level: int) -> Tensor:
-        N, C, h, w = r.shape
-        z = torch.cholesky_solve(r.reshape(N, C, h * w).transpose(1, 2).double(), self.chol)
-        return z.transpose(1, 2).reshape(N, C, h, w).to(r.dtype) * self.support[level]
 
+def _pcg(op: _FineOperator, prec: _Multigrid, b: Tensor, tol: float,
+         max_iter: int) -> Tuple[Tensor, int]:
+    """Preconditioned conjugate gradients, batched over ``N`` images.
 
-def _dot(a: Tensor, b: Tensor) -> Tensor:
-    """Per-(system, channel) inner products ``[N,C,1,1]`` of ``[N,C,h,w]`` fields."""
-    return torch.linalg.vecdot(a.flatten(2), b.flatten(2))[..., None, None]
-
-
-def _pcg(op: Any, prec: _Multigrid, b: Tensor, tol: float, max_iter: int) -> Tuple[Tensor, int]:
-    """Preconditioned conjugate gradients, batched over ``[N,C]`` independent systems.
-
-    Stops when every system has ``||r|| <= tol * ||b||`` (the recursively updated residual);
-    converged systems stop moving (step 0). Returns ``(u, iterations)``.
+    The ``C`` channels of an image share the matrix; CG runs on their block-diagonal system
+    (one step length per image). Stops when every image has ``||r|| <= tol * ||b||`` (the
+    recursively updated residual); converged images stop moving (step 0). Returns
+    ``(u, iterations)``.
     """
     u = torch.zeros_like(b)
     r = b.clone()
@@ -342,7 +376,7 @@ def _pcg(op: Any, prec: _Multigrid, b: Tensor, tol: float, max_iter: int) -> Tup
     return u, it
 
 
-def impute(x: Tensor, removed: Tensor, tol: float = 1e-6, max_iter: int = 100,
+def impute(x: Tensor, removed: Tensor, tol: float = 1e-5, max_iter: int = 100,
            inner_tol: float = 1e-3, info: Optional[Dict[str, Any]] = None) -> Tensor:
     """Linear imputation (ROAD, noise-free): removed pixels = weighted mean of their 8 neighbours.
 
@@ -352,8 +386,8 @@ def impute(x: Tensor, removed: Tensor, tol: float = 1e-6, max_iter: int = 100,
         x: images ``[N,C,H,W]`` (camzoo: in [0,1]); float.
         removed: bool ``[N,H,W]``, True = removed (at least one pixel per image must be kept
             for the system to be non-singular; ROAD fractions below 1 guarantee it).
-        tol: relative residual of the solution, ``||b - A u||_2 <= tol * ||b||_2`` per image and
-            channel, in float64.
+        tol: relative residual of the solution, ``||b - A u||_2 <= tol * ||b||_2`` per image
+            (its channels together), computed in float64.
         max_iter: most conjugate-gradient iterations per refinement step.
         inner_tol: relative residual reduction of each float32 refinement step.
         info: if a dict, receives ``outer`` (refinement steps), ``inner`` (total CG
@@ -368,34 +402,31 @@ def impute(x: Tensor, removed: Tensor, tol: float = 1e-6, max_iter: int = 100,
     if not bool(kept.all()):
         raise ValueError("ROAD imputation needs at least one kept pixel per image")
     removed = removed.to(x.device)
-    fine64 = _FineOperator(removed, torch.float64)
-    fine32 = _FineOperator(removed, torch.float32)
-    x64 = x.double()
+    C = x.shape[1]
+    fine64 = _FineOperator(removed, torch.float64, C)
+    fine32 = _FineOperator(removed, torch.float32, C)
+    x64 = x.to(torch.float64, memory_format=_CL)
     b = fine64.rhs(x64)
-    bnorm = _dot(b, b).sqrt()
+    bnorm = _dot(b, b).sqrt().clamp_min(1e-300)
     u = torch.zeros_like(b)
     r = b
     mg = _Multigrid(fine32)
     outer = inner = 0
-    rel = torch.zeros(())
-    for outer in range(1, 8):
-        rel = (_dot(r, r).sqrt() / bnorm.clamp_min(1e-300)).amax()
-        if float(rel) <= tol:
-            outer -= 1
-            break
-        e, k = _pcg(fine32, mg, r.float(), max(inner_tol, tol / float(rel)), max_iter)
+    rel = (_dot(r, r).sqrt() / bnorm).amax()
+    while float(rel) > tol:
+        if outer == 8:
+            raise RuntimeError(f"ROAD imputation did not converge: relative residual "
+                               f"{float(rel):.2e} > tol {tol:.0e} after {inner} iterations")
+        e, k = _pcg(fine32, mg, r.to(torch.float32, memory_format=_CL),
+                    max(inner_tol, tol / float(rel)), max_iter)
+        outer += 1
         inner += k
         u = u + e.double()
         r = fine64.residual(b, u)
-    else:
-        rel = (_dot(r, r).sqrt() / bnorm.clamp_min(1e-300)).amax()
-        if float(rel) > tol:
-            raise RuntimeError(f"ROAD imputation did not converge: relative residual {float(rel):.2e} "
-                               f"> tol {tol:.0e} after {inner} iterations")
+        rel = (_dot(r, r).sqrt() / bnorm).amax()
     if info is not None:
         info.update(outer=outer, inner=inner, residual=float(rel))
-    m = fine64.m
-    return (x64 * (1 - m) + u).to(x.dtype)
+    return (x64 * (1 - fine64.m) + u).to(x.dtype).contiguous()
 
 
 # -- the protocol ----------------------------------------------------------------------------
@@ -420,16 +451,15 @@ def road_curves(
     noise: float = 0.01,
     tie_noise: float = 1e-4,
     seed: int = 0,
-    tol: float = 1e-6,
+    tol: float = 1e-5,
     solve_batch: Optional[int] = None,
     timing: Optional[Dict[str, float]] = None,
 ) -> Dict[str, Tensor]:
     """ROAD curves of many images, batched across (image, fraction) pairs.
 
     Pair ``q = i * P + j`` (image ``i``, fraction ``j``) of each order is imputed when its
-    chunk of ``solve_batch`` pairs (default ``scorer.eval_batch_size``) is reached, then scored
-    in forwards of ``eval_batch_size`` (counted under family ``"road"``); at most one chunk of
-    imputed images exists at a time.
+    chunk of ``solve_batch`` pairs is reached, then scored in forwards of ``eval_batch_size``
+    (counted under family ``"road"``); at most one chunk of imputed images exists at a time.
 
     Args:
         scorer: the counting :class:`Scorer` of the evaluated classifier.
@@ -443,7 +473,8 @@ def road_curves(
         tie_noise: std of the tie-breaking noise added to the rescaled map (0 = exact order).
         seed: seeds the tie-breaking and imputation noise (fields shared by all images).
         tol: relative residual of the imputation (:func:`impute`).
-        solve_batch: systems solved together (None: ``scorer.eval_batch_size``).
+        solve_batch: systems solved together (None: ``eval_batch_size``, at most 8 on CPU,
+            where smaller batches stay in cache); results do not depend on it.
         timing: if a dict, receives the seconds spent imputing (``"impute"``, synchronized).
     Returns:
         ``{order: float32 [B, P]}`` softmax probabilities of ``c``.
@@ -462,7 +493,8 @@ def road_curves(
         raise ValueError(f"unknown ROAD order(s) {bad}; valid: {', '.join(ORDERS)}")
     dev = x01.device
     c = c.reshape(-1).to(dev)
-    chunk = int(solve_batch or scorer.eval_batch_size)
+    chunk = int(solve_batch or (min(scorer.eval_batch_size, 8) if dev.type == "cpu"
+                                else scorer.eval_batch_size))
     if chunk < 1:
         raise ValueError(f"solve_batch must be >= 1; got {solve_batch}")
     # per order o (index k) and fraction j: tie field [H,W] and noise field [C,H,W]
@@ -525,7 +557,7 @@ class ROADProtocol(Protocol):
                "not in 'all' (use --metrics all,road)")
     source = ROAD_SOURCE
     defaults = {"fractions": DEFAULT_FRACTIONS, "noise": 0.01, "tie_noise": 1e-4, "seed": 0,
-                "tol": 1e-6, "solve_batch": None}
+                "tol": 1e-5, "solve_batch": None}
 
     def metrics(self, **opts: Any) -> List[MetricSpec]:
         self.options(**opts)
