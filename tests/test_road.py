@@ -81,6 +81,8 @@ def test_imputation_equals_an_independent_scipy_solve(H, W):
         np.testing.assert_allclose(out[i].double().numpy(), ref, atol=1e-4, rtol=0)
         keep = ~rem[i]
         assert torch.equal(out[i][:, keep], xx[i][:, keep])  # kept pixels untouched
+    # each image converges on its own: the same values whatever else is in the batch
+    torch.testing.assert_close(impute(xx[3:6], rem[3:6]), out[3:6], atol=1e-7, rtol=0)
     # a constant image stays constant (weights sum to 1 over the in-image neighbours)
     c = impute(torch.full((1, 3, H, W), 0.25), rem[:1])
     torch.testing.assert_close(c, torch.full_like(c, 0.25), atol=1e-6, rtol=0)

@@ -339,18 +339,18 @@ class _Multigrid:
         return u
 
 
-def _pcg(op: _FineOperator, prec: _Multigrid, b: Tensor, tol: float,
+def _pcg(op: _FineOperator, prec: _Multigrid, b: Tensor, tol: Tensor,
          max_iter: int) -> Tuple[Tensor, int]:
     """Preconditioned conjugate gradients, batched over ``N`` images.
 
     The ``C`` channels of an image share the matrix; CG runs on their block-diagonal system
-    (one step length per image). Stops when every image has ``||r|| <= tol * ||b||`` (the
-    recursively updated residual); converged images stop moving (step 0). Returns
-    ``(u, iterations)``.
+    (one step length per image). Image ``i`` stops when ``||r_i|| <= tol_i * ||b_i||`` (the
+    recursively updated residual; ``tol`` ``[N,1,1,1]``) and does not move afterwards (step 0),
+    so its iterates do not depend on the other images of the batch. Returns ``(u, iterations)``.
     """
     u = torch.zeros_like(b)
     r = b.clone()
-    target = (tol * tol) * _dot(b, b)
+    target = tol.square() * _dot(b, b)
     active = _dot(r, r) > target
     if not bool(active.any()):
         return u, 0
@@ -412,20 +412,23 @@ def impute(x: Tensor, removed: Tensor, tol: float = 1e-5, max_iter: int = 100,
     r = b
     mg = _Multigrid(fine32)
     outer = inner = 0
-    rel = (_dot(r, r).sqrt() / bnorm).amax()
-    while float(rel) > tol:
+    rel = _dot(r, r).sqrt() / bnorm  # [N,1,1,1]
+    while float(rel.amax()) > tol:
         if outer == 8:
             raise RuntimeError(f"ROAD imputation did not converge: relative residual "
-                               f"{float(rel):.2e} > tol {tol:.0e} after {inner} iterations")
-        e, k = _pcg(fine32, mg, r.to(torch.float32, memory_format=_CL),
-                    max(inner_tol, tol / float(rel)), max_iter)
+                               f"{float(rel.amax()):.2e} > tol {tol:.0e} after {inner} iterations")
+        # each image is refined only while it is above tol (batch-independent results)
+        todo = rel > tol
+        rhs = torch.where(todo, r, torch.zeros((), dtype=r.dtype, device=r.device))
+        step_tol = torch.clamp(tol / rel.clamp_min(1e-300), min=inner_tol).float()
+        e, k = _pcg(fine32, mg, rhs.to(torch.float32, memory_format=_CL), step_tol, max_iter)
         outer += 1
         inner += k
         u = u + e.double()
         r = fine64.residual(b, u)
-        rel = (_dot(r, r).sqrt() / bnorm).amax()
+        rel = _dot(r, r).sqrt() / bnorm
     if info is not None:
-        info.update(outer=outer, inner=inner, residual=float(rel))
+        info.update(outer=outer, inner=inner, residual=float(rel.amax()))
     return (x64 * (1 - fine64.m) + u).to(x.dtype).contiguous()
 
 
