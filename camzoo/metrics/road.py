@@ -255,8 +255,15 @@ def _coarsen(S: List[Tensor]) -> List[Tensor]:
 
 def _restrict(r: Tensor) -> Tensor:
     """``P^T r``: sums over 2x2 blocks (a partial block at an odd edge sums what it has);
-    returns contiguous ``[N,C,ceil(h/2),ceil(w/2)]``."""
+    returns contiguous ``[N,C,ceil(h/2),ceil(w/2)]``. Channels-last input (the fine grid): one
+    strided depthwise convolution."""
     h, w = r.shape[-2:]
+    C = r.shape[1]
+    if r.is_contiguous(memory_format=_CL) and not r.is_contiguous():
+        if h % 2 or w % 2:
+            r = F.pad(r, (0, w % 2, 0, h % 2))
+        ones = torch.ones(C, 1, 2, 2, dtype=r.dtype, device=r.device)
+        return F.conv2d(r, ones, stride=2, groups=C).contiguous()
     rc = r[..., 0::2, 0::2].contiguous()
     for a, b in ((0, 1), (1, 0), (1, 1)):
         ra, rb = (h - a + 1) // 2, (w - b + 1) // 2
@@ -268,8 +275,11 @@ def _prolong_add(u: Tensor, uc: Tensor, support: Tensor, alpha: float) -> Tensor
     """``u += alpha * P uc`` in place: each coarse value added to its 2x2 block of unknowns
     (``support`` 1 on them, broadcastable to ``u``)."""
     h, w = u.shape[-2:]
-    if u.is_contiguous(memory_format=_CL) and not u.is_contiguous():
-        uc = uc.contiguous(memory_format=_CL)
+    if u.is_contiguous(memory_format=_CL) and not u.is_contiguous():  # the fine grid
+        C = u.shape[1]
+        ones = torch.ones(C, 1, 2, 2, dtype=u.dtype, device=u.device)
+        up = F.conv_transpose2d(uc.contiguous(memory_format=_CL), ones, stride=2, groups=C)
+        return u.addcmul_(up[..., :h, :w], support, value=alpha)
     for a in (0, 1):
         for b in (0, 1):
             ra, rb = (h - a + 1) // 2, (w - b + 1) // 2
