@@ -275,3 +275,13 @@ def test_lficam_refuses_a_reshape_without_inverse():
     assert bb.features(_x(bb, 1)).shape == (1, 32, 4, 4)
     with pytest.raises(ValueError, match="LFI-CAM cannot re-weight layer 't'.*no inverse"):
         LFICAM(bb, "t")
+
+
+def test_camzoo_list_names_the_transformer_layers_and_road():
+    from click.testing import CliRunner
+
+    from camzoo.cli import main
+
+    out = CliRunner().invoke(main, ["list"]).output
+    assert "blocks.<last>.norm1*" in out and "layers.<last>.blocks.<last>.norm1*" in out
+    assert "'all' = lcam,rise,adcc)" in out and "road " in out and "all,road" in out

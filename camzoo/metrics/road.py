@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..utils import make_generator
 from .insertion_deletion import descending_rank
 from .protocol import MetricInputs, MetricSpec, Protocol, register_protocol
 from .scorer import Scorer
@@ -447,8 +448,7 @@ def random_fields(seed: int, n_fields: int, shape: Tuple[int, ...], scale: float
                   device=None) -> Tensor:
     """``scale * N(0,1)`` fields ``[n_fields, *shape]`` from a CPU generator seeded with ``seed``
     (the same numbers on every device), moved to ``device``."""
-    g = torch.Generator().manual_seed(int(seed))
-    t = torch.randn((n_fields, *shape), generator=g) * float(scale)
+    t = torch.randn((n_fields, *shape), generator=make_generator(seed)) * float(scale)
     return t.to(device)
 
 
