@@ -293,13 +293,16 @@ class _Multigrid:
 
     Levels: the fine system, then 2x2 aggregations with Galerkin operators ``P^T A P`` until a
     side is at most ``coarse_size``, solved there by a dense Cholesky factorization (float64).
-    Smoothing: ``nu`` damped-Jacobi sweeps (``omega``) before and after the coarse correction,
+    Smoothing: ``nu`` Jacobi sweeps (weight ``omega``) before and after the coarse correction,
     which is scaled by ``alpha`` (over-correction compensates the weak piecewise-constant
-    interpolation). Jacobi is symmetric and the coarse solves are SPD, so the V-cycle is an SPD
-    operator for any ``alpha > 0`` and conjugate gradients converge with it.
+    interpolation). Jacobi is symmetric and contracting (``omega * lambda_max(D^-1 A) < 2``:
+    ``lambda_max`` is 4/3 on the fine grid and below 2 on the diagonally dominant coarse grids)
+    and the coarse solves are SPD, so the V-cycle is an SPD operator for any ``alpha > 0`` and
+    conjugate gradients converge with it. The defaults (``omega = 1``, ``alpha = 1.4``, ``nu =
+    1``) took the fewest iterations on 224x224 ROAD masks (12 per image to ``tol = 1e-5``).
     """
 
-    def __init__(self, fine: _FineOperator, omega: float = 0.9, alpha: float = 1.6, nu: int = 1,
+    def __init__(self, fine: _FineOperator, omega: float = 1.0, alpha: float = 1.4, nu: int = 1,
                  coarse_size: int = 16) -> None:
         self.omega, self.alpha, self.nu = float(omega), float(alpha), int(nu)
         dtype = fine.dtype
