@@ -91,6 +91,12 @@ def test_imputation_equals_an_independent_scipy_solve(H, W):
     torch.testing.assert_close(c, torch.full_like(c, 0.25), atol=1e-9, rtol=0)
 
 
+def test_weights_are_the_authors():
+    from pytorch_grad_cam.metrics.road import neighbors_weights  # copied from the authors' code
+
+    assert dict(neighbors_weights) == NEIGHBOUR_WEIGHTS
+
+
 def test_imputation_refuses_fully_removed_images():
     with pytest.raises(ValueError, match="at least one kept pixel"):
         impute(torch.rand(1, 3, 4, 4), torch.ones(1, 4, 4, dtype=torch.bool))

@@ -39,6 +39,7 @@ the 0.01 noise). No scipy, no per-pixel Python loop; any device.
 from __future__ import annotations
 
 import math
+import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -495,8 +496,6 @@ def road_curves(
     Returns:
         ``{order: float32 [B, P]}`` softmax probabilities of ``c``.
     """
-    import time
-
     B, C, H, W = x01.shape
     if V.shape != (B, H, W):
         raise ValueError(f"V must be [B,H,W] = {(B, H, W)}; got {tuple(V.shape)}")
