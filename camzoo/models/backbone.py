@@ -42,7 +42,9 @@ class Backbone:
         mean, std: per-channel normalization, float tensors ``[3]`` on the model's device.
         layers: explanation layers by name; a layer's forward output is its feature map
             ``[B,K,h,w]``, or becomes one through the layer's entry in ``reshapes``.
-        default_layer: the last convolutional layer (the papers' choice).
+        default_layer: the last convolutional layer (the papers' choice); for vision
+            transformers the last block's first norm (pytorch-grad-cam's advice, see
+            :mod:`camzoo.models.tokens`).
         num_classes: number of logits.
         class_names: ``num_classes`` human-readable names.
         weights_id: where the weights came from plus a short content hash (for run configs).
