@@ -22,7 +22,8 @@ EXIT_FAILURES = 3
               help="image folder (labels.csv / wnid folders / flat + --labels / any); default: sample photos")
 @click.option("--labels", default=None, type=click.Path(), help="ground-truth file for a flat --data folder")
 @click.option("--metrics", default="all", show_default=True,
-              help="'all' or comma-separated protocol names (camzoo list): lcam,adcc,rise, plugins")
+              help="'all' (lcam,rise,adcc and plugins) and/or comma-separated protocol names "
+                   "(camzoo list): e.g. road, or all,road for all plus road")
 @click.option("--limit", default=None, type=int, help="deterministic subset of N images")
 @click.option("--seed", default=0, show_default=True, type=int, help="seed of the --limit subset")
 @click.option("--steps", default=None, type=int, help="insertion/deletion steps (protocol default 224)")

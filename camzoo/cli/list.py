@@ -22,7 +22,11 @@ def list_cmd() -> None:
     for name, (layers, default) in BACKBONE_LAYERS.items():
         ls = ", ".join(f"{l}*" if l == default else l for l in layers)
         click.echo(f"  {name:18s} {ls}")
-    click.echo("  timm:<model>       any timm model: its feature stages, default the last")
+    click.echo("  timm:<model>       any timm CNN: its feature stages, default the last")
+    click.echo("  timm:<vit|deit|..> ViT-style: blocks.<i>, blocks.<last>.norm1* (pytorch-grad-cam's advice);")
+    click.echo("                     tokens -> [B,D,h,w] on the model's patch grid, class tokens dropped")
+    click.echo("  timm:<swin...>     Swin: layers.<i>, layers.<last>.blocks.<last>.norm1*, norm;")
+    click.echo("                     [B,H,W,C] -> [B,C,H,W]")
     click.echo("  py:module:function your own: a function returning a camzoo Backbone")
     click.echo("metric protocols (--metrics; 'all' = " + ",".join(all_protocols()) + "):")
     for name in PROTOCOLS.names():

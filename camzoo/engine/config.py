@@ -73,7 +73,8 @@ class BenchConfig:
             ``"all"`` = every registered explainer whose class has ``needs_checkpoint ==
             False``, plus learned ones given ``options[m]["checkpoint"]``.
         options: per-method explainer options, ``{"rise": {"n_masks": 8000}}``.
-        metrics: ``"all"`` (every protocol with ``in_all``) or protocol names.
+        metrics: ``"all"`` (every protocol with ``in_all``), protocol names, or both
+            (``"all,road"``: all of those plus ``road``).
         metric_options: per-protocol options, ``{"lcam": {"nus": [1.0, 0.5]}}``.
         data, labels: see :func:`camzoo.data.open_dataset` (``None`` = the sample photos).
         limit, seed: deterministic subset of the data (see :func:`camzoo.data.subset`).
@@ -187,14 +188,16 @@ def resolve_methods(methods: Union[None, str, Sequence[str]],
 
 
 def resolve_protocols(metrics: Union[str, Sequence[str]]) -> List[str]:
-    """Protocol names of a config (``"all"`` = :func:`~camzoo.metrics.all_protocols`), validated,
-    in table order."""
+    """Protocol names of a config, validated, in table order. ``"all"`` stands for
+    :func:`~camzoo.metrics.all_protocols` (the protocols with ``in_all``) and may be combined
+    with others: ``"all,road"`` = all of those plus ``road``."""
     names = split_names(metrics)
-    if names == ["all"]:
-        return all_protocols()
     if not names:
         raise ValueError(f"no metrics given; valid: all, {', '.join(PROTOCOLS.names())}")
-    return ordered_protocols(names)
+    expanded: List[str] = []
+    for n in names:
+        expanded += all_protocols() if n == "all" else [n]
+    return ordered_protocols(expanded)
 
 
 def protocol_options(config: BenchConfig, protocols: Sequence[str]) -> Dict[str, Dict[str, Any]]:

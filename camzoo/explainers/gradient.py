@@ -7,7 +7,9 @@ upsampling (``align_corners=False``). pytorch-grad-cam instead upsamples and min
 ``minmax(camzoo map)`` equals its output (tested to 1e-5).
 
 The pytorch-grad-cam object is used through :func:`pgc_cam`, a context manager that always
-releases its hooks and, unlike ``BaseCAM.__exit__``, never swallows an ``IndexError``.
+releases its hooks and, unlike ``BaseCAM.__exit__``, never swallows an ``IndexError``. A token
+layer of a vision transformer reaches pytorch-grad-cam with its ``Backbone.reshapes`` entry as
+``reshape_transform`` (activations and gradients as ``[B,K,h,w]`` maps).
 """
 from __future__ import annotations
 
@@ -23,9 +25,12 @@ from .base import Explainer, cam_to_map, register_explainer
 
 
 @contextmanager
-def pgc_cam(cls, model, layer) -> Iterator:
-    """``with pgc_cam(GradCAM, backbone.model, layer) as cam:`` — hooks removed on exit."""
-    cam = cls(model, [layer])
+def pgc_cam(cls, model, layer, reshape=None) -> Iterator:
+    """``with pgc_cam(GradCAM, backbone.model, layer, reshape) as cam:`` — hooks removed on exit.
+
+    ``reshape`` is the layer's ``Backbone.reshape_of`` (token layers of transformers), passed
+    as pytorch-grad-cam's ``reshape_transform``."""
+    cam = cls(model, [layer], reshape_transform=reshape)
     try:
         yield cam
     finally:
@@ -74,7 +79,7 @@ class _PGCExplainer(Explainer):
         """Weighted activation sum at feature resolution ``[B,h,w]`` (before ReLU)."""
         layer = model.layer(self.options["layer"])
         targets = _targets(y)
-        with pgc_cam(self.pgc_class(), model.model, layer) as cam:
+        with pgc_cam(self.pgc_class(), model.model, layer, model.reshape_of(self.options["layer"])) as cam:
             acts, grads, xg = _acts_and_grads(cam, x, targets)
             cam_np = cam.get_cam_image(xg, layer, targets, acts, grads, eigen_smooth=False)
         return torch.from_numpy(np.ascontiguousarray(cam_np, dtype=np.float32)).to(x.device)
@@ -129,7 +134,7 @@ class SmoothGradCAMPlusPlus(_PGCExplainer):
         targets = _targets(y)
         gen = make_generator(self.options["seed"], x.device)
         weights = None
-        with pgc_cam(self.pgc_class(), model.model, layer) as cam:
+        with pgc_cam(self.pgc_class(), model.model, layer, model.reshape_of(self.options["layer"])) as cam:
             for _ in range(n):
                 noise = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
                 acts, grads, xg = _acts_and_grads(cam, x + noise * float(self.options["noise_std"]), targets)

@@ -4,6 +4,8 @@
 - ``rise``: insertion / deletion AUC (RISE paper and code) -- :mod:`.insertion_deletion`
 - ``adcc``: Average Drop of ``E = x*V``, Coherency, Complexity, ADCC (ADCC paper and code)
   -- :mod:`.adcc`
+- ``road``: ROAD MoRF / LeRF with noisy linear imputation (ROAD paper and code; not in
+  ``all``) -- :mod:`.road`
 - stability of maps across models (LFI-CAM paper): binarized IoU -- :mod:`.stability`
 
 :class:`Scorer` (:mod:`.scorer`) does every forward (batched, counted per family).
@@ -22,6 +24,7 @@ from .protocol import (
     PROTOCOLS, MetricInputs, MetricSpec, Protocol, all_protocols, evaluate_all, ordered_protocols,
     register_protocol, table_metrics,
 )
+from .road import impute, removal_masks, road_curves, road_scores
 from .scorer import Scorer
 
 __all__ = [
@@ -31,5 +34,5 @@ __all__ = [
     "keep_mask", "keep_top", "lcam_scores", "masked_confidence", "nu_label",
     "adcc", "adcc_scores", "coherency", "complexity", "explanation_map", "pearson",
     "auc", "blur", "blur_kernel", "descending_rank", "insertion_deletion", "rise_scores",
-    "step_counts",
+    "step_counts", "impute", "removal_masks", "road_curves", "road_scores",
 ]

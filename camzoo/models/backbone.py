@@ -8,10 +8,13 @@ alive, and nothing is attached to the user's ``nn.Module``.
 
 ::
 
-    with capture(backbone.layer("conv5"), grad=True) as cap:
+    with backbone.capture_layer("conv5", grad=True) as cap:
         logits = backbone.model(x.requires_grad_())
         logits.gather(1, y[:, None]).sum().backward()
     A, dA = cap.activation, cap.gradient        # [B,K,h,w] each
+
+A layer whose output is not a feature map (a vision transformer's tokens) has an entry in
+``Backbone.reshapes``; ``capture_layer`` applies it, so every reader sees ``[B,K,h,w]``.
 """
 from __future__ import annotations
 
@@ -40,11 +43,19 @@ class Backbone:
             resize / crop / interpolation / mean / std).
         mean, std: per-channel normalization, float tensors ``[3]`` on the model's device.
         layers: explanation layers by name; a layer's forward output is its feature map
-            ``[B,K,h,w]``.
-        default_layer: the last convolutional layer (the papers' choice).
+            ``[B,K,h,w]``, or becomes one through the layer's entry in ``reshapes``.
+        default_layer: the last convolutional layer (the papers' choice); for vision
+            transformers the last block's first norm (pytorch-grad-cam's advice, see
+            :mod:`camzoo.models.tokens`).
         num_classes: number of logits.
         class_names: ``num_classes`` human-readable names.
         weights_id: where the weights came from plus a short content hash (for run configs).
+        reshapes: per layer whose output is not a ``[B,K,h,w]`` map (the tokens of a vision
+            transformer), the callable that turns the output into one (a
+            :class:`camzoo.models.tokens.TokenLayout`, or any ``output -> [B,K,h,w]``
+            callable). Every path that reads a layer applies it: :meth:`capture_layer`,
+            :meth:`features_and_logits`, :meth:`channels`, and pytorch-grad-cam's
+            ``reshape_transform`` (:meth:`reshape_of`). ``heads`` take the reshaped map.
     """
 
     name: str
@@ -59,6 +70,7 @@ class Backbone:
     heads: Dict[str, Callable[[Tensor], Tensor]] = field(default_factory=dict, repr=False)
     weights_id: str = "unknown"
     input_size: int = 224
+    reshapes: Dict[str, Callable[[Tensor], Tensor]] = field(default_factory=dict, repr=False)
     #: derived objects built for this backbone (see the module docstring); not compared
     cache: Dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -92,6 +104,18 @@ class Backbone:
             )
         return self.layers[name]
 
+    def reshape_of(self, name: Optional[str] = None) -> Optional[Callable[[Tensor], Tensor]]:
+        """How ``name``'s output becomes a ``[B,K,h,w]`` map (None: it already is one)."""
+        name = name or self.default_layer
+        self.layer(name)  # validates the name
+        return self.reshapes.get(name)
+
+    def capture_layer(self, name: Optional[str] = None, grad: bool = False,
+                      detach: bool = False) -> "capture":
+        """:class:`capture` of layer ``name`` (default: ``default_layer``) with its reshape:
+        ``activation`` and ``gradient`` are ``[B,K,h,w]`` maps for every layer."""
+        return capture(self.layer(name), grad=grad, detach=detach, reshape=self.reshape_of(name))
+
     def features(self, x: Tensor, layer: Optional[str] = None) -> Tensor:
         """Run the network up to ``layer`` and return its output ``[B,K,h,w]``.
 
@@ -102,7 +126,7 @@ class Backbone:
 
     def features_and_logits(self, x: Tensor, layer: Optional[str] = None):
         """One forward: ``(features [B,K,h,w], logits [B,num_classes])``."""
-        with capture(self.layer(layer)) as cap:
+        with self.capture_layer(layer) as cap:
             logits = self.model(x)
         return cap.activation, logits
 
@@ -115,12 +139,11 @@ class Backbone:
         name = layer or self.default_layer
         key = ("channels", name)
         if key not in self.cache:
-            module = self.layer(name)
             s = int(self.input_size or 224)
             was_training = self.model.training
             self.model.eval()
             try:
-                with torch.inference_mode(), capture(module) as cap:
+                with torch.inference_mode(), self.capture_layer(name) as cap:
                     self.model(torch.zeros(1, 3, s, s, device=self.device))
             finally:
                 self.model.train(was_training)
@@ -128,7 +151,7 @@ class Backbone:
         return self.cache[key]
 
     def head(self, features: Tensor, layer: Optional[str] = None) -> Tensor:
-        """Run the rest of the network from ``layer``'s output ``[B,K,h,w]`` to logits."""
+        """Run the rest of the network from ``layer``'s (reshaped) output ``[B,K,h,w]`` to logits."""
         name = layer or self.default_layer
         self.layer(name)  # validates the name
         if name not in self.heads:
@@ -219,21 +242,32 @@ def load_weights(model: nn.Module, sd: Dict[str, Tensor], source: str, name: str
 
 
 class capture:  # noqa: N801 - used like a function: ``with capture(layer) as cap``
-    """Record the forward output of ``module`` (last call) and its gradient if ``grad``."""
+    """Record the forward output of ``module`` (last call) and its gradient if ``grad``.
 
-    def __init__(self, module: nn.Module, grad: bool = False, detach: bool = False) -> None:
+    With ``reshape`` (a layer's entry in :attr:`Backbone.reshapes`), ``activation`` and
+    ``gradient`` are the reshaped ``[B,K,h,w]`` maps; the gradient of a reshape that only
+    selects and permutes elements is the reshaped gradient (pytorch-grad-cam applies its
+    ``reshape_transform`` the same way). Prefer :meth:`Backbone.capture_layer`, which passes it.
+    """
+
+    def __init__(self, module: nn.Module, grad: bool = False, detach: bool = False,
+                 reshape: Optional[Callable[[Tensor], Tensor]] = None) -> None:
         self.module = module
         self.grad = grad
         self.detach = detach
+        self.reshape = reshape
         self.activation: Optional[Tensor] = None
         self.gradient: Optional[Tensor] = None
         self._handle = None
 
     def _hook(self, module: nn.Module, inputs, output: Tensor) -> None:
-        self.activation = output.detach() if self.detach else output
+        rs = self.reshape
+        act = output if rs is None else rs(output)
+        self.activation = act.detach() if self.detach else act
         if self.grad and output.requires_grad:
             def _store(g: Tensor) -> None:
-                self.gradient = g.detach()
+                g = g.detach()
+                self.gradient = g if rs is None else rs(g)
 
             output.register_hook(_store)
 

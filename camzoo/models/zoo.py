@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from ..registry import BACKBONE_ENTRY_POINT_GROUP, Registry
 from ..utils import resolve_device
 from .backbone import Backbone, WeightsArg, freeze, hash_state_dict, load_state_dict_file, load_weights
+from .tokens import model_image_size, timm_token_layers
 
 BACKBONES: Registry[Callable[..., Backbone]] = Registry("backbone", BACKBONE_ENTRY_POINT_GROUP)
 
@@ -151,11 +152,16 @@ def _timm_backbone(model: nn.Module, name: str, weights_id: str, *, efficientnet
     from timm.data import create_transform, resolve_data_config
 
     freeze(model)
-    cfg = resolve_data_config({}, model=model)
+    size = model_image_size(model)  # a transformer built at another size than its config's
+    cfg = resolve_data_config({"input_size": (3, *size)} if size else {}, model=model)
     preprocess = _with_rgb(create_transform(**cfg))
     modules = dict(model.named_modules())
     heads: Dict[str, Callable[[Tensor], Tensor]] = {}
-    if all(hasattr(model, a) for a in ("blocks", "conv_head", "bn2", "forward_head")):
+    reshapes: Dict[str, Callable[[Tensor], Tensor]] = {}
+    tokens = timm_token_layers(model)
+    if tokens is not None:  # vision transformers: token layers reshaped to feature maps
+        layers, reshapes, heads, default = tokens
+    elif all(hasattr(model, a) for a in ("blocks", "conv_head", "bn2", "forward_head")):
         # EfficientNet family: blocks -> conv_head -> bn2 (BN + act) -> pool -> classifier
         layers = {"blocks": model.blocks, "conv_head": model.bn2}
         heads["conv_head"] = lambda f: model.forward_head(f)
@@ -176,7 +182,7 @@ def _timm_backbone(model: nn.Module, name: str, weights_id: str, *, efficientnet
         name=name, model=model, preprocess=preprocess, mean=torch.tensor(cfg["mean"]),
         std=torch.tensor(cfg["std"]), layers=layers, default_layer=default, num_classes=n,
         class_names=_class_names(n), heads=heads, weights_id=weights_id,
-        input_size=int(cfg["input_size"][-1]),
+        input_size=int(cfg["input_size"][-1]), reshapes=reshapes,
     )
 
 
@@ -331,6 +337,7 @@ def backbone_from_module(
     heads: Optional[Dict[str, Callable[[Tensor], Tensor]]] = None,
     num_classes: Optional[int] = None,
     input_size: int = 224,
+    reshapes: Optional[Dict[str, Callable[[Tensor], Tensor]]] = None,
 ) -> Backbone:
     """Wrap any ``nn.Module`` classifier (tests, tiny models, user code) as a Backbone.
 
@@ -343,6 +350,8 @@ def backbone_from_module(
         heads: per layer, ``features [B,K,h,w] -> logits`` (the rest of the network).
         num_classes: logits (default: the last ``nn.Linear``'s outputs, else 1000).
         input_size: side ``S`` of the preprocessed images (resize + center crop).
+        reshapes: per layer whose output is not ``[B,K,h,w]`` (tokens), the callable that
+            makes it one (:class:`camzoo.models.tokens.TokenLayout`; see ``Backbone.reshapes``).
     """
     from torchvision import transforms as T
 
@@ -358,7 +367,7 @@ def backbone_from_module(
         std=torch.tensor(std, device=dev), layers=dict(layers),
         default_layer=default_layer or list(layers)[-1], num_classes=num_classes,
         class_names=_class_names(num_classes), heads=dict(heads or {}), weights_id="module",
-        input_size=input_size,
+        input_size=input_size, reshapes=dict(reshapes or {}),
     )
 
 

@@ -18,6 +18,11 @@ The model follows the authors' ImageNet code, at one explanation layer of a
   forward hook that replaces the layer's output, so the whole model runs exactly once);
 - the explanation is ``L`` upsampled bilinearly to the input size (one forward pass).
 
+A token layer of a vision transformer (``Backbone.reshapes``) works the same way: ``F`` is the
+reshaped map ``[B,D,h,w]``, and ``(1 + L) * F`` goes back into the layer's token layout
+(``TokenLayout.inverse``, prefix tokens such as the class token unchanged) before the rest of
+the network runs.
+
 :class:`LFICAM` is an ``nn.Module`` with ``forward(x) -> (logits, L)``. Modes:
 
 - ``"frozen"``: the given backbone is used as is (eval mode, never modified, not a
@@ -190,6 +195,12 @@ class LFICAM(nn.Module):
         else:
             bb = backbone  # not registered: frozen, excluded from state_dict / DDP / .to()
         self.bb = bb
+        layout = bb.reshape_of(self.layer_name)
+        if layout is not None and not callable(getattr(layout, "inverse", None)):
+            raise ValueError(
+                f"LFI-CAM cannot re-weight layer {self.layer_name!r} of backbone {bb.name!r}: its "
+                f"output is reshaped to a feature map by {layout!r}, which has no inverse to put "
+                "(1+L)*F back into the layer's layout (use a camzoo.models.tokens.TokenLayout)")
         channels = bb.channels(self.layer_name)
         g = torch.Generator().manual_seed(int(seed))
         self.fin = FIN(channels, depth)
@@ -216,16 +227,20 @@ class LFICAM(nn.Module):
         last call (for inspection and tests).
         """
         out: Dict[str, Tensor] = {}
+        layout = self.bb.reshape_of(self.layer_name)  # token layers: tokens <-> [B,C,m,n]
 
-        def hook(module: nn.Module, inputs, f: Tensor) -> Tensor:
+        def hook(module: nn.Module, inputs, output: Tensor) -> Tensor:
             if "L" in out:
                 raise RuntimeError(f"layer {self.layer_name!r} ran twice in one forward; "
                                    "LFI-CAM needs a layer that is called once")
+            f = output if layout is None else layout(output)
             m = channel_minmax(f) * gray_image(x, f.shape[-2:]).to(f.dtype)
             w = self.fin(m.contiguous(memory_format=torch.channels_last))
             L = attention_map(f, w)
             out.update(F=f.detach(), w=w.detach(), L=L)
-            return (1.0 + L[:, None].to(f.dtype)) * f
+            f2 = (1.0 + L[:, None].to(f.dtype)) * f
+            # a token layer gets its tokens back (prefix tokens unchanged)
+            return f2 if layout is None else layout.inverse(f2, output)
 
         handle = self.bb.layer(self.layer_name).register_forward_hook(hook)
         try:
@@ -264,7 +279,7 @@ class LFICAM(nn.Module):
             mean=self.bb.mean, std=self.bb.std, layers=dict(self.bb.layers),
             default_layer=self.layer_name, num_classes=self.bb.num_classes,
             class_names=list(self.bb.class_names), heads={}, weights_id=weights_id,
-            input_size=self.bb.input_size,
+            input_size=self.bb.input_size, reshapes=dict(self.bb.reshapes),
         )
 
 

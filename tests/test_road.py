@@ -1,0 +1,307 @@
+"""Protocol ``road``: imputation vs an independent scipy solve, pytorch-grad-cam's ROAD, CLI."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import camzoo
+from camzoo.engine.config import resolve_protocols
+from camzoo.metrics import PROTOCOLS, MetricInputs, Scorer, table_metrics
+from camzoo.metrics.road import (DEFAULT_FRACTIONS, NEIGHBOUR_WEIGHTS, impute, random_fields,
+                                 removal_masks, removed_count, road_curves)
+from camzoo.models.testing import tiny_backbone
+
+from .conftest import SAMPLES
+
+
+def scipy_impute(img: np.ndarray, removed: np.ndarray) -> np.ndarray:
+    """Reference: one sparse system per image, built from the definition and solved by scipy.
+
+    For each removed pixel i: d_i u_i - sum_{removed j} w_ij u_j = sum_{kept k} w_ik x_k, with
+    w = 1/6 (direct), 1/12 (diagonal) over the in-image neighbours and d_i their sum.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.linalg import spsolve
+
+    C, H, W = img.shape
+    ys, xs = np.nonzero(removed)
+    n = len(ys)
+    var = -np.ones((H, W), dtype=np.int64)
+    var[ys, xs] = np.arange(n)
+    rows, cols, vals = [], [], []
+    diag = np.zeros(n)
+    b = np.zeros((n, C))
+    for (dy, dx), w in {(-1, -1): 1 / 12, (-1, 0): 1 / 6, (-1, 1): 1 / 12, (0, -1): 1 / 6,
+                        (0, 1): 1 / 6, (1, -1): 1 / 12, (1, 0): 1 / 6, (1, 1): 1 / 12}.items():
+        ny, nx = ys + dy, xs + dx
+        inside = (ny >= 0) & (ny < H) & (nx >= 0) & (nx < W)
+        diag[inside] += w
+        i, ny, nx = np.nonzero(inside)[0], ny[inside], nx[inside]
+        nb_removed = removed[ny, nx]
+        rows += list(i[nb_removed])
+        cols += list(var[ny[nb_removed], nx[nb_removed]])
+        vals += [-w] * int(nb_removed.sum())
+        kept = ~nb_removed
+        np.add.at(b, i[kept], w * img[:, ny[kept], nx[kept]].T)
+    A = coo_matrix((vals + list(diag), (rows + list(range(n)), cols + list(range(n)))), shape=(n, n))
+    sol = spsolve(A.tocsc(), b).reshape(n, C)
+    out = img.astype(np.float64).copy()
+    out[:, ys, xs] = sol.T
+    return out
+
+
+def _maps(B, H, W, seed=0, smooth=True):
+    g = torch.Generator().manual_seed(seed)
+    if not smooth:
+        return torch.rand(B, H, W, generator=g)
+    return F.interpolate(torch.rand(B, 1, 3, 4, generator=g), size=(H, W), mode="bilinear",
+                         align_corners=False)[:, 0]
+
+
+# -- imputation ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("H,W", [(19, 27), (40, 40)])
+def test_imputation_equals_an_independent_scipy_solve(H, W):
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 3, H, W, generator=g)
+    V = _maps(2, H, W)
+    fr = (0.1, 0.5, 0.9)
+    rem = torch.cat([removal_masks(V, fr, o).reshape(-1, H, W) for o in ("morf", "lerf")])
+    scattered = torch.rand(2, H, W, generator=g) < 0.3  # many small holes
+    border = torch.zeros(1, H, W, dtype=torch.bool)
+    border[0, :, :3] = True  # a removed band along the left edge and the corners
+    rem = torch.cat([rem, scattered, border])
+    xx = x[torch.arange(len(rem)) % 2]
+    info = {}
+    out = impute(xx, rem, info=info)
+    assert info["residual"] <= 1e-5 and info["outer"] >= 1  # the default tolerance
+    assert info["inner"] <= 20  # the multigrid preconditioner works (plain CG needs > 40 here)
+    for i in range(len(rem)):
+        ref = scipy_impute(xx[i].double().numpy(), rem[i].numpy())
+        np.testing.assert_allclose(out[i].double().numpy(), ref, atol=1e-4, rtol=0)
+        keep = ~rem[i]
+        assert torch.equal(out[i][:, keep], xx[i][:, keep])  # kept pixels untouched
+    # each image converges on its own: the same values whatever else is in the batch
+    torch.testing.assert_close(impute(xx[3:6], rem[3:6]), out[3:6], atol=1e-7, rtol=0)
+    # a constant image stays constant (weights sum to 1 over the in-image neighbours)
+    # (at a tolerance below float32's reach: the float64 refinement gets there)
+    info = {}
+    c = impute(torch.full((1, 3, H, W), 0.25, dtype=torch.float64), rem[:1], tol=1e-10, info=info)
+    assert info["outer"] >= 2
+    torch.testing.assert_close(c, torch.full_like(c, 0.25), atol=1e-9, rtol=0)
+
+
+def test_weights_are_the_authors():
+    from pytorch_grad_cam.metrics.road import neighbors_weights  # copied from the authors' code
+
+    assert dict(neighbors_weights) == NEIGHBOUR_WEIGHTS
+
+
+def test_imputation_refuses_fully_removed_images():
+    with pytest.raises(ValueError, match="at least one kept pixel"):
+        impute(torch.rand(1, 3, 4, 4), torch.ones(1, 4, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"fractions must be in \(0, 1\)"):
+        removed_count(1.0, 100)
+
+
+# -- which pixels are removed -------------------------------------------------------------------
+def test_removal_masks_counts_orders_and_ties():
+    H = W = 32
+    V = _maps(3, H, W, smooth=False)  # distinct values
+    fr = DEFAULT_FRACTIONS
+    morf = removal_masks(V, fr, "morf")
+    lerf = removal_masks(V, fr, "lerf")
+    for j, p in enumerate(fr):
+        k = int(np.floor(round(p * H * W, 9)))  # 0.7 * 1024 = 716.8 -> 716
+        assert k == removed_count(p, H * W)
+        assert (morf[:, j].flatten(1).sum(1) == k).all() and (lerf[:, j].flatten(1).sum(1) == k).all()
+        srt = V.flatten(1).sort(1, descending=True).values
+        # MoRF removes exactly the k highest values, LeRF the k lowest
+        assert (V.flatten(1)[morf[:, j].flatten(1)].view(3, k).amin(1) == srt[:, k - 1]).all()
+        assert (V.flatten(1)[lerf[:, j].flatten(1)].view(3, k).amax(1) == srt[:, -k]).all()
+    # a constant map: without tie noise the first pixels in raster order go (a contiguous
+    # band, the shape leak ROAD wants to avoid); with the authors' 1e-4 noise they are scattered
+    const = torch.ones(1, H, W)
+    band = removal_masks(const, (0.25,), "morf")[0, 0]
+    assert band[:8].all() and not band[8:].any()
+    ties = random_fields(0, 1, (H, W), 1e-4)
+    spread = removal_masks(const, (0.25,), "morf", ties)[0, 0]
+    assert int(spread.sum()) == 256 and int(spread[:8].sum()) < 128
+    # pytorch-grad-cam's percentile threshold removes one pixel more at 32x32 (10 %: 103 vs 102)
+    v = V[0].numpy()
+    assert int((v >= np.percentile(v, 90)).sum()) == 103 and removed_count(0.1, 1024) == 102
+
+
+# -- the protocol --------------------------------------------------------------------------------
+class _Recorder(nn.Module):
+    """Records every input and returns the logits of a fixed linear map of the mean colour."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 4)
+        self.inputs = []
+
+    def forward(self, x):
+        self.inputs.append(x.detach().clone())
+        return self.lin(x.mean(dim=(2, 3)))
+
+
+def test_noise_is_seeded_in_image_space_and_rows_do_not_depend_on_the_batch():
+    H = W = 24
+    g = torch.Generator().manual_seed(3)
+    x01 = torch.rand(3, 3, H, W, generator=g)
+    V = _maps(3, H, W, seed=4)
+    c = torch.tensor([0, 1, 2])
+    mean, std = torch.tensor([0.4, 0.5, 0.6]), torch.tensor([0.2, 0.3, 0.5])
+
+    def normalize(z):
+        return (z - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+
+    fr = (0.2, 0.6)
+    rec = _Recorder()
+    sc = Scorer(rec, eval_batch_size=5)
+    cur = road_curves(sc, x01, V, c, normalize, fractions=fr, noise=0.01, seed=7)
+    assert sc.counts["road"] == 3 * 2 * 2
+    seen = torch.cat(rec.inputs) * std.view(1, 3, 1, 1) + mean.view(1, 3, 1, 1)  # back to [0,1]
+    ties = random_fields(7, 4, (H, W), 1e-4)
+    noise = random_fields(8, 4, (3, H, W), 0.01)
+    q = 0
+    for k, order in enumerate(("morf", "lerf")):
+        rem = removal_masks(V, fr, order, ties[2 * k:2 * k + 2])
+        for i in range(3):
+            for j in range(2):
+                clean = impute(x01[i:i + 1], rem[i:i + 1, j])[0]
+                diff = seen[q] - clean
+                m = rem[i, j]
+                torch.testing.assert_close(diff[:, m], noise[2 * k + j][:, m], atol=2e-5, rtol=0)
+                assert diff[:, ~m].abs().max() < 1e-6  # kept pixels: only normalization rounding
+                q += 1
+    assert 0.008 < float(noise.std()) < 0.012
+    # the same rows image by image, with other chunk sizes (shared, seeded fields)
+    for i in range(3):
+        one = road_curves(Scorer(rec, 1), x01[i:i + 1], V[i:i + 1], c[i:i + 1], normalize,
+                          fractions=fr, seed=7, solve_batch=1)
+        for order in ("morf", "lerf"):
+            torch.testing.assert_close(one[order][0], cur[order][i], atol=1e-6, rtol=0)
+    other = road_curves(Scorer(rec, 4), x01, V, c, normalize, fractions=fr, seed=8)
+    assert not torch.allclose(other["morf"], cur["morf"], atol=1e-7, rtol=0)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # numpy 2 on pytorch-grad-cam's code
+def test_morf_lerf_and_combined_equal_pytorch_grad_cam_where_the_definitions_coincide(monkeypatch):
+    """Coinciding definitions: pytorch-grad-cam's inputs in [0,1] (the model normalizes inside),
+    noise off, distinct map values (no ties), p*H*W an integer (40x40: its percentile threshold
+    then removes exactly p*H*W pixels), softmax targets, scores (not differences)."""
+    import pytorch_grad_cam.metrics.road as pgc
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+
+    bb = tiny_backbone(input_size=40, seed=2)
+    H = W = 40
+    g = torch.Generator().manual_seed(5)
+    x01 = torch.rand(3, 3, H, W, generator=g)
+    V = _maps(3, H, W, seed=6, smooth=False) * 0.5 + _maps(3, H, W, seed=7) * 0.5
+    with torch.inference_mode():
+        c = bb.model(bb.normalize(x01)).argmax(1)
+    ours = road_curves(Scorer(bb.model, 7), x01, V, c, bb.normalize, noise=0.0, tie_noise=0.0)
+    wrapped = nn.Sequential(_Normalize(bb), bb.model).eval()
+    targets = [ClassifierOutputSoftmaxTarget(int(k)) for k in c]
+    cams = V.numpy().astype(np.float32)
+    for j, p in enumerate(DEFAULT_FRACTIONS):
+        q = round(100 * (1 - p))  # pytorch-grad-cam's percentile keeps the pixels below it
+        for cls, order in ((pgc.ROADMostRelevantFirst, "morf"), (pgc.ROADLeastRelevantFirst, "lerf")):
+            metric = cls(percentile=q)
+            metric.perturbation.imputer.noise = 0.0
+            theirs = metric(x01, cams, targets, wrapped, return_diff=False)
+            np.testing.assert_allclose(ours[order][:, j].numpy(), theirs, atol=2e-5, rtol=0)
+    # ROADCombined (its imputers built inside, noise 0): (LeRF - MoRF) / 2 of the means
+    monkeypatch.setattr(pgc.NoisyLinearImputer.__init__, "__defaults__", (0.0, pgc.neighbors_weights))
+    combined = pgc.ROADCombined(percentiles=[10, 50, 90])(x01, cams, targets, wrapped)
+    sel = [0, 4, 8]
+    ref = (ours["lerf"][:, sel].mean(1) - ours["morf"][:, sel].mean(1)) / 2
+    np.testing.assert_allclose(ref.numpy(), combined, atol=2e-5, rtol=0)
+
+
+class _Normalize(nn.Module):
+    def __init__(self, bb):
+        super().__init__()
+        self.bb = bb
+
+    def forward(self, z):
+        return self.bb.normalize(z)
+
+
+def test_protocol_rows_columns_options_and_all_road():
+    bb = tiny_backbone()
+    g = torch.Generator().manual_seed(0)
+    x01 = torch.rand(2, 3, 32, 32, generator=g)
+    x = bb.normalize(x01)
+    V = _maps(2, 32, 32)
+    with torch.inference_mode():
+        p = torch.softmax(bb.model(x), 1)
+    c = p.argmax(1)
+    sc = Scorer(bb.model, 16)
+    proto = PROTOCOLS.get("road")
+    rows = proto.evaluate(MetricInputs(sc, x, V, c, p.max(1).values, bb.normalize, bb.denormalize,
+                                       x01=x01), fractions=(0.25, 0.5))
+    assert set(rows) == set(proto.row_keys()) | set(proto.curve_keys()) == {
+        "road_morf", "road_lerf", "road", "road_morf_curve", "road_lerf_curve"}
+    assert rows["road_morf_curve"].shape == (2, 2) and sc.counts["road"] == 2 * 2 * 2
+    torch.testing.assert_close(rows["road_morf"], rows["road_morf_curve"].mean(1))
+    torch.testing.assert_close(rows["road"], (rows["road_lerf"] - rows["road_morf"]) / 2)
+    cols = [(m.column + m.arrow, m.scale) for m in table_metrics(["road"])]
+    assert cols == [("ROAD-MoRF\u2193", 100.0), ("ROAD-LeRF\u2191", 100.0), ("ROAD\u2191", 100.0)]
+    with pytest.raises(ValueError, match="has no option.*fractions="):
+        proto.options(steps=3)
+    # 'all' stays the three papers' protocols; 'all,road' adds ROAD, in table order
+    assert resolve_protocols("all") == ["lcam", "rise", "adcc"]
+    assert resolve_protocols("all,road") == ["lcam", "rise", "adcc", "road"]
+    assert resolve_protocols("road,lcam") == ["lcam", "road"]
+    assert resolve_protocols("road,all,lcam") == ["lcam", "rise", "adcc", "road"]
+    with pytest.raises(Exception, match="road"):
+        resolve_protocols("all,nope")
+
+
+# -- command line: a tiny ViT from a weights file ---------------------------------------------------
+VIT = "py:camzoo.models.testing:tiny_vit"
+
+
+def test_cli_bench_tiny_vit_weights_all_and_road(tmp_path):
+    from click.testing import CliRunner
+
+    from camzoo.bench import Run
+    from camzoo.cli import main
+    from camzoo.data import open_dataset
+    from camzoo.data.images import load_image
+    from camzoo.models.testing import tiny_vit
+
+    path = tmp_path / "vit.pt"
+    torch.save(tiny_vit(seed=4).model.state_dict(), path)
+    common = ["bench", "--backbone", VIT, "--weights", str(path), "--data", SAMPLES, "--limit", "2",
+              "--methods", "gradcam,scorecam,rise", "--opt", "rise.n_masks=16", "--steps", "4",
+              "--no-progress"]
+    runner = CliRunner()
+    res = runner.invoke(main, common + ["--metrics", "all", "--out", str(tmp_path / "all")])
+    assert res.exit_code == 0, res.output
+    assert "| scorecam |" in res.output and "AD(100%)↓" in res.output and "ADCC↑" in res.output
+    assert "ROAD" not in res.output
+    res = runner.invoke(main, common + ["--metrics", "road", "--eval-batch-size", "5",
+                                        "--out", str(tmp_path / "road")])
+    assert res.exit_code == 0, res.output
+    assert "ROAD-MoRF↓" in res.output and "ROAD-LeRF↑" in res.output and "ROAD↑" in res.output
+    run = Run(str(tmp_path / "road"))
+    rows = run.rows(curves=True)
+    assert len(rows) == 6 and len(rows.iloc[0].road_morf_curve) == 9
+    # the stored gradcam rows equal an independent per-image computation with the file's weights
+    bb = tiny_vit(weights=str(path))
+    for it in open_dataset(SAMPLES, limit=2).items:
+        x = bb.preprocess(load_image(it.path)).unsqueeze(0)
+        with torch.inference_mode():
+            c = bb.model(x).argmax(1)
+        V = camzoo.explain("gradcam", bb, x, c)
+        cur = road_curves(Scorer(bb.model, 1), bb.denormalize(x).clamp(0, 1), V, c, bb.normalize)
+        row = rows[(rows.method == "gradcam") & (rows.image_id == it.image_id)].iloc[0]
+        np.testing.assert_allclose(row.road_morf_curve, cur["morf"][0].numpy(), atol=1e-5)
+        np.testing.assert_allclose(row.road_lerf_curve, cur["lerf"][0].numpy(), atol=1e-5)
+        assert row.road == pytest.approx(float((cur["lerf"] - cur["morf"]).mean() / 2), abs=1e-5)
+    fw = run.forwards()
+    assert int(fw[(fw.method == "gradcam") & (fw.family == "road")].forwards.sum()) == 2 * 18
