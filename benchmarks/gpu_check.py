@@ -118,7 +118,7 @@ def bench_once(a, name, weights, device, out, images, masks, amp, steps):
     from camzoo.bench import BenchConfig, run
     from camzoo.engine.config import resolve_methods
 
-    methods = ",".join(resolve_methods("all", {}))
+    methods = a.methods or ",".join(resolve_methods("all", {}))
     return run(BenchConfig(backbone=name, weights=weights, methods=methods, data=a.data, limit=images,
                            seed=0, steps=steps, options={"rise": {"n_masks": masks}}, device=str(device),
                            amp=amp, out=out, progress=False, figures=False), echo=lambda s: None)
@@ -238,7 +238,7 @@ def agreement(a) -> int:
         t32, t16 = (runs[p].timings["process"]["loop_wall_s"] for p in ("fp32", amp))
         n = runs["fp32"].rows().image_id.nunique()
         text = (f"# bf16 vs fp32 agreement: {describe(device)}\n\n{name}, {n} images "
-                f"({a.data or 'the sample photos'}), every built-in explainer and protocol, {a.steps} "
+                f"({a.data or 'the sample photos'}), methods {a.methods or 'all built-in'}, every protocol, {a.steps} "
                 f"steps, RISE {a.rise_masks or 1000} masks. Engine time: fp32 {t32:.1f} s, bf16 "
                 f"{t16:.1f} s ({t32 / t16:.2f}x).\n\n" + agreement_markdown(runs["fp32"], runs[amp], "fp32", amp))
         for r in runs.values():
@@ -265,6 +265,7 @@ def main() -> int:
     ap.add_argument("--rise-masks", type=int, default=None)
     ap.add_argument("--amp", default="bf16", choices=("bf16", "fp16", "none"))
     ap.add_argument("--forward-only", action="store_true", help="throughput: plain (and compiled) forwards only")
+    ap.add_argument("--methods", default=None, help="default: every built-in explainer")
     ap.add_argument("--compile", default="resnet50",
                     help="backbones whose bf16 forward is also compiled ('' = none; inductor takes a minute each)")
     a = ap.parse_args()

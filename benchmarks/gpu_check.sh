@@ -34,7 +34,8 @@ fi
 data=""
 for d in .devdata/photos ../shared/data/imagenet-samples; do [ -f "$d/labels.csv" ] && { data=$(cd "$d" && pwd); break; }; done
 
-if [ $cpu = 1 ]; then dev=(--cpu) devname=cpu; else dev=() devname=cuda; fi
+# --cpu: the same steps on a (shared, slow) CPU get 4x the time
+if [ $cpu = 1 ]; then dev=(--cpu) devname=cpu slow=4; else dev=() devname=cuda slow=1; fi
 if [ $quick = 1 ]; then q=(--quick); else q=(); fi
 failed=0
 : > "$out/log.txt"
@@ -63,6 +64,7 @@ PY
 step() {  # step NAME LIMIT_S FILE COMMAND...   (FILE - : stdout goes to log.txt too)
   local name=$1 limit=$2 file=$3; shift 3
   local t0=$SECONDS rc
+  limit=$((limit * slow))
   echo "== $name: $*" >> "$out/log.txt"
   if [ "$file" = - ]; then
     timeout --kill-after=10 "$limit" "$@" >> "$out/log.txt" 2>&1
@@ -80,7 +82,7 @@ step() {  # step NAME LIMIT_S FILE COMMAND...   (FILE - : stdout goes to log.txt
 photos=(); [ -n "$data" ] && photos=(--data "$data")
 if [ $quick = 1 ]; then
   eng=(--backbone py:camzoo.models.testing:tiny_backbone --images 4 --steps 4 --batch-sizes 2,4 --rounds 1 --repeats 1 --ref-forwards 2)
-  sc=(--backbone resnet18 --images 1 --batch-sizes 8 --reps 1)
+  sc=(--backbone py:camzoo.models.testing:tiny_backbone --images 2 --batch-sizes 8 --reps 1)
 else
   eng=(--images 64 --steps 16 --batch-sizes 64,128,256 --rounds 3)
   sc=(--backbone resnet50 --images 2 --batch-sizes 128 --reps 2)

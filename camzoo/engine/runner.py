@@ -38,7 +38,7 @@ from ..metrics.protocol import PROTOCOLS, MetricInputs
 from ..metrics.scorer import Scorer
 from ..models import Backbone, load_backbone
 from ..explainers.base import describe_invalid, valid_maps
-from ..results.run import CONFIG_NAME, MANIFEST_NAME, Run, RunLock, map_path
+from ..results.run import CONFIG_NAME, MANIFEST_NAME, Run, RunLock, RunLockedError, map_path
 from ..results.store import DB_NAME, ResultStore
 from ..utils import UserError, atomic_write, check_amp, jsonable, resolve_device
 from ..version import __version__
@@ -374,7 +374,9 @@ def _run(config: BenchConfig, echo: Echo, shard: Shard, device: Optional[torch.d
     if shard.distributed:
         import torch.distributed as dist
 
-        dist.barrier()  # every shard is stored; the only collective of a run
+        # every shard is stored; the only collective of a run
+        dev = plan.device
+        dist.barrier(**({"device_ids": [dev.index]} if dev.type == "cuda" and dev.index is not None else {}))
         if shard.rank == 0:
             return merge(plan.out, base, dataset=plan.dataset, backbone=plan.backbone,
                          figures=plan.config.figures)
@@ -382,8 +384,12 @@ def _run(config: BenchConfig, echo: Echo, shard: Shard, device: Optional[torch.d
     pending = [s for s in shard_states(plan.out) if not s.complete]
     if not pending:
         echo("every shard is complete: merging")
-        return merge(plan.out, base, dataset=plan.dataset, backbone=plan.backbone,
-                     figures=plan.config.figures)
+        try:
+            return merge(plan.out, base, dataset=plan.dataset, backbone=plan.backbone,
+                         figures=plan.config.figures)
+        except RunLockedError:  # a shard that completed at the same moment is merging
+            echo("another process is merging the shards; nothing left to do here")
+            return Run(plan.out, store=shard.store_name)
     echo(f"shard done; {len(pending)} other shard(s) not complete yet "
          f"({', '.join(str(s.shard.rank) for s in pending)}); when they are: camzoo merge {plan.out}")
     return Run(plan.out, store=shard.store_name)
@@ -410,8 +416,10 @@ def merge(run_dir: str, echo: Echo = print, *, dataset: Optional[Dataset] = None
     bc = BenchConfig.from_dict(cfg["bench_config"])
     if figures and (dataset is None or backbone is None):
         try:
-            dataset = dataset or open_dataset(bc.data, bc.labels, bc.limit, bc.seed)
-            backbone = backbone or load_backbone(bc.backbone, bc.weights, "cpu")
+            if dataset is None:
+                dataset = open_dataset(bc.data, bc.labels, bc.limit, bc.seed)
+            if backbone is None:
+                backbone = load_backbone(bc.backbone, bc.weights, "cpu")
         except Exception as exc:  # the grid needs them; the tables do not
             echo(f"note: no overlay grid ({type(exc).__name__}: {exc}); the tables are complete")
             dataset = backbone = None
