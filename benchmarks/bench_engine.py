@@ -47,6 +47,9 @@ Usage::
     python benchmarks/bench_engine.py                       # Lite0, 16 images, steps 16
     python benchmarks/bench_engine.py --images 32 --rounds 5
     python benchmarks/bench_engine.py --images 16 --steps 32 --device cuda
+    python benchmarks/bench_engine.py --device cuda --amp bf16 --images 64 --batch-sizes 64,128,256
+
+On GPU (``--amp bf16``) the target is <= 1.2 (the issue's bar for the GPU check).
 """
 from __future__ import annotations
 
@@ -63,15 +66,20 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SAMPLES = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data", "imagenet-samples"))
 
 
+AMP = None  # --amp: the reference forwards run under the same autocast as the engine's
+
+
 def timed_forwards(bb, x, bs, n, device):
     """``n`` consecutive forwards (+ softmax) of ``bs`` images after one untimed warm-up.
 
     Returns ``((wall, cpu) mean per image over the n forwards, (wall, cpu) min per image over
     single forwards)``.
     """
+    from camzoo.utils import autocast
+
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     xx = x[torch.arange(bs) % x.shape[0]].contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(device, AMP):
         bb.model(xx)
         sync()
         best_w = best_c = float("inf")
@@ -110,7 +118,14 @@ def main() -> None:
     ap.add_argument("--device", default=None)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
     ap.add_argument("--no-tune-malloc", action="store_true", help="keep glibc's default mmap behaviour")
+    ap.add_argument("--amp", default=None, choices=("bf16", "fp16"),
+                    help="every forward (engine and reference) under autocast")
+    ap.add_argument("--weights", default=None, help="'random' for a backbone without weights here")
+    ap.add_argument("--data", default=SAMPLES if os.path.isdir(SAMPLES) else None,
+                    help="image folder (default ../shared/data/imagenet-samples, else the 6 sample photos)")
     args = ap.parse_args()
+    global AMP
+    AMP = args.amp
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -122,8 +137,8 @@ def main() -> None:
 
     device = resolve_device(args.device)
     tuned = device.type == "cpu" and not args.no_tune_malloc and tune_cpu_allocator()
-    bb = camzoo.load_backbone(args.backbone, device=device)
-    data = SAMPLES if os.path.isdir(SAMPLES) else None
+    bb = camzoo.load_backbone(args.backbone, weights=args.weights, device=device)
+    data = args.data
     ds = open_dataset(data, limit=args.images, seed=0)
     x = torch.stack([bb.preprocess(ds.load(it)) for it in ds.items]).to(device)
     sizes = [int(b) for b in args.batch_sizes.split(",")]
@@ -153,7 +168,7 @@ def main() -> None:
             return run(BenchConfig(backbone=bb, methods=args.methods, data=data, limit=args.images,
                                    seed=0, steps=args.steps, batch_size=engine_bs, eval_batch_size=bs_best,
                                    out=os.path.join(tmp, name), progress=False, figures=False,
-                                   tune_malloc=not args.no_tune_malloc),
+                                   tune_malloc=not args.no_tune_malloc, amp=args.amp),
                        echo=lambda s: None)
 
         # the first run pays one-time costs (oneDNN primitives for each new batch shape, lazy
@@ -185,7 +200,9 @@ def main() -> None:
     t_cpu = min(min_c, min(c for _, c in table.values()))
 
     print(f"camzoo bench engine overhead: {args.backbone} on {device} "
-          f"({torch.get_num_threads()} threads, malloc tuned: {tuned}), {len(ds)} images, "
+          f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else ''} "
+          f"({torch.get_num_threads()} threads, malloc tuned: {tuned}, amp {args.amp or 'fp32'}, "
+          f"torch {torch.__version__}), {len(ds)} images, "
           f"methods {args.methods}, steps {args.steps}, batch_size {engine_bs}, "
           f"eval_batch_size {bs_best}, {args.rounds} measured runs")
     print("load average (1, 5, 15 min) before: {:.2f} {:.2f} {:.2f}, after: {:.2f} {:.2f} {:.2f}".format(

@@ -11,6 +11,17 @@ Usage::
 
     python benchmarks/bench_scorecam.py                       # resnet18, random weights, 2 photos
     python benchmarks/bench_scorecam.py --backbone efficientnet_lite0 --batch-sizes 32
+    python benchmarks/bench_scorecam.py --same-object                       # one process, one nn.Module
+    python benchmarks/bench_scorecam.py --same-object --backbone resnet50 --device cuda --amp bf16
+
+``--same-object``: both sides get the *identical* ``nn.Module`` (one ``load_backbone`` in one
+process; ``--layout channels_last`` (default) or ``contiguous`` converts it for both). Each side
+is called once untimed, then ``--reps`` timed calls alternate (CUDA synchronized). camzoo runs
+twice: with ``fuse_bn=False`` (its masked forwards through that very module) and with its
+default ``fuse_bn=True`` (a BatchNorm-folded copy built from it); with ``--amp`` camzoo runs its
+forwards under autocast (pytorch-grad-cam has no such option: it runs in fp32, as a user gets
+it). Peak device memory is reported on CUDA (``torch.cuda.max_memory_allocated``). On CPU both
+sides are at the forward-pass limit; the GPU target (bf16, ResNet-50) is >= 5x.
 
 How it measures
 ---------------
@@ -125,6 +136,92 @@ def _run_worker(side: str, bs: int, workdir: str) -> dict:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
+# -- same model object, one process ----------------------------------------------------------
+def same_object(a) -> None:
+    os.environ.setdefault("TQDM_DISABLE", "1")  # pytorch-grad-cam's per-image progress bars
+    import camzoo
+    from camzoo.data.images import sample_photos
+    from camzoo.explainers import minmax
+    from camzoo.utils import resolve_device
+    from pytorch_grad_cam import ScoreCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    device = resolve_device(a.device)
+    weights = None if a.backbone == "efficientnet_lite0" or a.backbone.startswith("py:") else "random"
+    bb = camzoo.load_backbone(a.backbone, weights=weights, device=device)
+    if weights == "random":
+        torch.manual_seed(0)  # benchmark script, not library code: seeded random init
+        for m in bb.model.modules():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+    if a.layout == "contiguous":
+        bb.model.to(memory_format=torch.contiguous_format)
+    model = bb.model  # the one object both sides get
+    layer_name = a.layer or bb.default_layer
+    layer = bb.layer(layer_name)
+    photos = (sample_photos() * 4)[: a.images]
+    x = torch.stack([bb.preprocess(im) for _, im in photos]).to(device)
+    with torch.inference_mode():
+        y = model(x).argmax(1)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    bs = int(a.batch_sizes.split(",")[-1])
+    K = bb.channels(layer_name)
+
+    def theirs():
+        cam = ScoreCAM(model, [layer])
+        cam.batch_size = bs
+        try:
+            return torch.from_numpy(cam(x, [ClassifierOutputTarget(int(c)) for c in y]))
+        finally:
+            cam.activations_and_grads.release()
+
+    def ours(fuse_bn, amp):
+        return lambda: camzoo.explain("scorecam", bb, x, y, layer=layer_name, variant="grad-cam",
+                                      batch_size=bs, fuse_bn=fuse_bn, amp=amp).cpu()
+
+    sides = {"pytorch-grad-cam ScoreCAM (fp32)": theirs,
+             "camzoo grad-cam, fuse_bn=False, fp32": ours(False, None),
+             "camzoo grad-cam, fuse_bn=True, fp32": ours(True, None)}
+    if a.amp:
+        sides[f"camzoo grad-cam, fuse_bn=False, {a.amp}"] = ours(False, a.amp)
+        sides[f"camzoo grad-cam, fuse_bn=True, {a.amp}"] = ours(True, a.amp)
+    maps, times, peaks = {}, {k: [] for k in sides}, {}
+    for k, f in sides.items():  # untimed first call: kernels, cuDNN plans, the folded copy
+        maps[k] = f()
+    for _ in range(a.reps):
+        for k, f in sides.items():
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            sync()
+            t = time.perf_counter()
+            f()
+            sync()
+            times[k].append(time.perf_counter() - t)
+            if device.type == "cuda":
+                peaks[k] = torch.cuda.max_memory_allocated(device) / 2 ** 20
+    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform_cpu())
+    print(f"same nn.Module for both sides: {a.backbone} ({'random' if weights else 'embedded'} weights), "
+          f"layout {a.layout}, layer {layer_name} (K={K}), {a.images} images, batch {bs}, {K + 1} "
+          f"forwards per image; {device} {dev_name}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; best of {a.reps}")
+    ref_name = "pytorch-grad-cam ScoreCAM (fp32)"
+    t_ref = min(times[ref_name])
+    print(f"{'side':<40}{'s/img':>10}{'theirs/ours':>13}{'max map diff':>14}" + ("   peak MiB" if peaks else ""))
+    for k in sides:
+        t = min(times[k])
+        diff = 0.0 if k == ref_name else float((minmax(maps[k]) - maps[ref_name]).abs().max())
+        print(f"{k:<40}{t / a.images:>10.4f}{t_ref / t:>12.2f}x{diff:>14.2e}"
+              + (f"{peaks[k]:>11.0f}" if peaks else ""))
+
+
+def platform_cpu() -> str:
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
 # -- main ------------------------------------------------------------------------------------
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -137,12 +234,21 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads per worker (0 = torch default)")
     ap.add_argument("--rank-by", choices=("cpu", "wall"), default="cpu",
                     help="pick each side's best batch size by CPU time or wall time")
+    ap.add_argument("--same-object", action="store_true",
+                    help="one process, the identical nn.Module for both sides (see the docstring)")
+    ap.add_argument("--device", default="cpu", help="--same-object: cpu or cuda")
+    ap.add_argument("--amp", default=None, choices=("bf16", "fp16"), help="--same-object: camzoo's autocast")
+    ap.add_argument("--layout", default="channels_last", choices=("channels_last", "contiguous"),
+                    help="--same-object: the shared module's memory format")
+    ap.add_argument("--reps", type=int, default=2, help="--same-object: timed calls per side")
     ap.add_argument("--worker", choices=("ours", "theirs"), help=argparse.SUPPRESS)
     ap.add_argument("--bs", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--workdir", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
         return worker(a.worker, a.bs, a.workdir)
+    if a.same_object:
+        return same_object(a)
 
     import camzoo
     from camzoo.explainers import minmax

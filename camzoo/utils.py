@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Callable, Dict, List, Sequence, Union
+from contextlib import nullcontext
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 
@@ -97,6 +98,31 @@ def synchronize(device: torch.device) -> None:
     """Wait for the device's queued work (CUDA); a no-op on CPU."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+#: mixed-precision names (``--amp``) -> autocast dtypes; ``None`` = fp32 (no autocast)
+AMP_DTYPES = {None: None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def check_amp(amp: Optional[str], owner: str = "amp") -> Optional[str]:
+    """``amp`` if it is a valid mixed-precision name (:data:`AMP_DTYPES`); else ``ValueError``."""
+    if amp not in AMP_DTYPES:
+        raise ValueError(f"{owner}={amp!r} is not valid; valid: None (fp32), 'bf16', 'fp16'")
+    return amp
+
+
+def autocast(device: Union[str, torch.device], amp: Optional[str]):
+    """The autocast context of one forward: ``amp`` in {None, "fp16", "bf16"}; None = fp32
+    (a no-op context).
+
+    Only model forwards belong inside it: softmax, map arithmetic and stored values are
+    computed in float32 outside (autocast would also lower matmuls / einsums there).
+    Autocast is opt-in: on CPUs without bf16 hardware it is much slower than fp32.
+    """
+    check_amp(amp)
+    if amp is None:
+        return nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=AMP_DTYPES[amp])
 
 
 def make_generator(seed: int, device: Union[str, torch.device] = "cpu") -> torch.Generator:

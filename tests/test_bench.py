@@ -145,7 +145,7 @@ def test_forward_counts_are_exact(tiny_run):
     assert cfg["methods"]["fakecam"]["forward_passes"] == 0
     assert cfg["data"]["n_images"] == 6 and cfg["backbone"]["layer"] == "features"
     assert cfg["protocols"]["rise"]["options"]["steps"] == STEPS
-    assert cfg["methods"]["gradcam"]["options"] == {"layer": None}
+    assert cfg["methods"]["gradcam"]["options"] == {"layer": None, "amp": None}
     assert cfg["torch_version"] == torch.__version__ and cfg["camzoo_version"] == camzoo.__version__
     # manifest lists the chosen files and hashes to the stored value
     man = pd.read_csv(os.path.join(tiny_run.dir, "manifest.csv"))

@@ -469,6 +469,7 @@ def small_run(tmp_path_factory):
     ({"metric_options": {"lcam": {"nus": [0.5]}}}, "protocols.lcam.nus"),
     ({"metrics": "lcam"}, "protocols"),
     ({"steps": 5}, "protocols.rise.steps"),
+    ({"amp": "bf16"}, "  amp: stored None, now 'bf16'"),  # the engine's own forwards
 ])
 def test_the_resume_identity_covers_every_key(small_run, change, key, tmp_path):
     if "data" in change and not os.path.isdir(change["data"]):

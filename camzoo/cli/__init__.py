@@ -1,14 +1,14 @@
 """The ``camzoo`` command line: a thin layer over the Python API, one module per command.
 
-``camzoo list | explain | bench | table | compare | errors | train lcam | train lficam | stability |
-stats | sanity | analyze``
+``camzoo list | explain | bench | merge | table | compare | errors | train lcam | train lficam |
+stability | stats | sanity | analyze``
 """
 from __future__ import annotations
 
 import click
 
 from .analyze import analyze_cmd
-from .bench import bench_cmd, compare_cmd, errors_cmd, table_cmd
+from .bench import bench_cmd, compare_cmd, errors_cmd, merge_cmd, table_cmd
 from .explain import explain_cmd
 from .list import list_cmd
 from .sanity import sanity_cmd
@@ -23,8 +23,8 @@ def main() -> None:
     """camzoo: benchmark CAM-style explainers of CNN image classifiers."""
 
 
-for _cmd in (list_cmd, explain_cmd, bench_cmd, table_cmd, compare_cmd, errors_cmd, train, stability_cmd,
-             stats_cmd, sanity_cmd, analyze_cmd):
+for _cmd in (list_cmd, explain_cmd, bench_cmd, merge_cmd, table_cmd, compare_cmd, errors_cmd, train,
+             stability_cmd, stats_cmd, sanity_cmd, analyze_cmd):
     main.add_command(_cmd)
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,5 +1,6 @@
-"""``camzoo bench``, ``camzoo table`` and ``camzoo compare``: thin layers over
-:func:`camzoo.bench.run` and :mod:`camzoo.results`."""
+"""``camzoo bench``, ``camzoo merge``, ``camzoo table``, ``camzoo compare`` and ``camzoo
+errors``: thin layers over :func:`camzoo.bench.run`, :func:`camzoo.bench.merge` and
+:mod:`camzoo.results`."""
 from __future__ import annotations
 
 import click
@@ -27,10 +28,21 @@ EXIT_FAILURES = 3
 @click.option("--limit", default=None, type=int, help="deterministic subset of N images")
 @click.option("--seed", default=0, show_default=True, type=int, help="seed of the --limit subset")
 @click.option("--steps", default=None, type=int, help="insertion/deletion steps (protocol default 224)")
-@click.option("--batch-size", default=16, show_default=True, type=int, help="images per engine batch")
-@click.option("--eval-batch-size", default=64, show_default=True, type=int,
-              help="perturbed images per metric forward")
-@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
+@click.option("--batch-size", default=None, type=int,
+              help="images per engine batch [default: 16 on CPU; on CUDA the largest that fits]")
+@click.option("--eval-batch-size", default=None, type=int,
+              help="perturbed images per metric forward [default: 64 on CPU; on CUDA the largest that fits]")
+@click.option("--device", default=None,
+              help="cpu, cuda, cuda:1 ... (default: CUDA when available; torchrun: cuda:LOCAL_RANK)")
+@click.option("--amp", default=None, type=click.Choice(["bf16", "fp16"]),
+              help="every forward under autocast in this precision (default: fp32)")
+@click.option("--compile", "compile", is_flag=True,
+              help="torch.compile the classifier's forward (clean and metric forwards)")
+@click.option("--shard", default=None, metavar="I/N",
+              help="evaluate shard I (0-based) of N only, into its own store; then camzoo merge RUN "
+                   "(job arrays; under torchrun the shard is the process's rank)")
+@click.option("--workers", default=None, type=int,
+              help="image-decoding worker processes [default: 0 on CPU, up to 8 on CUDA]")
 @click.option("--out", default=None, type=click.Path(), help="run directory (default results/<backbone>-<time>)")
 @click.option("--resume", is_flag=True, help="continue the run in --out (options not given are read from it)")
 @click.option("--save-maps", is_flag=True, help="write maps/<method>/<image_id>.npy")
@@ -60,10 +72,30 @@ def bench_cmd(ctx, opts, metric_opts, no_progress, **_) -> None:
     with user_errors():
         r = run(BenchConfig.from_cli(fields, opts, metric_opts), echo=click.echo)
         n_failed = len(r.failures())
+    _exit_status(ctx, r, n_failed)
+
+
+def _exit_status(ctx, r, n_failed: int) -> None:
     if n_failed:
         click.echo(f"finished with errors: {n_failed} (method, image) pair(s) not evaluated; see "
                    f"`camzoo errors {r.dir}`, fix the cause and rerun with --resume", err=True)
         ctx.exit(EXIT_FAILURES)
+
+
+@click.command("merge")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--no-figures", is_flag=True, help="tables only")
+@click.pass_context
+def merge_cmd(ctx, run_dir, no_figures) -> None:
+    """Merge the shards of a sharded bench run (--shard I/N, or torchrun) into rows.sqlite
+    and write its tables and figures. Refuses, naming them, while shards are missing or
+    incomplete. Exit status 3 when some (method, image) pairs failed, as camzoo bench."""
+    from ..engine.runner import merge
+
+    with user_errors():
+        r = merge(run_dir, echo=click.echo, figures=not no_figures)
+        n_failed = len(r.failures())
+    _exit_status(ctx, r, n_failed)
 
 
 @click.command("table")

@@ -79,9 +79,12 @@ class BenchConfig:
         data, labels: see :func:`camzoo.data.open_dataset` (``None`` = the sample photos).
         limit, seed: deterministic subset of the data (see :func:`camzoo.data.subset`).
         steps: insertion/deletion steps (``rise`` protocol); None = the preset's, else 224.
-        batch_size: images per engine batch (maps are made per batch).
-        eval_batch_size: perturbed images per metric forward.
-        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; None = CUDA when available.
+        batch_size: images per engine batch (maps are made per batch); None = 16 on CPU, on
+            CUDA the largest that fits (:func:`camzoo.engine.accel.auto_batch_size`).
+        eval_batch_size: perturbed images per metric forward; None = 64 on CPU, on CUDA the
+            largest that fits.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; None = CUDA when available (under
+            torchrun: ``cuda:LOCAL_RANK``).
         out: run directory; None = ``results/<backbone>-<timestamp>``.
         resume: continue an existing run directory (skip stored (method, image) pairs).
         save_maps: also write ``maps/<method>/<image_id>.npy`` (float32 ``[H,W]``).
@@ -95,6 +98,19 @@ class BenchConfig:
         max_failed_batches: a method whose first N batches all fail (raise, or give only
             invalid maps) is stopped for the rest of the run; its remaining images are recorded
             as skipped (``--resume`` retries them).
+        amp: None (fp32), ``"bf16"`` or ``"fp16"``: every forward of the engine under
+            autocast (the clean forward, the metric forwards, and the explainers with an
+            ``amp`` option, which it sets unless given per method); softmax, map arithmetic
+            and stored values stay float32. Part of the run identity.
+        compile: ``torch.compile`` the classifier's forward for the clean and metric
+            forwards (not part of the identity: same rows to float rounding); True = the
+            default backend (inductor), or a backend name (``"aot_eager"``).
+        shard: ``"I/N"``: evaluate only shard I of N (manifest indexes ``i % N == I``) into
+            its own store ``rows.rank-I-of-N.sqlite``, for job arrays without
+            torch.distributed; merged by :func:`camzoo.engine.runner.merge`. Under torchrun
+            the shard comes from ``RANK`` / ``WORLD_SIZE`` instead.
+        workers: image-decoding worker processes; None = 0 on CPU (a background thread),
+            ``min(8, cores per process - 1)`` on CUDA.
     """
 
     backbone: Union[str, Backbone] = "efficientnet_lite0"
@@ -109,8 +125,8 @@ class BenchConfig:
     limit: Optional[int] = None
     seed: int = 0
     steps: Optional[int] = None
-    batch_size: int = 16
-    eval_batch_size: int = 64
+    batch_size: Optional[int] = None
+    eval_batch_size: Optional[int] = None
     device: Optional[str] = None
     out: Optional[str] = None
     resume: bool = False
@@ -122,6 +138,10 @@ class BenchConfig:
     tune_malloc: bool = True
     preset: Optional[str] = None
     max_failed_batches: int = 3
+    amp: Optional[str] = None
+    compile: Union[bool, str] = False
+    shard: Optional[str] = None
+    workers: Optional[int] = None
 
     def to_dict(self) -> Dict[str, Any]:
         """The fields as JSON values (a Backbone object becomes ``"<object:NAME>"``)."""
@@ -308,8 +328,9 @@ def config_identity(cfg: Dict[str, Any]) -> Dict[str, Any]:
     """The parts of ``config.json`` a resumed run must share with the stored one: everything
     that changes a row (backbone and weights, layer, each method's options and classifier,
     each protocol's options, the target, and the data: its manifest hash covers the folder,
-    labels, ``--limit`` and ``--seed``). A method's ``layer`` option left at ``None`` counts
-    as the layer it resolves to."""
+    labels, ``--limit`` and ``--seed``), and the precision (``amp``) of the engine's own
+    forwards. A method's ``layer`` option left at ``None`` counts as the layer it resolves
+    to."""
     layer = cfg["backbone"]["layer"]
 
     def options(o: Dict[str, Any]) -> Dict[str, Any]:
@@ -322,6 +343,7 @@ def config_identity(cfg: Dict[str, Any]) -> Dict[str, Any]:
         "protocols": {p: v["options"] for p, v in cfg["protocols"].items()},  # not their docs
         "target": cfg["target"],
         "data": {k: cfg["data"][k] for k in ("manifest_hash", "n_images")},
+        "amp": cfg.get("amp"),  # runs stored before --amp existed ran in fp32
     })
 
 

@@ -4,9 +4,9 @@
 :func:`iterate_maps`; they differ only in what they do with the maps (score them, draw them,
 compare them). For every batch of readable images it
 
-1. loads and preprocesses the images in a background thread (:class:`camzoo.data.Prefetcher`),
-   once per *view* (a backbone whose ``preprocess`` and normalization the images go through);
-2. runs **one clean forward per classifier** (``Explainer.evaluated_backbone``) giving the
+1. loads and preprocesses the images ahead of the consumer, in a background thread or in
+   worker processes (:class:`camzoo.data.Prefetcher`), once per *view* (a backbone whose ``preprocess`` and normalization the images go through);
+2. runs **one clean forward per classifier** (under autocast with ``amp``) (``Explainer.evaluated_backbone``) giving the
    explained class ``c`` (its top-1, the ground truth, or a fixed class), ``Y`` (softmax
    probability of ``c``) and the top-1 ``pred``;
 3. lets each method make its maps once, lazily, when the consumer asks for them
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -25,6 +25,7 @@ from ..data import Dataset, ImageItem, Prefetcher
 from ..data.loader import ImageError
 from ..explainers import EXPLAINERS, Explainer, get_explainer
 from ..models import Backbone
+from ..utils import autocast
 from .timing import Clock
 
 #: the shared clean forward of the benchmarked backbone is counted under this method name
@@ -70,7 +71,7 @@ def classifier_key(method: str, bb: Backbone, ev: Backbone) -> str:
 
 
 def make_methods(bb: Backbone, names: Sequence[str], options: Dict[str, Dict[str, Any]],
-                 layer: Optional[str] = None) -> List[MapMethod]:
+                 layer: Optional[str] = None, amp: Optional[str] = None) -> List[MapMethod]:
     """:class:`MapMethod` per explainer name on backbone ``bb``.
 
     Args:
@@ -79,14 +80,18 @@ def make_methods(bb: Backbone, names: Sequence[str], options: Dict[str, Dict[str
         options: per-method explainer options.
         layer: explanation layer for every method with a ``layer`` option that does not set
             its own.
+        amp: mixed precision (``"bf16"`` / ``"fp16"``) for every method with an ``amp``
+            option that does not set its own (None leaves the explainers' defaults: fp32).
     Raises:
         ValueError / KeyError for unknown names or options (listing the valid ones).
     """
     out = []
     for m in names:
         opts = dict(options.get(m, {}))
-        if layer is not None and "layer" in getattr(EXPLAINERS.get(m), "defaults", {}) and "layer" not in opts:
-            opts["layer"] = layer
+        defaults = getattr(EXPLAINERS.get(m), "defaults", {})
+        for key, value in (("layer", layer), ("amp", amp)):
+            if value is not None and key in defaults and key not in opts:
+                opts[key] = value
         ex = get_explainer(m, **opts)
         ev = ex.evaluated_backbone(bb)
         if ev is not bb:
@@ -221,11 +226,14 @@ def _targets(target: Target, items: List[Tuple[int, ImageItem]], pred: Tensor,
 
 def clean_forwards(methods: Sequence[MapMethod], views: Dict[str, Backbone], x: Dict[str, Tensor],
                    x01: Dict[str, Tensor], items: List[Tuple[int, ImageItem]], target: Target,
-                   forwards: Dict[Tuple[str, str], int]) -> Dict[str, Clean]:
+                   forwards: Dict[Tuple[str, str], int], amp: Optional[str] = None,
+                   model_of: Optional[Callable[[Backbone], Any]] = None) -> Dict[str, Clean]:
     """One forward per classifier key of ``methods`` on the batch ``x`` (see :class:`Clean`).
 
     A classifier sees its method's view; when it normalizes differently from that view's
-    backbone it gets ``classifier.normalize(x01)``.
+    backbone it gets ``classifier.normalize(x01)``. The forward runs under autocast when
+    ``amp`` is given (softmax in float32); ``model_of(clf)`` gives the module to run
+    (default ``clf.model``; the engine passes the compiled forward with ``--compile``).
     """
     out: Dict[str, Clean] = {}
     for m in methods:
@@ -234,8 +242,10 @@ def clean_forwards(methods: Sequence[MapMethod], views: Dict[str, Backbone], x: 
             continue
         xv = x[m.view]
         xc = xv if same_normalization(views[m.view], clf) else clf.normalize(x01[m.view])
+        net = model_of(clf) if model_of is not None else clf.model
         with torch.inference_mode():
-            logits = clf.model(xc.contiguous(memory_format=torch.channels_last))
+            with autocast(xc.device, amp):
+                logits = net(xc.contiguous(memory_format=torch.channels_last))
             probs = torch.softmax(logits.float(), dim=1)
             pred = probs.argmax(dim=1)
         c = _targets(target, items, pred, clf)
@@ -259,6 +269,9 @@ def iterate_maps(
     done: Optional[Set[Tuple[str, str]]] = None,
     clock: Optional[Clock] = None,
     warmup: bool = False,
+    amp: Optional[str] = None,
+    model_of: Optional[Callable[[Backbone], Any]] = None,
+    workers: int = 0,
 ) -> Iterator[MapBatch]:
     """Batches of ``items`` of ``ds`` with their clean forwards and lazy maps.
 
@@ -274,12 +287,19 @@ def iterate_maps(
         done: ``(method, image_id)`` pairs to skip (a resumed run).
         clock: times ``load_wait``, ``clean`` and ``explain/<method>`` when given.
         warmup: one untimed warm-up call per cheap method (see :data:`WARMUP_MAX_FORWARDS`).
+        amp: autocast of the clean forwards (None = fp32); the explainers carry their own
+            ``amp`` option.
+        model_of: the module of a classifier's clean forward (see :func:`clean_forwards`).
+        workers: image-decoding worker processes (0 = one background thread); see
+            :class:`~camzoo.data.Prefetcher`. With CUDA views, batches come in pinned memory.
     Yields:
         :class:`MapBatch`; a batch may hold only ``errors`` (no readable image). Close the
         generator (or exhaust it) to stop the loading thread.
     """
     done = set(done or ())
-    with Prefetcher(ds, items, {k: v.preprocess for k, v in views.items()}, batch_size) as loader:
+    pin = any(v.device.type == "cuda" for v in views.values())
+    with Prefetcher(ds, items, {k: v.preprocess for k, v in views.items()}, batch_size,
+                    workers=workers, pin_memory=pin) as loader:
         t = clock.start() if clock else None
         for lb in loader:
             if clock:
@@ -294,7 +314,7 @@ def iterate_maps(
                     batch.x01[k] = v.denormalize(xv).clamp_(0.0, 1.0)
                 tc = clock.start() if clock else None
                 batch.clean = clean_forwards(methods, views, batch.x, batch.x01, lb.items, target,
-                                             batch.forwards)
+                                             batch.forwards, amp, model_of)
                 if clock:
                     clock.stop("clean", tc)
             yield batch

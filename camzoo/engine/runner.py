@@ -18,11 +18,13 @@ protocols' own declarations. See docs/bench.md.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import json
 import os
 import platform
 import sqlite3
+import time
 import traceback
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -36,13 +38,16 @@ from ..metrics.protocol import PROTOCOLS, MetricInputs
 from ..metrics.scorer import Scorer
 from ..models import Backbone, load_backbone
 from ..explainers.base import describe_invalid, valid_maps
-from ..results.run import CONFIG_NAME, MANIFEST_NAME, TIMINGS_NAME, Run, RunLock, map_path
+from ..results.run import CONFIG_NAME, MANIFEST_NAME, Run, RunLock, RunLockedError, map_path
 from ..results.store import DB_NAME, ResultStore
-from ..utils import UserError, atomic_write, jsonable, resolve_device
+from ..utils import UserError, atomic_write, check_amp, jsonable, resolve_device
 from ..version import __version__
+from .accel import CPU_BATCH_SIZE, CPU_EVAL_BATCH_SIZE, auto_batch_size, compiled_model
 from .config import (FULL_HINT, BenchConfig, absolute_paths, apply_preset, check_resume,
                      default_out, protocol_options, resolve_methods, resolve_protocols)
 from .maps import MAIN_VIEW, MapBatch, MapMethod, Maps, iterate_maps, make_methods, same_normalization
+from .shard import (CONFIG_LOCK, Shard, check_world, merge_shards, read_config, resolve_shard,
+                    shard_states, shard_stores)
 from .timing import Clock, tune_cpu_allocator
 
 Echo = Callable[[str], None]
@@ -62,7 +67,10 @@ class Plan:
         protocol_options: validated options per protocol.
         out: the run directory.
         cfg: the ``config.json`` written for this process.
-        lock: the run directory's lock, held until the run ends.
+        lock: this process's lock (the run's, or its shard's), held until the run ends.
+        shard: which images this process evaluates, and into which store.
+        batch_size, eval_batch_size: as resolved (given, CPU defaults, or probed on CUDA).
+        workers: image-decoding worker processes.
     """
 
     config: BenchConfig
@@ -75,6 +83,14 @@ class Plan:
     out: str
     cfg: Dict[str, Any]
     lock: RunLock
+    shard: Shard = Shard()
+    batch_size: int = CPU_BATCH_SIZE
+    eval_batch_size: int = CPU_EVAL_BATCH_SIZE
+    workers: int = 0
+
+    def forward_model(self, clf: Backbone):
+        """The module of ``clf``'s clean and metric forwards (compiled with ``--compile``)."""
+        return compiled_model(clf, self.config.compile) if self.config.compile else clf.model
 
 
 def _mean_std(clf: Backbone) -> Optional[Tuple[Tensor, Tensor]]:
@@ -106,6 +122,7 @@ def _config_json(plan_parts: Dict[str, Any], config: BenchConfig, malloc_tuned: 
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch_threads": torch.get_num_threads(),
         "malloc_tuned": malloc_tuned,
+        "tf32": device.type == "cuda" and bool(torch.backends.cudnn.allow_tf32),
         "backbone": {
             "name": bb.name if isinstance(config.backbone, Backbone) else config.backbone,
             "weights": config.weights, "weights_id": bb.weights_id,
@@ -125,6 +142,7 @@ def _config_json(plan_parts: Dict[str, Any], config: BenchConfig, malloc_tuned: 
         "protocols": {p: {"options": jsonable(popts[p]), "source": PROTOCOLS.get(p).source}
                       for p in protocols},
         "target": config.target,
+        "amp": config.amp,
         "seed": config.seed,
         "data": {
             "root": ds.root, "layout": ds.layout, "labels_file": ds.labels_file,
@@ -132,27 +150,47 @@ def _config_json(plan_parts: Dict[str, Any], config: BenchConfig, malloc_tuned: 
             "manifest": MANIFEST_NAME, "manifest_hash": ds.manifest_hash(),
         },
         "columns": {"values": values, "curves": curves},
-        "bench_config": absolute_paths(config.to_dict(), plan_parts["out"]),
+        # the shard is this process's, not the run's (config.json is shared by the shards)
+        "bench_config": {k: v for k, v in absolute_paths(config.to_dict(), plan_parts["out"]).items()
+                         if k != "shard"},
+        "world_size": 1,
         "created": _dt.datetime.now().isoformat(timespec="seconds"),
     }
 
 
-def prepare(config: BenchConfig, echo: Echo = print) -> Plan:
+def prepare(config: BenchConfig, echo: Echo = print, shard: Optional[Shard] = None,
+            device: Optional[torch.device] = None) -> Plan:
     """Resolve and check ``config``, then write (or, resuming, check) ``config.json``.
 
+    Args:
+        config: the run's config.
+        echo: where messages go.
+        shard: this process's shard (default: the whole run).
+        device: the device (default: ``config.device`` resolved; torchrun passes
+            ``cuda:LOCAL_RANK``).
     Raises ``ValueError`` for bad names/options (listing the valid ones), ``FileExistsError``
-    when ``out`` already holds a run and ``resume`` is False.
+    when ``out`` already holds a run (or this shard of one) and ``resume`` is False.
     """
+    shard = shard or Shard()
     config, picked = apply_preset(config)
-    if picked:
+    if picked and shard.rank == 0:
         echo(f"{config.preset} preset: " + " ".join(picked))
         echo(FULL_HINT)
     if config.target not in ("pred", "gt"):
         raise ValueError(f"target must be 'pred' or 'gt'; got {config.target!r}")
-    if int(config.batch_size) < 1 or int(config.eval_batch_size) < 1:
-        raise ValueError("batch_size and eval_batch_size must be >= 1")
-    device = resolve_device(config.device)
+    for k in ("batch_size", "eval_batch_size"):
+        if getattr(config, k) is not None and int(getattr(config, k)) < 1:
+            raise ValueError("batch_size and eval_batch_size must be >= 1")
+    check_amp(config.amp, "amp")
+    if config.workers is not None and int(config.workers) < 0:
+        raise ValueError(f"workers must be >= 0; got {config.workers}")
+    device = device if device is not None else resolve_device(config.device)
     malloc_tuned = bool(config.tune_malloc and device.type == "cpu" and tune_cpu_allocator())
+    if device.type == "cuda" and config.amp is None:
+        # fp32 means IEEE fp32: PyTorch lets cuDNN convolutions round to TF32 (10-bit
+        # mantissa) by default; speed comes from --amp bf16 instead (process-wide setting)
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     protocols = resolve_protocols(config.metrics)
     method_names = resolve_methods(config.methods, config.options)
     unknown_opts = sorted(set(config.options) - set(method_names))
@@ -178,37 +216,87 @@ def prepare(config: BenchConfig, echo: Echo = print) -> Plan:
         _check_labels(ds, bb)
     for p in protocols:
         PROTOCOLS.get(p).check_backbone(popts[p], bb)
-    methods = make_methods(bb, method_names, config.options, config.layer)
-    if ds.unlisted:
+    methods = make_methods(bb, method_names, config.options, config.layer, amp=config.amp)
+    if ds.unlisted and shard.rank == 0:
         echo(f"warning: {len(ds.unlisted)} image(s) in {ds.root} are not listed in "
              f"{ds.labels_file} and are not evaluated: {', '.join(ds.unlisted[:5])}"
              + (", ..." if len(ds.unlisted) > 5 else ""))
 
     out = config.out or default_out(bb.name if isinstance(config.backbone, Backbone) else config.backbone)
+    if shard.world > 1 and not config.out:
+        raise ValueError("a sharded run needs --out: every shard must write into the same run directory")
     cfg_path = os.path.join(out, CONFIG_NAME)
-    if os.path.exists(os.path.join(out, DB_NAME)) and not config.resume:
-        raise FileExistsError(f"{out} already holds a run; pass resume=True (--resume) to continue "
-                              "it, or choose another out directory")
+    if not config.resume:
+        mine = [shard.store_name] + ([DB_NAME] if shard.world > 1 else shard_stores(out))
+        held = [f for f in mine if os.path.exists(os.path.join(out, f))]
+        if held:
+            raise FileExistsError(
+                f"{out} already holds a run ({', '.join(held)}); pass resume=True (--resume) to "
+                "continue it, or choose another out directory")
     cfg = _config_json({"backbone": bb, "dataset": ds, "device": device, "methods": methods,
                         "protocols": protocols, "popts": popts, "out": out}, config, malloc_tuned)
+    cfg["world_size"] = shard.world
     # everything above can be refused without a trace; from here on the run directory is ours
     _writing(out, "the run directory", lambda: os.makedirs(out, exist_ok=True))
-    lock = RunLock(out).acquire()
+    lock = RunLock(out, shard.lock_name).acquire()
     try:
-        if config.resume and os.path.isfile(cfg_path):
-            with open(cfg_path) as f:
-                old = json.load(f)
-            cfg["methods"] = check_resume(old, cfg, out)
-            # a resume of some methods keeps the run's method list for the next resume
-            cfg["bench_config"]["methods"] = ",".join(cfg["methods"])
-            cfg["created"] = old.get("created", cfg["created"])
-            cfg["resumed"] = old.get("resumed", []) + [_dt.datetime.now().isoformat(timespec="seconds")]
-        _writing(out, "config.json", lambda: atomic_write(cfg_path, json.dumps(cfg, indent=2, default=str)))
-        _writing(out, "manifest.csv", lambda: ds.write_manifest(os.path.join(out, MANIFEST_NAME)))
+        # the shards of a run start together: config.json is read, checked and written by
+        # one process at a time, so each sees its siblings' (identical) run and adds its own
+        # entry under "shards"
+        with RunLock(out, CONFIG_LOCK, wait=True):
+            old = read_config(out) if os.path.isfile(cfg_path) and (config.resume or shard.world > 1) else None
+            if old is not None:
+                check_world(old, shard, out)
+                cfg["methods"] = check_resume(old, cfg, out)
+                # a resume of some methods keeps the run's method list for the next resume
+                cfg["bench_config"]["methods"] = ",".join(cfg["methods"])
+                cfg["created"] = old.get("created", cfg["created"])
+                cfg["resumed"] = old.get("resumed", [])
+                if "shards" in old:
+                    cfg["shards"] = old["shards"]
+                if config.resume:
+                    cfg["resumed"] = cfg["resumed"] + [_dt.datetime.now().isoformat(timespec="seconds")]
+                if not cfg["resumed"]:
+                    del cfg["resumed"]
+            if shard.world > 1:
+                entry = cfg.setdefault("shards", {}).get(shard.name, {})
+                cfg["shards"][shard.name] = {
+                    **entry, "device": str(device), "device_name": cfg["device_name"],
+                    "host": platform.node(), "pid": os.getpid(), "torchrun": shard.distributed,
+                    "started": entry.get("started", _dt.datetime.now().isoformat(timespec="seconds")),
+                    "last_start": _dt.datetime.now().isoformat(timespec="seconds")}
+            _writing(out, "config.json", lambda: atomic_write(cfg_path, json.dumps(cfg, indent=2, default=str)))
+            _writing(out, "manifest.csv", lambda: ds.write_manifest(os.path.join(out, MANIFEST_NAME)))
+        bs, ebs = _batch_sizes(config, bb, device, out, echo)
     except BaseException:
         lock.release()
         raise
-    return Plan(config, device, bb, ds, methods, protocols, popts, out, cfg, lock)
+    workers = int(config.workers) if config.workers is not None else _default_workers(device, shard)
+    return Plan(config, device, bb, ds, methods, protocols, popts, out, cfg, lock, shard, bs, ebs, workers)
+
+
+def _batch_sizes(config: BenchConfig, bb: Backbone, device: torch.device, out: str,
+                 echo: Echo) -> Tuple[int, int]:
+    """``(batch_size, eval_batch_size)``: as given; else 16 / 64 on CPU and, on CUDA, the
+    largest that fits (probed once, cached in the run directory)."""
+    got = []
+    for kind, cpu_default in (("batch_size", CPU_BATCH_SIZE), ("eval_batch_size", CPU_EVAL_BATCH_SIZE)):
+        v = getattr(config, kind)
+        if v is None:
+            v = cpu_default if device.type != "cuda" else auto_batch_size(bb, kind, config.amp, out)
+            if device.type == "cuda":
+                echo(f"{kind}: {v} (the largest that fits on {device}, cached in {out})")
+        got.append(int(v))
+    return got[0], got[1]
+
+
+def _default_workers(device: torch.device, shard: Shard) -> int:
+    """Decoding processes when not given: none on CPU (the cores compute), on CUDA one per
+    spare core of this process's share of the machine, at most 8."""
+    if device.type != "cuda":
+        return 0
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, min(8, (os.cpu_count() or 2) // local - 1))
 
 
 def _check_labels(ds: Dataset, bb: Backbone) -> None:
@@ -232,6 +320,11 @@ def _writing(out: str, what: str, write: Callable[[], Any]) -> Any:
                         f"rerun with --resume --out {out}") from None
 
 
+#: seconds a torchrun rank may wait at the final barrier for the slowest rank (a day: shards
+#: are balanced, but a long study's ranks may finish hours apart)
+BARRIER_TIMEOUT_S = 24 * 3600.0
+
+
 def run(config: BenchConfig, echo: Echo = print) -> Run:
     """Run (or resume) a benchmark; returns the finished :class:`~camzoo.results.Run`.
 
@@ -240,18 +333,99 @@ def run(config: BenchConfig, echo: Echo = print) -> Run:
     bad names/options (listing the valid ones), ``FileExistsError`` when ``out`` already holds
     a run and ``resume`` is False. Unreadable images do not raise: they go to the ``errors``
     table.
+
+    Sharded (:mod:`camzoo.engine.shard`): under torchrun (``WORLD_SIZE > 1``) each rank joins
+    the process group (gloo on CPU, NCCL on ``cuda:LOCAL_RANK``), evaluates its shard into
+    its own store, waits at a barrier for the others, and rank 0 merges the shards and writes
+    the tables; it returns the merged run, the other ranks their shard's. With
+    ``config.shard = "I/N"`` (no torch.distributed), the process evaluates shard I and, if it
+    is the last one to complete, merges; otherwise it returns its shard's run and
+    :func:`merge` (``camzoo merge RUN``) does it later.
     """
-    plan = prepare(config, echo)
+    shard = resolve_shard(config.shard)
+    if not shard.distributed:
+        return _run(config, echo, shard, None)
+    from ..train.loop import distributed
+
+    with distributed(config.device, timeout=BARRIER_TIMEOUT_S) as dev:
+        return _run(config, echo, shard, dev)
+
+
+def _run(config: BenchConfig, echo: Echo, shard: Shard, device: Optional[torch.device]) -> Run:
+    base = echo
+    if shard.world > 1:
+        echo = lambda s: base(f"[shard {shard.rank}/{shard.world}] {s}")  # noqa: E731
+        if shard.distributed and shard.rank != 0:
+            config = dataclasses.replace(config, progress=False)  # one set of bars per node's log
+    plan = prepare(config, echo, shard, device)
     try:
         c = plan.cfg["columns"]
         store = _writing(plan.out, "the result store",
-                         lambda: ResultStore(os.path.join(plan.out, DB_NAME), c["values"], c["curves"]))
+                         lambda: ResultStore(os.path.join(plan.out, shard.store_name), c["values"], c["curves"]))
         with store:
             Runner(plan, store).loop(echo)
-        result = Run(plan.out)
-        finish(result, plan, echo)
+        if shard.world == 1:
+            result = Run(plan.out)
+            finish(result, echo, dataset=plan.dataset, backbone=plan.backbone,
+                   figures=plan.config.figures, grid_images=plan.config.grid_images)
+            return result
     finally:
         plan.lock.release()
+    if shard.distributed:
+        import torch.distributed as dist
+
+        # every shard is stored; the only collective of a run
+        dev = plan.device
+        dist.barrier(**({"device_ids": [dev.index]} if dev.type == "cuda" and dev.index is not None else {}))
+        if shard.rank == 0:
+            return merge(plan.out, base, dataset=plan.dataset, backbone=plan.backbone,
+                         figures=plan.config.figures)
+        return Run(plan.out, store=shard.store_name)
+    pending = [s for s in shard_states(plan.out) if not s.complete]
+    if not pending:
+        echo("every shard is complete: merging")
+        try:
+            return merge(plan.out, base, dataset=plan.dataset, backbone=plan.backbone,
+                         figures=plan.config.figures)
+        except RunLockedError:  # a shard that completed at the same moment is merging
+            echo("another process is merging the shards; nothing left to do here")
+            return Run(plan.out, store=shard.store_name)
+    echo(f"shard done; {len(pending)} other shard(s) not complete yet "
+         f"({', '.join(str(s.shard.rank) for s in pending)}); when they are: camzoo merge {plan.out}")
+    return Run(plan.out, store=shard.store_name)
+
+
+def merge(run_dir: str, echo: Echo = print, *, dataset: Optional[Dataset] = None,
+          backbone: Optional[Backbone] = None, figures: bool = True) -> Run:
+    """Merge the shards of a sharded run into ``rows.sqlite`` and write its tables and figures
+    (``camzoo merge RUN``); returns the merged :class:`~camzoo.results.Run`.
+
+    Refuses (:class:`~camzoo.engine.shard.IncompleteShardsError`, a user error) when a shard is
+    missing or incomplete, naming each and the command that completes it. ``dataset`` and
+    ``backbone`` are needed only for the overlay grid; when not given they are rebuilt from
+    ``config.json`` (the data folder and the backbone must be readable here). Merging twice
+    gives the same run.
+    """
+    states = _writing(run_dir, "rows.sqlite (the merge)", lambda: merge_shards(run_dir))
+    cfg_path = os.path.join(run_dir, CONFIG_NAME)
+    with RunLock(run_dir, CONFIG_LOCK, wait=True):
+        cfg = read_config(run_dir)
+        cfg["merged"] = _dt.datetime.now().isoformat(timespec="seconds")
+        _writing(run_dir, "config.json", lambda: atomic_write(cfg_path, json.dumps(cfg, indent=2, default=str)))
+    echo(f"merged {len(states)} shards into {os.path.join(run_dir, DB_NAME)}")
+    bc = BenchConfig.from_dict(cfg["bench_config"])
+    if figures and (dataset is None or backbone is None):
+        try:
+            if dataset is None:
+                dataset = open_dataset(bc.data, bc.labels, bc.limit, bc.seed)
+            if backbone is None:
+                backbone = load_backbone(bc.backbone, bc.weights, "cpu")
+        except Exception as exc:  # the grid needs them; the tables do not
+            echo(f"note: no overlay grid ({type(exc).__name__}: {exc}); the tables are complete")
+            dataset = backbone = None
+    result = Run(run_dir)
+    finish(result, echo, dataset=dataset, backbone=backbone, figures=figures,
+           grid_images=bc.grid_images)
     return result
 
 
@@ -278,7 +452,8 @@ class Runner:
     def __init__(self, plan: Plan, store: ResultStore) -> None:
         self.plan, self.store = plan, store
         self.config = plan.config
-        self.scorers = {m.name: Scorer(m.classifier.model, self.config.eval_batch_size)
+        self.scorers = {m.name: Scorer(plan.forward_model(m.classifier), plan.eval_batch_size,
+                                       amp=self.config.amp)
                         for m in plan.methods}
         self.clock = Clock(plan.device)
         self.bars: Dict[str, Any] = {}
@@ -287,20 +462,24 @@ class Runner:
     def loop(self, echo: Echo) -> None:
         """Evaluate every pending (method, image) pair; write ``timings.json``."""
         plan, store, config = self.plan, self.store, self.config
+        t_loop = time.perf_counter()
         done = store.done_pairs()
         known_errors = store.error_ids()
-        indexed = [(i, it) for i, it in enumerate(plan.dataset.items) if it.image_id not in known_errors]
+        readable = [(i, it) for i, it in enumerate(plan.dataset.items) if it.image_id not in known_errors]
+        # the grid shows the run's first images, whichever shard evaluates them
+        self.grid_ids = {it.image_id for _, it in readable[: max(0, int(config.grid_images))]}
+        indexed = [(i, it) for i, it in readable if plan.shard.owns(i)]
         pending = [(i, it) for i, it in indexed
                    if any((m.name, it.image_id) not in done for m in plan.methods)]
-        self.grid_ids = {it.image_id for _, it in indexed[: max(0, int(config.grid_images))]}
         if pending:
             echo(f"bench: {len(plan.methods)} method(s) x {len(pending)} image(s) to do "
                  f"({len(indexed) - len(pending)} done, {len(known_errors)} unreadable) -> {plan.out}")
         if config.progress:
             self._open_bars(indexed, done)
         batches = iterate_maps(plan.dataset, pending, plan.methods, views={MAIN_VIEW: plan.backbone},
-                               batch_size=int(config.batch_size), target=config.target, done=done,
-                               clock=self.clock, warmup=True)
+                               batch_size=plan.batch_size, target=config.target, done=done,
+                               clock=self.clock, warmup=True, amp=config.amp,
+                               model_of=plan.forward_model, workers=plan.workers)
         try:
             with contextlib.closing(batches):
                 for batch in batches:
@@ -317,10 +496,15 @@ class Runner:
         finally:
             for b in self.bars.values():
                 b.close()
+        loop_s = time.perf_counter() - t_loop
         timings = {**self.clock.to_dict(), "scorer_forwards": {
-            f"{m}/{f}": int(n) for m, s in self.scorers.items() for f, n in s.counts.items()}}
-        _writing(plan.out, "timings.json",
-                 lambda: atomic_write(os.path.join(plan.out, TIMINGS_NAME), json.dumps(timings, indent=2)))
+            f"{m}/{f}": int(n) for m, s in self.scorers.items() for f, n in s.counts.items()},
+            "process": {"shard": plan.shard.name, "images": len(pending), "loop_wall_s": loop_s,
+                        "device": str(plan.device), "batch_size": plan.batch_size,
+                        "eval_batch_size": plan.eval_batch_size, "amp": config.amp,
+                        "compile": config.compile, "workers": plan.workers}}
+        name = plan.shard.timings_name
+        _writing(plan.out, name, lambda: atomic_write(os.path.join(plan.out, name), json.dumps(timings, indent=2)))
 
     def _open_bars(self, indexed, done) -> None:
         from tqdm.auto import tqdm
@@ -464,18 +648,20 @@ def _save_map(out: str, path: str, arr: np.ndarray) -> None:
     _writing(out, f"the map {os.path.relpath(path, out)}", lambda: atomic_write(path, lambda tmp: np.save(tmp, arr)))
 
 
-def finish(result: Run, plan: Plan, echo: Echo) -> None:
-    """Tables and figures of a finished run."""
+def finish(result: Run, echo: Echo, *, dataset: Optional[Dataset], backbone: Optional[Backbone],
+           figures: bool = True, grid_images: int = 4) -> None:
+    """Tables and figures of a finished run (the overlay grid needs ``dataset`` and
+    ``backbone``; without them only the curves are drawn)."""
     from ..results.tables import write_tables
 
     md = _writing(result.dir, "the tables", lambda: write_tables(result))
     echo(md)
     echo(f"run directory: {result.dir}")
-    if plan.config.figures:
+    if figures:
         from ..results.plots import bench_figures
 
         try:
-            bench_figures(result, plan.dataset, plan.backbone, n_images=plan.config.grid_images)
+            bench_figures(result, dataset, backbone, n_images=grid_images if dataset and backbone else 0)
         except Exception as exc:  # the rows and tables are safe; the run still fails
             raise UserError(f"the tables are written, but the figures in {result.dir} failed: "
                             f"{type(exc).__name__}: {exc}") from None

@@ -2,13 +2,12 @@
 of the model for their many masked forwards, autocast, and default chunk sizes."""
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
-AMP_DTYPES = {None: None, "fp16": torch.float16, "bf16": torch.bfloat16}
+from ..utils import AMP_DTYPES, autocast as autocast_context  # noqa: F401 (re-exported)
 
 
 def _version(t: Tensor) -> int:
@@ -107,18 +106,6 @@ def inference_model(bb) -> nn.Module:
             fast = model
     bb.cache["inference_model"] = (key, fast)
     return fast
-
-
-def autocast_context(device: torch.device, amp: Optional[str]):
-    """Autocast for the masked forwards: ``amp`` in {None, "fp16", "bf16"}; None = fp32.
-
-    Autocast is opt-in: on CPUs without bf16 hardware it is much slower than fp32.
-    """
-    if amp not in AMP_DTYPES:
-        raise ValueError(f"amp={amp!r} is not valid; valid: None, 'fp16', 'bf16'")
-    if amp is None:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])
 
 
 def default_batch_size(device: torch.device, batch_size: Optional[int]) -> int:

@@ -56,8 +56,9 @@ class ScoreCAM(Explainer):
         variant: ``"official"`` (the authors' code) or ``"grad-cam"`` (pytorch-grad-cam).
         batch_size: masked inputs per forward pass; None = :func:`default_batch_size` (32 on
             CPU, 128 on accelerators).
-        amp: None (fp32), ``"fp16"`` or ``"bf16"`` autocast for the masked forwards
-            (meant for CUDA; maps then differ from fp32 by autocast rounding).
+        amp: None (fp32), ``"fp16"`` or ``"bf16"`` autocast for the forwards (the clean one
+            giving the activations and the masked ones); masks, scores and the map are
+            float32 (meant for CUDA; maps then differ from fp32 by autocast rounding).
         fuse_bn: run the masked forwards on :func:`inference_model` (BatchNorm folded into
             the convolutions; same logits to float rounding); False = ``model.model``.
     """
@@ -132,7 +133,8 @@ class ScoreCAM(Explainer):
     @torch.inference_mode()
     def _explain(self, model, x: Tensor, y: Tensor) -> Tensor:
         layer = self.options["layer"]
-        acts, _ = model.features_and_logits(x.contiguous(memory_format=torch.channels_last), layer)
+        with autocast_context(x.device, self.options["amp"]):
+            acts, _ = model.features_and_logits(x.contiguous(memory_format=torch.channels_last), layer)
         acts = acts.float()
         model.cache[("channels", layer or model.default_layer)] = int(acts.shape[1])
         scores = self.channel_scores(model, x, y, acts)

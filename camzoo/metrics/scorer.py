@@ -13,6 +13,8 @@ from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from ..utils import autocast, check_amp
+
 
 class Scorer:
     """Batched, counting forward: softmax probability of class ``c`` for many inputs.
@@ -21,6 +23,8 @@ class Scorer:
         model: a classifier mapping a normalized ``[N,3,H,W]`` batch to logits
             ``[N,num_classes]`` (e.g. ``Backbone.model``); used as is (eval mode expected).
         eval_batch_size: the most images per forward (>= 1).
+        amp: None (fp32), ``"bf16"`` or ``"fp16"``: each forward runs under autocast; the
+            softmax and the returned probabilities are float32 either way.
 
     Attributes:
         counts: images sent through ``model`` per family name (``dict[str, int]``).
@@ -28,12 +32,13 @@ class Scorer:
             model's floating dtype, so half-precision models work).
     """
 
-    def __init__(self, model: nn.Module, eval_batch_size: int = 64) -> None:
+    def __init__(self, model: nn.Module, eval_batch_size: int = 64, amp: Optional[str] = None) -> None:
         eval_batch_size = int(eval_batch_size)
         if eval_batch_size < 1:
             raise ValueError(f"eval_batch_size must be >= 1; got {eval_batch_size}")
         self.model = model
         self.eval_batch_size = eval_batch_size
+        self.amp = check_amp(amp)
         self.counts: Dict[str, int] = defaultdict(int)
         p = next(iter(model.parameters()), None)
         # a parameter-free model keeps the inputs where (and as) they are
@@ -58,7 +63,8 @@ class Scorer:
             x = x.to(self.device, self.dtype or x.dtype, non_blocking=True)
             c = c.to(self.device, non_blocking=True)
         x = x.contiguous(memory_format=torch.channels_last)
-        logits = self.model(x)
+        with autocast(x.device, self.amp):
+            logits = self.model(x)
         p = torch.softmax(logits.float(), dim=1)
         self.counts[family] += int(x.shape[0])
         return p.gather(1, c.long().reshape(-1, 1)).squeeze(1)

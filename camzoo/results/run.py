@@ -32,20 +32,31 @@ class RunLock:
     exits (a ``SIGKILL`` included), so a stale lock file never blocks a later ``--resume``.
     The file holds the holder's pid for the message. Where ``fcntl`` does not exist
     (Windows), the lock is a no-op.
+
+    Args:
+        run_dir: the run directory.
+        name: the lock file: ``.lock`` for the run (a single-process run, a merge), one per
+            shard store (``.lock.rank-<r>-of-<n>``: shards never block each other), and
+            ``.config.lock``, held for a moment while a process reads and writes
+            ``config.json`` / ``manifest.csv`` (``wait=True``).
+        wait: block until the lock is free instead of refusing.
     """
 
-    def __init__(self, run_dir: str) -> None:
-        self.path = os.path.join(run_dir, LOCK_NAME)
+    def __init__(self, run_dir: str, name: str = LOCK_NAME, wait: bool = False) -> None:
+        self.path = os.path.join(run_dir, name)
+        self.wait = wait
         self._fd: Optional[int] = None
 
     def acquire(self) -> "RunLock":
+        """Take the lock; with ``wait=False`` (the default) a held lock raises
+        :class:`RunLockedError` naming the holder, with ``wait=True`` it blocks until free."""
         try:
             import fcntl
         except ImportError:  # pragma: no cover - not POSIX
             return self
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
         except OSError:
             holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
             os.close(fd)
@@ -89,17 +100,23 @@ class Run:
         config: the parsed ``config.json``.
         store: the :class:`~camzoo.results.ResultStore` of ``rows.sqlite``, read-only (a
             directory without one raises ``FileNotFoundError``; none is created).
-        timings: engine seconds per part of the last (resumed) process (``timings.json``).
+        timings: engine seconds per part of the last (resumed) process (``timings.json``;
+            of a merged sharded run: summed over the shards, each shard's under ``shards``).
+
+    Args:
+        path: the run directory.
+        store: the store file in it: ``rows.sqlite`` (default), or one shard's
+            ``rows.rank-<r>-of-<n>.sqlite`` (a shard before the merge).
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, store: str = DB_NAME) -> None:
         self.dir = os.fspath(path)
         cfg = os.path.join(self.dir, CONFIG_NAME)
         if not os.path.isfile(cfg):
             raise FileNotFoundError(f"{self.dir} is not a camzoo run (no {CONFIG_NAME})")
         with open(cfg) as f:
             self.config: Dict[str, Any] = json.load(f)
-        self.store = ResultStore(os.path.join(self.dir, DB_NAME), readonly=True)
+        self.store = ResultStore(os.path.join(self.dir, store), readonly=True)
         tpath = os.path.join(self.dir, TIMINGS_NAME)
         self.timings: Dict[str, Any] = {}
         if os.path.isfile(tpath):

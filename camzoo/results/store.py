@@ -189,6 +189,52 @@ class ResultStore:
         """Image ids recorded as unreadable."""
         return {r[0] for r in self.conn.execute("SELECT image_id FROM errors")}
 
+    def failed_pairs(self) -> Set[Tuple[str, str]]:
+        """The ``(method, image_id)`` pairs recorded in ``failures``."""
+        if not self._has_table("failures"):
+            return set()
+        return set(self.conn.execute("SELECT method, image_id FROM failures").fetchall())
+
+    # -- merging -----------------------------------------------------------------------
+    def replace_with(self, sources: Sequence["ResultStore"]) -> None:
+        """Make this store the union of ``sources`` (the shard stores of one run), in ONE
+        transaction: rows, unreadable images and failures are copied as stored (blobs
+        untouched), forward counts summed per (method, family). What this store held before is
+        replaced, so merging again gives the same store; a reader never sees half a merge.
+
+        Raises ``ValueError`` when a source stores other columns, and
+        ``sqlite3.IntegrityError`` when two sources hold the same (method, image) row (shards
+        are disjoint: that is a bug).
+        """
+        names = self.column_names
+        for src in sources:
+            if sorted(src.column_names) != sorted(names):
+                raise ValueError(f"{src.path} stores columns {src.column_names}; {self.path} "
+                                 f"stores {names}: not shards of one run")
+        cols = ", ".join(_q(n) for n in names)
+        c = self.conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            for table in ("rows", "errors", "failures", "forwards"):
+                c.execute(f"DELETE FROM {table}")
+            for src in sources:
+                c.executemany(f"INSERT INTO rows ({cols}) VALUES ({', '.join('?' * len(names))})",
+                              src.conn.execute(f"SELECT {cols} FROM rows"))
+                c.executemany("INSERT OR REPLACE INTO errors VALUES (?, ?, ?, ?)",
+                              src.conn.execute("SELECT image_id, idx, path, reason FROM errors"))
+                if src._has_table("failures"):
+                    fc = ", ".join(FAILURE_COLUMNS)
+                    c.executemany(f"INSERT INTO failures ({fc}) VALUES "
+                                  f"({', '.join('?' * len(FAILURE_COLUMNS))})",
+                                  src.conn.execute(f"SELECT {fc} FROM failures"))
+                c.executemany("INSERT INTO forwards VALUES (?, ?, ?) ON CONFLICT(method, family) "
+                              "DO UPDATE SET forwards = forwards + excluded.forwards",
+                              src.conn.execute("SELECT method, family, forwards FROM forwards"))
+            c.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+
     # -- writing -----------------------------------------------------------------------
     def write_batch(
         self,

@@ -133,13 +133,15 @@ def rank_and_world() -> Tuple[int, int]:
 
 
 @contextlib.contextmanager
-def distributed(device: Union[None, str, torch.device] = None) -> Iterator[torch.device]:
+def distributed(device: Union[None, str, torch.device] = None,
+                timeout: Optional[float] = None) -> Iterator[torch.device]:
     """Initialize ``torch.distributed`` when launched by torchrun; yield this rank's device.
 
     Under torchrun (env ``WORLD_SIZE`` > 1) the process group is created with NCCL for CUDA
     and gloo for CPU, and destroyed on exit. ``device=None`` picks ``cuda:LOCAL_RANK`` when
     CUDA is available, else CPU; an explicit ``"cuda"`` becomes ``cuda:LOCAL_RANK``. Outside
-    torchrun this only resolves the device.
+    torchrun this only resolves the device. ``timeout``: seconds a collective may wait
+    (torch's default when None; a bench rank waits at its final barrier for the slowest).
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -150,7 +152,10 @@ def distributed(device: Union[None, str, torch.device] = None) -> Iterator[torch
         torch.cuda.set_device(dev)
     started = False
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        import datetime
+
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo",
+                                **({"timeout": datetime.timedelta(seconds=timeout)} if timeout else {}))
         started = True
     try:
         yield dev
