@@ -15,6 +15,15 @@ def _plt():
     return plt
 
 
+def _save(fig, path: str, dpi: int = 110, suptitle: Optional[str] = None, fontsize: int = 9) -> None:
+    """Title (optional), tight layout, write ``path``, close the figure."""
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=fontsize)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    _plt().close(fig)
+
+
 def overlay(image01: np.ndarray, saliency: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """Blend a ``[H,W]`` map in [0,1] (jet colour map) over an ``[H,W,3]`` image in [0,1]."""
     from matplotlib import colormaps
@@ -42,11 +51,7 @@ def explanation_grid(
         ax.set_title(t, fontsize=7)
     for ax in axes:
         ax.axis("off")
-    if suptitle:
-        fig.suptitle(suptitle, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, 110, suptitle)
 
 
 # -- bench figures ---------------------------------------------------------------------------
@@ -77,9 +82,7 @@ def mean_curves(curves: dict, path: str, steps_label: str = "fraction of pixels"
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, 110)
 
 
 def overlay_grid(images01: Sequence[np.ndarray], maps: Sequence[Sequence[Optional[np.ndarray]]],
@@ -107,9 +110,7 @@ def overlay_grid(images01: Sequence[np.ndarray], maps: Sequence[Sequence[Optiona
     for row in axes:
         for ax in row:
             ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path, 100)
 
 
 def bench_figures(run, ds, bb, n_images: int = 4) -> List[str]:
@@ -204,8 +205,4 @@ def training_curves(rows: Sequence[dict], path: str, title: str = "") -> None:
             ax.legend(fontsize=6)
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path, 100, title, fontsize=10)

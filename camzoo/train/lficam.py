@@ -348,13 +348,19 @@ def train_lficam(
 
     ``cache`` (frozen mode only; as in :func:`camzoo.train.lcam.train_lcam`): train the FIN on
     cached features and gray images of fixed ``views``, so an epoch runs the FIN and the
-    classifier's tail only. ``best_metric``: default the held-out ``loss``.
+    classifier's tail only; it needs ``Backbone.head`` at the layer (``cache=True``, the
+    default location, falls back to no cache when there is none; a folder is an error).
+    ``best_metric``: default the held-out ``loss``.
     """
     size = int(image_size or backbone.input_size)
     wd = default_weight_decay(size) if weight_decay is None else float(weight_decay)
     task = LFICAMTask(backbone, mode, layer, labels=labels, num_classes=num_classes,
                       class_map=class_map, class_names=class_names, init=init, depth=depth,
                       image_size=size, seed=seed)
+    if cache is True and mode == "frozen" and task.layer not in backbone.heads:
+        log(f"no feature cache: backbone {backbone.name!r} cannot run the rest of the network "
+            f"from layer {task.layer!r}; training uncached")
+        cache = None
     if cache is not None and cache is not False:
         from .cache import cached_training_set, default_cache_root
 
