@@ -40,7 +40,8 @@ A learned explainer plugs in by subclassing :class:`TrainTask`:
 
 :func:`fit` then handles: the data loaders (a ``DistributedSampler`` in every case, seeded by
 ``seed`` and the epoch; datasets with ``set_epoch(epoch)`` get it called, so per-sample
-augmentation can be seeded per epoch too), the optimizer and per-epoch scheduler (given as
+augmentation can be seeded per epoch too; a dataset with ``get_batch(indices) -> (x, y)``
+reads whole batches itself, as :class:`camzoo.train.cache.CachedViews` does), the optimizer and per-epoch scheduler (given as
 factories), a tqdm progress bar showing the running loss components, a checkpoint written
 atomically after every epoch, the best-by-validation checkpoint, the per-step log
 ``NAME.train_log.csv`` and its curves ``NAME.training.png`` beside the checkpoint
@@ -75,7 +76,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from ..explainers.learned.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
@@ -221,6 +222,19 @@ def to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
+class _Batches(Dataset):
+    """``dataset.get_batch`` as a map-style dataset indexed by a list of indices."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, indices):
+        return self.dataset.get_batch(indices)  # type: ignore[attr-defined]
+
+
 # -- the loop -------------------------------------------------------------------------------
 def fit(
     task: TrainTask,
@@ -343,9 +357,14 @@ def fit(
 
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True,
                                  seed=seed, drop_last=False)
-    loader = DataLoader(train_set, batch_size=per_rank, sampler=sampler, num_workers=num_workers,
-                        pin_memory=device.type == "cuda", drop_last=False,
-                        persistent_workers=False)
+    if hasattr(train_set, "get_batch"):  # the dataset reads whole batches itself
+        loader = DataLoader(_Batches(train_set), sampler=BatchSampler(sampler, per_rank, False),
+                            batch_size=None, num_workers=num_workers,
+                            pin_memory=device.type == "cuda")
+    else:
+        loader = DataLoader(train_set, batch_size=per_rank, sampler=sampler,
+                            num_workers=num_workers, pin_memory=device.type == "cuda",
+                            drop_last=False, persistent_workers=False)
     val_loader = None
     if val_set is not None and len(val_set) > 0:  # type: ignore[arg-type]
         val_loader = DataLoader(val_set, batch_size=eval_batch_size or batch_size, shuffle=False,
