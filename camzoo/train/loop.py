@@ -56,7 +56,7 @@ explainers that read it in :mod:`camzoo.explainers.learned.checkpoint`)::
      "scheduler": ... or None, "epoch": completed epochs, "epochs": planned epochs,
      "metadata": {**task.metadata(), "camzoo_version", "torch_version", "seed", "world_size",
                   "batch_size", "data": {"train_manifest", "val_manifest", "n_train", "n_val"}},
-     "history": [{"epoch", "train": {...}, "val": {...}, "lr", "seconds"}, ...],
+     "history": [{"epoch", "train": {...}, "val": {...}, "lr", "seconds", "cpu_seconds"}, ...],
      "best": {"metric", "mode", "value", "epoch"} or None}
 
 ``NAME.best.pt`` has the same format (``epoch`` = the best epoch, its history up to it).
@@ -387,7 +387,7 @@ def fit(
         atomic_write(files.plot, lambda tmp: training_curves(rows, tmp, title=title))
 
     for epoch in range(start_epoch, epochs):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         sampler.set_epoch(epoch)
         for ds in (train_set, val_set):
             if ds is not None and hasattr(ds, "set_epoch"):
@@ -434,7 +434,8 @@ def fit(
             task.eval_mode()
             val_logs = dict(task.evaluate(val_loader))
         history.append({"epoch": epoch + 1, "train": train_logs, "val": val_logs, "lr": lr,
-                        "seconds": time.perf_counter() - t0})
+                        "seconds": time.perf_counter() - t0,
+                        "cpu_seconds": time.process_time() - c0})
         if rank == 0:
             improved = better(val_logs.get(metric), best["value"] if best else None, mode)
             if improved:
