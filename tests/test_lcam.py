@@ -20,7 +20,7 @@ from camzoo.train.loop import load_checkpoint
 
 from .conftest import IMAGENETTE, REPO
 
-QUIET = dict(progress=False, log=lambda s: None)
+QUIET = dict(progress=False, log=lambda s: None, figure=False)  # no training.png (~1.5 CPU-s per epoch)
 
 
 # -- loss terms -----------------------------------------------------------------------------

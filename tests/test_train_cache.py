@@ -20,6 +20,7 @@ from camzoo.train.loop import TrainTask, fit, load_checkpoint, sgd
 from camzoo.train.records import LEADING_COLUMNS, read_log, run_files
 
 QUIET = dict(progress=False, log=lambda s: None)
+NOFIG = dict(QUIET, figure=False)  # training.png costs ~1.5 CPU-s per epoch: drawn in one test only
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,7 @@ def test_cached_training_equals_the_uncached_loop_on_the_same_views(photos, tmp_
     res = {}
     for name, cache in (("cached", str(tmp_path / "cache")), ("plain", None)):
         out = str(tmp_path / f"{name}.pt")
-        kw = dict(epochs=2, batch_size=4, out=out, seed=1, cache=cache, views=views, **QUIET)
+        kw = dict(epochs=2, batch_size=4, out=out, seed=1, cache=cache, views=views, **NOFIG)
         if which == "lficam":
             train_lficam(bb, base if cache else plain, None, mode="frozen", depth=1, lr=0.05, **kw)
         else:
@@ -258,7 +259,7 @@ def test_best_checkpoint_rule(tmp_path, values, mode, best_epoch):
     task = _Scripted(values)
     out = str(tmp_path / "s.pt")
     res = fit(task, data, data, epochs=len(values), batch_size=4, optimizer=sgd(0.1),
-              out=out, best_metric=("score", mode), **QUIET)
+              out=out, best_metric=("score", mode), **NOFIG)
     best = load_checkpoint(run_files(out).best)
     assert best["epoch"] == best_epoch == res["best"]["epoch"]
     assert res["best"] == {"metric": "score", "mode": mode, "value": values[best_epoch - 1],
@@ -275,7 +276,7 @@ def test_resume_continues_the_log_and_the_best(photos, tmp_path):
     bb = _bb()
     tr = _images(photos, bb)
     va = TrainImages(tr.items[:4], bb, augment=False, root=tr.root)
-    kw = dict(variant="fm", batch_size=4, lr=0.5, seed=2, cache=str(tmp_path / "c"), **QUIET)
+    kw = dict(variant="fm", batch_size=4, lr=0.5, seed=2, cache=str(tmp_path / "c"), **NOFIG)
     full = str(tmp_path / "full.pt")
     train_lcam(bb, tr, va, epochs=3, out=full, **kw)
     part = str(tmp_path / "part.pt")

@@ -282,6 +282,7 @@ def train_lcam(
     views: str = "center+flip",
     amp: Optional[str] = "auto",
     best_metric: Optional[Tuple[str, str]] = None,
+    figure: bool = True,
     regularizer: str = "paper",
     **loss_weights: float,
 ) -> Dict[str, Any]:
@@ -297,7 +298,8 @@ def train_lcam(
     cache root), ``True`` (``feature_cache/`` beside ``out``), or ``None`` / ``False`` (no
     cache: ``train_set`` as it is, e.g. fresh random crops every epoch). ``amp``: see
     :func:`resolve_amp`. ``best_metric``: see :func:`camzoo.train.loop.fit` (default: the
-    held-out ``loss``, lower is better). ``regularizer``: see :class:`LCAMTask`.
+    held-out ``loss``, lower is better). ``regularizer``: see :class:`LCAMTask`. ``figure``:
+    redraw ``NAME.training.png`` after every epoch (:func:`camzoo.train.loop.fit`).
     """
     d_epochs, d_decay = default_schedule(backbone.name)
     epochs = d_epochs if epochs is None else epochs
@@ -315,4 +317,5 @@ def train_lcam(
                optimizer=sgd(lr, momentum=momentum, nesterov=True, weight_decay=weight_decay),
                scheduler=exponential_decay(lr_decay), out=out, resume=resume,
                overwrite=overwrite, seed=seed, num_workers=num_workers,
-               device=backbone.device, progress=progress, log=log, best_metric=best_metric)
+               device=backbone.device, progress=progress, log=log, best_metric=best_metric,
+               figure=figure)

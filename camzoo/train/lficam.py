@@ -338,6 +338,7 @@ def train_lficam(
     cache: Union[None, bool, str, os.PathLike] = None,
     views: str = "center+flip",
     best_metric: Optional[Tuple[str, str]] = None,
+    figure: bool = True,
 ) -> Dict[str, Any]:
     """Train LFI-CAM with the paper's recipe; returns :func:`camzoo.train.loop.fit`'s result.
 
@@ -350,7 +351,7 @@ def train_lficam(
     cached features and gray images of fixed ``views``, so an epoch runs the FIN and the
     classifier's tail only; it needs ``Backbone.head`` at the layer (``cache=True``, the
     default location, falls back to no cache when there is none; a folder is an error).
-    ``best_metric``: default the held-out ``loss``.
+    ``best_metric``: default the held-out ``loss``; ``figure``: as in :func:`camzoo.train.loop.fit`.
     """
     size = int(image_size or backbone.input_size)
     wd = default_weight_decay(size) if weight_decay is None else float(weight_decay)
@@ -380,7 +381,7 @@ def train_lficam(
                scheduler=multistep(paper_milestones(epochs), 0.1), out=out, resume=resume,
                overwrite=overwrite, seed=seed, num_workers=num_workers,
                device=device if device is not None else backbone.device, progress=progress,
-               log=log, best_metric=best_metric)
+               log=log, best_metric=best_metric, figure=figure)
 
 
 def lficam_data(data, backbone: Backbone, *, num_classes: Optional[int] = None,

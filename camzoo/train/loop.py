@@ -256,6 +256,7 @@ def fit(
     log: Callable[[str], None] = print,
     best_metric: Optional[Tuple[str, str]] = None,
     records: bool = True,
+    figure: bool = True,
 ) -> Dict[str, Any]:
     """Train ``task`` on ``train_set``; evaluate on ``val_set`` and checkpoint after each epoch.
 
@@ -284,6 +285,8 @@ def fit(
             value is kept (strictly better values replace it). Needs ``val_set``.
         records: with ``out``, also write ``NAME.best.pt``, ``NAME.train_log.csv`` and
             ``NAME.training.png`` beside it (:mod:`camzoo.train.records`).
+        figure: redraw ``NAME.training.png`` after every epoch (~1.5 CPU-s each; off for
+            tiny runs).
     Returns:
         the final checkpoint dict (without optimizer/scheduler states) with ``history`` and
         ``best``.
@@ -383,8 +386,9 @@ def fit(
         from ..utils import atomic_write
 
         write_log(rows, files.log)
-        title = f"{task.name}: {meta.get('explainer', task.name)} on {meta.get('backbone', '?')}"
-        atomic_write(files.plot, lambda tmp: training_curves(rows, tmp, title=title))
+        if figure:
+            title = f"{task.name}: {meta.get('explainer', task.name)} on {meta.get('backbone', '?')}"
+            atomic_write(files.plot, lambda tmp: training_curves(rows, tmp, title=title))
 
     for epoch in range(start_epoch, epochs):
         t0, c0 = time.perf_counter(), time.process_time()
