@@ -209,6 +209,21 @@ def test_checkpoint_mismatch_is_refused(small_ckpt):
         camzoo.explain("lcam-fm", bb, x, checkpoint=out + ".missing")
 
 
+def test_warm_start_from_another_head(small_ckpt):
+    out, data = small_ckpt
+    bb = tiny_backbone(num_classes=4, seed=0)
+    task = LCAMTask(bb, "img", init_from=out)
+    ck = load_checkpoint(out)
+    assert all(torch.equal(v, ck["state_dict"][k]) for k, v in task.net.state_dict().items())
+    meta = task.metadata()["init_from"]
+    assert meta["file"] == "fm.pt" and meta["variant"] == "fm" and meta["epoch"] == 1
+    assert LCAMTask(bb, "img").metadata()["init_from"] is None
+    other = tiny_backbone(num_classes=4, seed=0)
+    other.name = "other-net"
+    with pytest.raises(ValueError, match="cannot start from .*backbone: checkpoint 'tiny', here 'other-net'"):
+        LCAMTask(other, "img", init_from=out)
+
+
 def test_forward_passes_and_single_forward_inference(small_ckpt):
     out, data = small_ckpt
     bb = tiny_backbone(num_classes=4, seed=0)

@@ -73,10 +73,12 @@ def _cache_arg(cache_dir, no_cache, views):
 @click.option("--regularizer", type=click.Choice(["paper", "authors"]), default="paper",
               show_default=True, help="TV/AV as the paper's equations (each image's own mask) or "
                                       "as the authors' code (the masks of all batch labels)")
+@click.option("--init-from", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="start from this L-CAM head (same backbone/layer), e.g. Img from a trained Fm")
 def lcam_cmd(backbone, weights, variant, layer, ce_only, data, labels, labels_file, epochs,
              batch_size, lr, lr_decay, momentum, weight_decay, val_fraction, limit, out, resume,
              overwrite, seed, workers, device, no_progress, cache_dir, no_cache, views,
-             amp, regularizer) -> None:
+             amp, regularizer, init_from) -> None:
     """Train an L-CAM head (paper recipe: SGD + Nesterov, lr 1e-4 decayed per epoch).
 
     By default the explanation layer's features of fixed views of every image are computed
@@ -105,7 +107,8 @@ def lcam_cmd(backbone, weights, variant, layer, ce_only, data, labels, labels_fi
                              out=out, resume=resume, overwrite=overwrite, seed=seed,
                              num_workers=workers, progress=not no_progress and rank == 0,
                              log=echo, cache=cache, views=views,
-                             amp=None if amp == "none" else amp, regularizer=regularizer)
+                             amp=None if amp == "none" else amp, regularizer=regularizer,
+                             init_from=init_from)
     echo(f"wrote {out} ({res['epoch']} epochs); use it with "
          f"--methods lcam-{variant} --opt lcam-{variant}.checkpoint={out}")
 

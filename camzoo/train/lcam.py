@@ -95,6 +95,9 @@ class LCAMTask(TrainTask):
             all batch labels on every image, TV with a 0.3 edge penalty and divided by 2B:
             :func:`camzoo.explainers.learned.lcam.authors_regularizers`). The CE term and
             the masking use each image's own mask either way.
+        init_from: start from the head of this L-CAM checkpoint (same backbone, weights,
+            layer, classes) instead of a random one, e.g. L-CAM-Img from a trained L-CAM-Fm
+            head (not in the paper: a warm start for a small compute budget).
 
     ``loss(net, x, y)`` takes normalized images ``x`` ``[B,3,H,W]``, or a feature-cache
     batch ``{"A": [B,K,h,w] (float16), "top1": [B], "gray": ..., "x": images (Img only)}``.
@@ -108,7 +111,8 @@ class LCAMTask(TrainTask):
                  labels: str = "model", ce_only: bool = False,
                  l1: float = PAPER_WEIGHTS["l1"], l2: float = PAPER_WEIGHTS["l2"],
                  l3: float = PAPER_WEIGHTS["l3"], l4: float = PAPER_WEIGHTS["l4"],
-                 seed: int = 0, amp: Optional[str] = "auto", regularizer: str = "paper") -> None:
+                 seed: int = 0, amp: Optional[str] = "auto", regularizer: str = "paper",
+                 init_from: Union[None, str, os.PathLike] = None) -> None:
         if variant not in VARIANTS:
             raise ValueError(f"unknown L-CAM variant {variant!r}; variants: {', '.join(VARIANTS)}")
         if labels not in ("model", "gt"):
@@ -132,6 +136,27 @@ class LCAMTask(TrainTask):
         g = torch.Generator().manual_seed(int(seed))
         self.net = LCAMHead(K, backbone.num_classes, generator=g).to(backbone.device)
         self.amp = resolve_amp(amp, backbone.device)
+        self.init_from: Optional[Dict[str, Any]] = None
+        if init_from is not None:
+            self._warm_start(init_from)
+
+    def _warm_start(self, path) -> None:
+        """Start from the head of another L-CAM checkpoint (any variant / loss) of the same
+        backbone, weights, layer and classes; recorded in the metadata (``init_from``)."""
+        from ..explainers.learned.checkpoint import load_task_checkpoint, mismatches
+        from ..models.backbone import hash_state_dict
+
+        ck = load_task_checkpoint(path, "lcam", "init_from needs an L-CAM head")
+        bad = mismatches(ck["metadata"], {"backbone": self.bb.name, "weights_id": self.bb.weights_id,
+                                          "layer": self.layer, "in_channels": self.net.in_channels,
+                                          "num_classes": self.net.num_classes})
+        if bad:
+            raise ValueError(f"cannot start from {path}: it was trained for another setup: "
+                             + "; ".join(bad))
+        self.net.load_state_dict(ck["state_dict"])
+        self.init_from = {"file": os.path.basename(os.fspath(path)),
+                          "variant": ck["metadata"].get("variant"), "epoch": int(ck["epoch"]),
+                          "state_hash": hash_state_dict(ck["state_dict"])}
 
     # -- TrainTask ------------------------------------------------------------------------
     def modules(self) -> nn.Module:
@@ -150,7 +175,7 @@ class LCAMTask(TrainTask):
                 "weights_id": self.bb.weights_id, "layer": self.layer,
                 "in_channels": self.net.in_channels, "num_classes": self.net.num_classes,
                 "labels": self.labels, "ce_only": self.ce_only, **self.weights,
-                "regularizer": self.regularizer,
+                "regularizer": self.regularizer, "init_from": self.init_from,
                 "explainer": f"lcam-{self.variant}"}
 
     def targets(self, top1: Tensor, y: Tensor) -> Tensor:
@@ -284,6 +309,7 @@ def train_lcam(
     best_metric: Optional[Tuple[str, str]] = None,
     figure: bool = True,
     regularizer: str = "paper",
+    init_from: Union[None, str, os.PathLike] = None,
     **loss_weights: float,
 ) -> Dict[str, Any]:
     """Train an L-CAM head with the paper's recipe; returns :func:`camzoo.train.loop.fit`'s result.
@@ -305,7 +331,7 @@ def train_lcam(
     epochs = d_epochs if epochs is None else epochs
     lr_decay = d_decay if lr_decay is None else lr_decay
     task = LCAMTask(backbone, variant, layer, labels=labels, ce_only=ce_only, seed=seed,
-                    amp=amp, regularizer=regularizer, **loss_weights)
+                    amp=amp, regularizer=regularizer, init_from=init_from, **loss_weights)
     if cache is not None and cache is not False:
         from .cache import cached_training_set, default_cache_root
 
