@@ -75,6 +75,8 @@ PAPER_NAME = {"lcam-fm": "L-CAM-Fm", "lcam-fm-ce": "L-CAM-Fm*", "lcam-img": "L-C
 #: independently; every run has the same images, classes and protocol options)
 BASELINE_RUNS = {"gradcam": ["gradcam", "gradcam++", "xgradcam"], "scorecam": ["scorecam"],
                  "rise": ["rise"]}
+#: runs of hundreds of forwards per image: on ``--subset`` of the test photos only
+SUBSET_RUNS = ("scorecam", "rise")
 
 LINES = []
 
@@ -148,7 +150,7 @@ def bench(a, bb, names):
     from camzoo.bench import BenchConfig, run
 
     test = os.path.join(a.out, "test_labels.csv")
-    common = dict(backbone=bb, metrics="all", data=a.data, labels=test, target="gt",
+    common = dict(backbone=bb, metrics=a.metrics, data=a.data, labels=test, target="gt",
                   steps=a.steps, device=str(bb.device), progress=not a.no_progress,
                   figures=False, tune_malloc=False)  # parallel runs on a shared machine: less RSS
     runs = {}
@@ -159,7 +161,9 @@ def bench(a, bb, names):
         if name not in a.bench:
             continue
         out = os.path.join(a.out, f"bench_{name}")
+        limit = a.subset if name in SUBSET_RUNS else None
         runs[name] = run(BenchConfig(methods=methods, out=out, resume=os.path.isdir(out),
+                                     limit=limit, seed=0,
                                      options={m: opts[m] for m in methods if m in opts}, **common),
                          echo=lambda s: print(s, flush=True))
     if "learned" in a.bench:
@@ -173,9 +177,31 @@ def bench(a, bb, names):
     return runs
 
 
+def combined(runs, image_ids=None):
+    """One :class:`camzoo.results.tables.Table` of several bench runs (same protocols), their
+    rows restricted to ``image_ids`` when given."""
+    import pandas as pd
+
+    from camzoo.results.tables import Table, summary
+
+    class Subset:  # a run seen through a subset of its images (what summary() reads)
+        def __init__(self, run):
+            self.run, self.config, self.methods = run, run.config, run.methods
+
+        def rows(self, curves=False):
+            rows = self.run.rows(curves=curves)
+            return rows[rows["image_id"].isin(set(image_ids))]
+
+        def errors(self):
+            return self.run.errors()
+
+    tables = [summary(r if image_ids is None else Subset(r)) for r in runs]
+    return Table(pd.concat([x.df for x in tables]), tables[0].higher_is_better,
+                 list(dict.fromkeys(n for x in tables for n in x.footnotes)))
+
+
 def report(a, names) -> None:
     from camzoo.bench import Run
-    from camzoo.results.tables import Table, summary
 
     say("# L-CAM's claim on Imagenette, embedded EfficientNet-Lite0")
     say("")
@@ -212,22 +238,25 @@ def report(a, names) -> None:
                  f"{r.get('ic100', float('nan')):.1f} / {r.get('area', float('nan')):.2f}" for r in rows]
         say(f"- {PAPER_NAME[n]}: " + "; ".join(cells))
     say("")
-    tables = []
-    for sub in [f"bench_{n}" for n in BASELINE_RUNS] + ["bench_learned"]:
-        path = os.path.join(a.out, sub)
-        if os.path.isfile(os.path.join(path, "config.json")):
-            with Run(path) as r:
-                tables.append(summary(r))
-    if not tables:
+    runs = [Run(os.path.join(a.out, f"bench_{n}")) for n in [*BASELINE_RUNS, "learned"]
+            if os.path.isfile(os.path.join(a.out, f"bench_{n}", "config.json"))]
+    if not runs:
         return
-    import pandas as pd
-
-    t = Table(pd.concat([x.df for x in tables]), tables[0].higher_is_better,
-              list(dict.fromkeys(n for x in tables for n in x.footnotes)))
+    full = [r for r in runs if int(r.config["data"]["n_images"]) == 134]
+    part = [r for r in runs if r not in full]
+    t = combined(full)
     say("## Evaluation on the 134 held-out photos (ground-truth class)")
     say("")
     say(t.to("markdown"))
     say("")
+    if part:
+        ids = sorted(set.intersection(*[set(r.rows()["image_id"]) for r in part]))
+        say(f"## The same on the {len(ids)} test photos that Score-CAM and RISE were run on")
+        say("")
+        say(combined(runs, ids).to("markdown"))
+        say("")
+    for r in runs:
+        r.close()
     df = t.df
     ad = next(c for c in df.columns if c.startswith("AD(100%)"))
     ic = next(c for c in df.columns if c.startswith("IC(100%)"))
@@ -280,7 +309,11 @@ def main() -> None:
     ap.add_argument("--lficam-epochs", type=int, default=4)
     ap.add_argument("--lficam-lr", type=float, default=0.01)
     ap.add_argument("--checkpoint", choices=["best", "last"], default="best")
-    ap.add_argument("--steps", type=int, default=16, help="insertion/deletion steps")
+    ap.add_argument("--metrics", default="lcam,adcc",
+                    help="bench protocols ('all' adds insertion/deletion, 2 x (steps+1) forwards per image)")
+    ap.add_argument("--steps", type=int, default=16, help="insertion/deletion steps (with --metrics all)")
+    ap.add_argument("--subset", type=int, default=32,
+                    help="test photos (a deterministic subset) for Score-CAM and RISE; 0 = all 134")
     ap.add_argument("--rise-masks", type=int, default=500)
     ap.add_argument("--scorecam-layer", default="blocks")
     ap.add_argument("--workers", type=int, default=0)
@@ -296,6 +329,7 @@ def main() -> None:
         ap.error(f"unknown heads {bad}; valid: {', '.join(HEADS)}")
     stages = [s.strip() for s in a.stages.split(",") if s.strip()]
     a.bench = [s.strip() for s in a.bench.split(",") if s.strip()]
+    a.subset = a.subset or None
     if "split" in stages:
         split(a)
     bb = camzoo.load_backbone("efficientnet_lite0", device=a.device)
