@@ -20,7 +20,7 @@ from camzoo.train.loop import load_checkpoint
 
 from .conftest import IMAGENETTE, REPO
 
-QUIET = dict(progress=False, log=lambda s: None)
+QUIET = dict(progress=False, log=lambda s: None, figure=False)  # no training.png (~1.5 CPU-s per epoch)
 
 
 # -- loss terms -----------------------------------------------------------------------------
@@ -58,6 +58,44 @@ def test_loss_terms_equal_hand_computed_values():
     assert torch.isfinite(z.grad).all() and (z.grad > 0).all()
 
 
+def test_authors_regularizers_equal_hand_computed_values():
+    from camzoo.explainers.learned.lcam import authors_regularizers
+
+    # 2 images x 2 batch labels, 2x2 masks
+    S = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]], [[0.5, 0.5], [0.5, 0.5]]],
+                      [[[0.0, 0.0], [0.0, 1.0]], [[0.0, 0.0], [0.0, 0.0]]]])
+    # squared neighbour differences: each one-hot map 1 vertical + 1 horizontal, constants 0
+    # edges: every pixel of a 2x2 map lies on two edges: 2 * sum(S^2) per map
+    diffs = 2 + 2
+    edges = 2 * (1 + 4 * 0.25 + 1 + 0)
+    tv, av = authors_regularizers(S)
+    assert tv.item() == pytest.approx((diffs + 0.3 * edges) / (2 * 2), abs=1e-6)
+    want_av = (2 * 1.0005 ** 0.3 + 4 * 0.5005 ** 0.3 + 10 * 0.0005 ** 0.3) / 16
+    assert av.item() == pytest.approx(want_av, abs=1e-6)
+    # the pair maps of the head: entry [i, j] is map y[j] of image i; the diagonal is own maps
+    head = LCAMHead(3, 5, generator=torch.Generator().manual_seed(0))
+    A = torch.randn(4, 3, 2, 2)
+    y = torch.tensor([4, 0, 0, 2])
+    P = head(A, y, pairs=True)
+    assert P.shape == (4, 4, 2, 2)
+    full = head(A)
+    for i in range(4):
+        for j in range(4):
+            assert torch.allclose(P[i, j], full[i, y[j]], atol=1e-6)
+    assert torch.allclose(torch.diagonal(P, dim1=0, dim2=1).permute(2, 0, 1), head(A, y), atol=1e-6)
+
+
+def test_authors_regularizer_trains_and_is_recorded():
+    bb = tiny_backbone(num_classes=4, seed=0)
+    data = ShapesDataset(16, bb, seed=1)
+    res = train_lcam(bb, data, None, variant="fm", epochs=1, batch_size=8, lr=0.1,
+                     regularizer="authors", **QUIET)
+    assert res["metadata"]["regularizer"] == "authors"
+    assert res["history"][0]["train"]["tv"] > 0
+    with pytest.raises(ValueError, match="unknown regularizer 'mine'; valid: paper, authors"):
+        LCAMTask(bb, "fm", regularizer="mine")
+
+
 def test_head_selects_each_samples_own_class_map():
     g = torch.Generator().manual_seed(0)
     head = LCAMHead(5, 7, generator=g)
@@ -80,7 +118,7 @@ def test_gradients_reach_only_the_head(variant):
     assert task.net.weight.grad is not None and task.net.weight.grad.abs().sum() > 0
     assert task.net.bias.grad.abs().sum() > 0
     assert all(p.grad is None and not p.requires_grad for p in bb.model.parameters())
-    assert set(logs) == {"tv", "av", "ce", "masked_acc"}
+    assert set(logs) == {"tv", "av", "ce", "masked_acc", "area"}
 
 
 def test_ce_only_and_metadata():
@@ -169,6 +207,21 @@ def test_checkpoint_mismatch_is_refused(small_ckpt):
         camzoo.explain("lcam-fm", bb, x)
     with pytest.raises(FileNotFoundError):
         camzoo.explain("lcam-fm", bb, x, checkpoint=out + ".missing")
+
+
+def test_warm_start_from_another_head(small_ckpt):
+    out, data = small_ckpt
+    bb = tiny_backbone(num_classes=4, seed=0)
+    task = LCAMTask(bb, "img", init_from=out)
+    ck = load_checkpoint(out)
+    assert all(torch.equal(v, ck["state_dict"][k]) for k, v in task.net.state_dict().items())
+    meta = task.metadata()["init_from"]
+    assert meta["file"] == "fm.pt" and meta["variant"] == "fm" and meta["epoch"] == 1
+    assert LCAMTask(bb, "img").metadata()["init_from"] is None
+    other = tiny_backbone(num_classes=4, seed=0)
+    other.name = "other-net"
+    with pytest.raises(ValueError, match="cannot start from .*backbone: checkpoint 'tiny', here 'other-net'"):
+        LCAMTask(other, "img", init_from=out)
 
 
 def test_forward_passes_and_single_forward_inference(small_ckpt):

@@ -252,7 +252,7 @@ def _shapes_setup():
     for seed in (0, 1):
         path = f"{d}/frozen_s{seed}.pt"
         train_lficam(bb, train, val, mode="frozen", epochs=5, batch_size=32, lr=0.3, seed=seed,
-                     out=path, progress=False, log=lambda s: None)
+                     out=path, progress=False, log=lambda s: None, figure=False)
         cks.append(path)
     return bb, bb.normalize(x01), y, mask, cks
 
@@ -340,7 +340,8 @@ def test_end_to_end_checkpoint_is_its_own_classifier(tiny, tmp_path):
     va = ShapesDataset(16, tiny, seed=2, num_classes=3)
     path = tmp_path / "e2e.pt"
     res = train_lficam(tiny, tr, va, mode="end-to-end", num_classes=3, epochs=1, batch_size=16,
-                       lr=0.05, seed=0, out=path, progress=False, log=lambda s: None)
+                       lr=0.05, seed=0, out=path, progress=False, log=lambda s: None,
+                       figure=False)
     meta = res["metadata"]
     assert meta["mode"] == "end-to-end" and meta["num_classes"] == 3 and meta["new_classifier"]
     assert {"backbone", "layer", "seed", "camzoo_version", "data"} <= set(meta)

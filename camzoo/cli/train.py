@@ -15,6 +15,20 @@ def train() -> None:
     """Train learned explainers (L-CAM heads, LFI-CAM)."""
 
 
+def _cache_arg(cache_dir, no_cache, views):
+    """``--cache DIR`` / ``--no-cache`` -> the ``cache=`` argument of the training API
+    (``--views`` checked up front)."""
+    from ..train.cache import parse_views
+
+    if no_cache and cache_dir:
+        raise click.UsageError("--cache DIR and --no-cache contradict each other; give one")
+    try:
+        parse_views(views)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--views") from None
+    return None if no_cache else (cache_dir or True)
+
+
 @train.command("lcam")
 @click.option("--backbone", default="efficientnet_lite0", show_default=True)
 @click.option("--weights", default=None, help="backbone state_dict file ('random' for smoke tests)")
@@ -47,15 +61,36 @@ def train() -> None:
 @click.option("--workers", type=int, default=0, show_default=True, help="DataLoader workers")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: auto)")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
+@click.option("--cache", "cache_dir", default=None, type=click.Path(file_okay=False),
+              help="feature cache root (default: feature_cache/ beside --out)")
+@click.option("--no-cache", is_flag=True,
+              help="no feature cache: run the classifier every step, fresh random crops per epoch")
+@click.option("--views", default="center+flip", show_default=True,
+              help="cached views per image: center, center+flip, or random:N (the random "
+                   "crops of the first N epochs)")
+@click.option("--amp", type=click.Choice(["auto", "bf16", "none"]), default="auto",
+              show_default=True, help="autocast of the classifier's forwards (auto: bf16 on CUDA)")
+@click.option("--regularizer", type=click.Choice(["paper", "authors"]), default="paper",
+              show_default=True, help="TV/AV as the paper's equations (each image's own mask) or "
+                                      "as the authors' code (the masks of all batch labels)")
+@click.option("--init-from", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="start from this L-CAM head (same backbone/layer), e.g. Img from a trained Fm")
 def lcam_cmd(backbone, weights, variant, layer, ce_only, data, labels, labels_file, epochs,
              batch_size, lr, lr_decay, momentum, weight_decay, val_fraction, limit, out, resume,
-             overwrite, seed, workers, device, no_progress) -> None:
-    """Train an L-CAM head (paper recipe: SGD + Nesterov, lr 1e-4 decayed per epoch)."""
+             overwrite, seed, workers, device, no_progress, cache_dir, no_cache, views,
+             amp, regularizer, init_from) -> None:
+    """Train an L-CAM head (paper recipe: SGD + Nesterov, lr 1e-4 decayed per epoch).
+
+    By default the explanation layer's features of fixed views of every image are computed
+    once and cached (--cache, --views); --no-cache trains on fresh random crops. Beside
+    --out NAME.pt: NAME.best.pt (lowest held-out loss), NAME.train_log.csv, NAME.training.png.
+    """
     from ..models import load_backbone
     from ..train.data import training_data
     from ..train.lcam import train_lcam
     from ..train.loop import distributed, rank_and_world
 
+    cache = _cache_arg(cache_dir, no_cache, views)
     with user_errors():
         with distributed(device) as dev:
             rank = rank_and_world()[0]
@@ -71,7 +106,9 @@ def lcam_cmd(backbone, weights, variant, layer, ce_only, data, labels, labels_fi
                              lr_decay=lr_decay, momentum=momentum, weight_decay=weight_decay,
                              out=out, resume=resume, overwrite=overwrite, seed=seed,
                              num_workers=workers, progress=not no_progress and rank == 0,
-                             log=echo)
+                             log=echo, cache=cache, views=views,
+                             amp=None if amp == "none" else amp, regularizer=regularizer,
+                             init_from=init_from)
     echo(f"wrote {out} ({res['epoch']} epochs); use it with "
          f"--methods lcam-{variant} --opt lcam-{variant}.checkpoint={out}")
 
@@ -122,15 +159,28 @@ def lcam_cmd(backbone, weights, variant, layer, ce_only, data, labels, labels_fi
 @click.option("--workers", type=int, default=0, show_default=True, help="DataLoader workers")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: auto)")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
+@click.option("--cache", "cache_dir", default=None, type=click.Path(file_okay=False),
+              help="frozen mode: feature cache root (default: feature_cache/ beside --out)")
+@click.option("--no-cache", is_flag=True,
+              help="frozen mode: no feature cache (run the backbone every step, fresh random crops)")
+@click.option("--views", default="center+flip", show_default=True,
+              help="cached views per image: center, center+flip, or random:N")
 def lficam_cmd(backbone, weights, mode, init, num_classes, layer, data, labels, labels_file,
                epochs, batch_size, lr, momentum, weight_decay, image_size, fin_depth, val_fraction,
                limit, split_seed, out, resume, overwrite, seed, workers, device,
-               no_progress) -> None:
-    """Train LFI-CAM (paper recipe: SGD momentum 0.9, lr 0.1 / 10 at 50 % and 75 %)."""
+               no_progress, cache_dir, no_cache, views) -> None:
+    """Train LFI-CAM (paper recipe: SGD momentum 0.9, lr 0.1 / 10 at 50 % and 75 %).
+
+    Frozen mode caches the layer's features and gray images of fixed views by default
+    (--cache, --views; --no-cache for fresh random crops); end-to-end and baseline train the
+    backbone and never cache. Beside --out NAME.pt: NAME.best.pt (lowest held-out loss),
+    NAME.train_log.csv, NAME.training.png.
+    """
     from ..models import load_backbone
     from ..train.lficam import lficam_data, train_lficam
     from ..train.loop import distributed, rank_and_world
 
+    cache = _cache_arg(cache_dir, no_cache, views)
     with user_errors():
         with distributed(device) as dev:
             rank = rank_and_world()[0]
@@ -138,6 +188,10 @@ def lficam_cmd(backbone, weights, mode, init, num_classes, layer, data, labels, 
             w = "random" if weights is None and init == "random" else weights
             bb = load_backbone(backbone, weights=w, device=dev)
             lab = labels or ("model" if mode == "frozen" else "gt")
+            if mode != "frozen" and cache_dir:
+                raise ValueError(f"--cache needs --mode frozen: mode {mode!r} trains the backbone, "
+                                 "so its features change every step")
+            cache = cache if mode == "frozen" else None
             tr, va, info = lficam_data(data, bb, num_classes=num_classes, val_fraction=val_fraction,
                                        seed=seed, split_seed=split_seed, limit=limit,
                                        image_size=image_size, need_labels=lab == "gt",
@@ -152,7 +206,8 @@ def lficam_cmd(backbone, weights, mode, init, num_classes, layer, data, labels, 
                                image_size=tr.size, epochs=epochs, batch_size=batch_size, lr=lr,
                                momentum=momentum, weight_decay=weight_decay, out=out,
                                resume=resume, overwrite=overwrite, seed=seed, num_workers=workers,
-                               device=dev, progress=not no_progress and rank == 0, log=echo)
+                               device=dev, progress=not no_progress and rank == 0, log=echo,
+                               cache=cache, views=views)
     val = res["history"][-1]["val"] if res["history"] else {}
     if "top1" in val:
         extra = f", backbone {val['backbone_top1']:.4f}" if "backbone_top1" in val else ""

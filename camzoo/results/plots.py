@@ -15,6 +15,15 @@ def _plt():
     return plt
 
 
+def _save(fig, path: str, dpi: int = 110, suptitle: Optional[str] = None, fontsize: int = 9) -> None:
+    """Title (optional), tight layout, write ``path``, close the figure."""
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=fontsize)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    _plt().close(fig)
+
+
 def overlay(image01: np.ndarray, saliency: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """Blend a ``[H,W]`` map in [0,1] (jet colour map) over an ``[H,W,3]`` image in [0,1]."""
     from matplotlib import colormaps
@@ -42,11 +51,7 @@ def explanation_grid(
         ax.set_title(t, fontsize=7)
     for ax in axes:
         ax.axis("off")
-    if suptitle:
-        fig.suptitle(suptitle, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, 110, suptitle)
 
 
 # -- bench figures ---------------------------------------------------------------------------
@@ -77,9 +82,7 @@ def mean_curves(curves: dict, path: str, steps_label: str = "fraction of pixels"
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, 110)
 
 
 def overlay_grid(images01: Sequence[np.ndarray], maps: Sequence[Sequence[Optional[np.ndarray]]],
@@ -107,9 +110,7 @@ def overlay_grid(images01: Sequence[np.ndarray], maps: Sequence[Sequence[Optiona
     for row in axes:
         for ax in row:
             ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path, 100)
 
 
 def bench_figures(run, ds, bb, n_images: int = 4) -> List[str]:
@@ -206,3 +207,55 @@ def similarity_curves(curves: dict, steps: Sequence[str], path: str, title: str 
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def training_curves(rows: Sequence[dict], path: str, title: str = "") -> None:
+    """Save the curves of a training log (:mod:`camzoo.train.records`) as one PNG.
+
+    One panel per logged quantity: the per-step training values (thin line), their mean per
+    epoch (dots at each epoch's last step) and the held-out value of each epoch (squares),
+    against the global step. Quantities logged only on the held-out split (e.g. ``ad100``,
+    ``ic100``) get a panel of their own.
+
+    Args:
+        rows: dicts with ``epoch``, ``step``, ``split`` (``"train"`` / ``"val"``) and numbers.
+        path: PNG file to write.
+        title: figure title.
+    """
+    plt = _plt()
+    skip = {"epoch", "step", "split", "lr"}
+    keys: List[str] = []
+    for r in rows:
+        for k, v in r.items():
+            if k not in skip and k not in keys and isinstance(v, (int, float)):
+                keys.append(k)
+    n = max(len(keys), 1)
+    ncol = min(3, n)
+    nrow = (n + ncol - 1) // ncol
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 2.9 * nrow), squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        tr = [(r["step"], r[key], r["epoch"]) for r in rows
+              if r.get("split") == "train" and r.get(key) is not None]
+        va = [(r["step"], r[key]) for r in rows if r.get("split") == "val" and r.get(key) is not None]
+        if tr:
+            ax.plot([t[0] for t in tr], [t[1] for t in tr], lw=0.6, alpha=0.5, color="C0",
+                    label="train (step)")
+            ends: dict = {}
+            for s, v, e in tr:
+                acc = ends.setdefault(e, [0, 0.0, 0])
+                acc[0], acc[1], acc[2] = max(acc[0], s), acc[1] + v, acc[2] + 1
+            pts = sorted((s, tot / cnt) for s, tot, cnt in ends.values())
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, lw=1.2, color="C0",
+                    label="train (epoch mean)")
+        if va:
+            ax.plot([p[0] for p in va], [p[1] for p in va], "s-", ms=3.5, lw=1.2, color="C3",
+                    label="held-out")
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    _save(fig, path, 100, title, fontsize=10)

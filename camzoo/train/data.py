@@ -71,10 +71,10 @@ class TrainImages(torch.utils.data.Dataset):
             out.append(f"{p},{'' if it.label is None else it.label}")
         return out
 
-    def _augment(self, img, index: int) -> Tensor:
+    def _augment(self, img, index: int, epoch: Optional[int] = None) -> Tensor:
         from torchvision.transforms import functional as TF
 
-        g = self._generator(index)
+        g = self._generator(index, epoch)
         img = TF.resize(img, self.resize, interpolation=TF.InterpolationMode.BILINEAR,
                         antialias=True)
         t = TF.pil_to_tensor(img).float().div_(255.0)  # [3,h,w] in [0,1]
@@ -90,21 +90,36 @@ class TrainImages(torch.utils.data.Dataset):
             t = t.flip(-1)
         return (t - self.mean) / self.std
 
-    def _generator(self, index: int) -> torch.Generator:
-        """The augmentation generator of image ``index`` in the current epoch (worker-independent)."""
-        return torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
+    def _generator(self, index: int, epoch: Optional[int] = None) -> torch.Generator:
+        """The augmentation generator of image ``index`` in ``epoch`` (default: the current
+        epoch); independent of workers and ranks."""
+        e = self.epoch if epoch is None else int(epoch)
+        return torch.Generator().manual_seed((self.seed * 1_000_003 + e) * 10_000_019 + index)
+
+    def augmented(self, img, index: int, epoch: Optional[int] = None) -> Tensor:
+        """PIL image -> the random training view of image ``index`` in ``epoch`` (default:
+        the current one), normalized ``[3,S,S]``."""
+        return self._augment(img, index, epoch)
+
+    def evaluated(self, img) -> Tensor:
+        """PIL image -> the held-out view (the backbone's eval preprocessing), normalized ``[3,S,S]``."""
+        return self.preprocess(img)
 
     def transform(self, img, index: int) -> Tensor:
         """PIL image -> normalized ``[3,S,S]``: augmented for training, else the eval preprocess."""
-        return self._augment(img, index) if self.augment else self.preprocess(img)
+        return self.augmented(img, index) if self.augment else self.evaluated(img)
 
-    def __getitem__(self, index: int) -> Tuple[Tensor, int]:
+    def label(self, index: int) -> int:
+        """Training label of image ``index``: the ground truth (through ``label_map``) or -1."""
         it = self.items[index]
-        x = self.transform(load_image(it.path), index)
         y = -1 if it.label is None else int(it.label)
         if self.label_map is not None and y >= 0:
             y = self.label_map[y]
-        return x.float().contiguous(), y
+        return y
+
+    def __getitem__(self, index: int) -> Tuple[Tensor, int]:
+        x = self.transform(load_image(self.items[index].path), index)
+        return x.float().contiguous(), self.label(index)
 
 
 def check_gt_labels(ds, data: PathLike, backbone: Backbone) -> None:

@@ -75,10 +75,10 @@ class LFICAMImages(TrainImages):
         self.label_map = dict(label_map) if label_map else None
         self._eval = eval_transform(backbone, self.size)
 
-    def _rrc(self, img, index: int) -> Tensor:
+    def _rrc(self, img, index: int, epoch: Optional[int] = None) -> Tensor:
         from torchvision.transforms import functional as TF
 
-        g = self._generator(index)
+        g = self._generator(index, epoch)
         w, h = img.size
         area = float(w * h)
         box = None
@@ -103,8 +103,11 @@ class LFICAMImages(TrainImages):
             t = t.flip(-1)
         return (t - self.mean) / self.std
 
-    def transform(self, img, index: int) -> Tensor:
-        return self._rrc(img, index) if self.augment else self._eval(img)
+    def augmented(self, img, index: int, epoch: Optional[int] = None) -> Tensor:
+        return self._rrc(img, index, epoch)
+
+    def evaluated(self, img) -> Tensor:
+        return self._eval(img)
 
 
 def label_mapping(labels: Sequence[int], num_classes: int) -> Tuple[Optional[Dict[int, int]], List[int]]:
@@ -250,12 +253,24 @@ class LFICAMTask(TrainTask):
                              "classifier (use --num-classes N for a new classifier)")
         return y
 
-    def loss(self, net: nn.Module, x: Tensor, y: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
-        out = net(x)
+    def loss(self, net: nn.Module, x, y: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """Cross-entropy of the (attention) model's logits. ``x``: normalized images, or in
+        frozen mode a feature-cache batch ``{"A", "gray", "top1"}`` (no backbone forward up
+        to the layer). Logs ``ce``, ``acc`` and (LFI-CAM) ``area`` = mean of ``L``."""
+        if isinstance(x, dict):
+            if self.lficam is None or self.mode != "frozen":
+                raise ValueError("cached features can only train a frozen-mode LFI-CAM")
+            out = net(features=x["A"].float(), gray=x["gray"].float())
+            t = x["top1"] if self.labels == "model" else self.targets(None, y)
+        else:
+            out = net(x)
+            t = self.targets(x, y)
         logits = out[0] if isinstance(out, tuple) else out
-        t = self.targets(x, y)
         ce = F.cross_entropy(logits.float(), t)
-        return ce, {"ce": ce.detach(), "acc": (logits.argmax(1) == t).float().mean().detach()}
+        logs = {"ce": ce.detach(), "acc": (logits.argmax(1) == t).float().mean().detach()}
+        if isinstance(out, tuple):
+            logs["area"] = out[1].detach().float().mean()
+        return ce, logs
 
     def evaluate(self, loader: Iterable) -> Dict[str, float]:
         """Held-out ``loss``, ``top1`` (vs ground truth, where known), and in frozen mode
@@ -320,6 +335,10 @@ def train_lficam(
     device: Union[None, str, torch.device] = None,
     progress: bool = True,
     log=print,
+    cache: Union[None, bool, str, os.PathLike] = None,
+    views: str = "center+flip",
+    best_metric: Optional[Tuple[str, str]] = None,
+    figure: bool = True,
 ) -> Dict[str, Any]:
     """Train LFI-CAM with the paper's recipe; returns :func:`camzoo.train.loop.fit`'s result.
 
@@ -327,18 +346,42 @@ def train_lficam(
     (:func:`paper_milestones`), weight decay :func:`default_weight_decay` unless given.
     ``train_set`` / ``val_set`` yield ``(x normalized [3,S,S], y int or -1)`` (e.g.
     :func:`lficam_data`). See :class:`LFICAMTask` for the other arguments.
+
+    ``cache`` (frozen mode only; as in :func:`camzoo.train.lcam.train_lcam`): train the FIN on
+    cached features and gray images of fixed ``views``, so an epoch runs the FIN and the
+    classifier's tail only; it needs ``Backbone.head`` at the layer (``cache=True``, the
+    default location, falls back to no cache when there is none; a folder is an error).
+    ``best_metric``: default the held-out ``loss``; ``figure``: as in :func:`camzoo.train.loop.fit`.
     """
     size = int(image_size or backbone.input_size)
     wd = default_weight_decay(size) if weight_decay is None else float(weight_decay)
     task = LFICAMTask(backbone, mode, layer, labels=labels, num_classes=num_classes,
                       class_map=class_map, class_names=class_names, init=init, depth=depth,
                       image_size=size, seed=seed)
+    if cache is True and mode == "frozen" and task.layer not in backbone.heads:
+        log(f"no feature cache: backbone {backbone.name!r} cannot run the rest of the network "
+            f"from layer {task.layer!r}; training uncached")
+        cache = None
+    if cache is not None and cache is not False:
+        from .cache import cached_training_set, default_cache_root
+
+        if mode != "frozen":
+            raise ValueError(f"the feature cache needs a frozen backbone (--mode frozen); mode "
+                             f"{mode!r} trains the backbone, so its features change (use --no-cache)")
+        if task.layer not in backbone.heads:
+            raise ValueError(f"the feature cache needs the rest of the network after layer "
+                             f"{task.layer!r}, which backbone {backbone.name!r} cannot run; "
+                             f"layers with a head: {', '.join(backbone.heads) or 'none'} (or --no-cache)")
+        root = default_cache_root(out) if cache is True else cache
+        train_set = cached_training_set(train_set, backbone, task.layer, root, views=views,
+                                        batch_size=batch_size, num_workers=num_workers,
+                                        progress=progress, log=log)
     return fit(task, train_set, val_set, epochs=epochs, batch_size=batch_size,
                optimizer=sgd(lr, momentum=momentum, nesterov=False, weight_decay=wd),
                scheduler=multistep(paper_milestones(epochs), 0.1), out=out, resume=resume,
                overwrite=overwrite, seed=seed, num_workers=num_workers,
                device=device if device is not None else backbone.device, progress=progress,
-               log=log)
+               log=log, best_metric=best_metric, figure=figure)
 
 
 def lficam_data(data, backbone: Backbone, *, num_classes: Optional[int] = None,

@@ -16,14 +16,19 @@ A learned explainer plugs in by subclassing :class:`TrainTask`:
     ``net`` is ``modules()`` itself, or a ``DistributedDataParallel`` wrapper around it when
     running under torchrun: the task must run the trainable forward by calling ``net(...)``
     (exactly once per step, so DDP can synchronize gradients), never ``self.modules()``.
-    ``x`` is the batch from the dataset (normalized images ``[B,3,H,W]``) and ``y`` its
-    labels (LongTensor ``[B]``, ``-1`` where unknown), both on the device. Returns the scalar
+    ``x`` is the batch from the dataset (normalized images ``[B,3,H,W]``, or, from a
+    feature cache (:mod:`camzoo.train.cache`), a dict of tensors such as ``{"A": features,
+    "top1": ..., "gray": ...}``) and ``y`` its labels (LongTensor ``[B]``, ``-1`` where
+    unknown), all on the device. Returns the scalar
     loss to minimize and a dict of float-valued tensors (0-dim, detached) to log (loss
     components); they are averaged over the epoch (and over ranks) for the progress bar and
     the history.
 ``evaluate(loader) -> dict[str, float]``
     held-out metrics after each epoch, run by rank 0 only, in eval mode and under
     ``torch.inference_mode()`` unless the task enables gradients itself (default: ``{}``).
+``best_metric = ("loss", "min")``
+    the held-out metric (a key of ``evaluate``'s dict) and direction that choose the best
+    checkpoint (``NAME.best.pt``, see :mod:`camzoo.train.records`).
 ``metadata() -> dict``
     what the explainer needs to rebuild / validate itself (backbone, layer, variant, loss
     weights, ...); plain Python values only (str, int, float, bool, None, lists, dicts),
@@ -35,9 +40,12 @@ A learned explainer plugs in by subclassing :class:`TrainTask`:
 
 :func:`fit` then handles: the data loaders (a ``DistributedSampler`` in every case, seeded by
 ``seed`` and the epoch; datasets with ``set_epoch(epoch)`` get it called, so per-sample
-augmentation can be seeded per epoch too), the optimizer and per-epoch scheduler (given as
+augmentation can be seeded per epoch too; a dataset with ``get_batch(indices) -> (x, y)``
+reads whole batches itself, as :class:`camzoo.train.cache.CachedViews` does), the optimizer and per-epoch scheduler (given as
 factories), a tqdm progress bar showing the running loss components, a checkpoint written
-atomically after every epoch, ``resume``, and DistributedDataParallel when
+atomically after every epoch, the best-by-validation checkpoint, the per-step log
+``NAME.train_log.csv`` and its curves ``NAME.training.png`` beside the checkpoint
+(:mod:`camzoo.train.records`), ``resume``, and DistributedDataParallel when
 ``torch.distributed`` is initialized (see :func:`distributed`; ``torchrun --nproc_per_node N
 -m camzoo train ...``; gloo on CPU, NCCL on CUDA). Only rank 0 writes files and evaluates.
 
@@ -48,7 +56,10 @@ explainers that read it in :mod:`camzoo.explainers.learned.checkpoint`)::
      "scheduler": ... or None, "epoch": completed epochs, "epochs": planned epochs,
      "metadata": {**task.metadata(), "camzoo_version", "torch_version", "seed", "world_size",
                   "batch_size", "data": {"train_manifest", "val_manifest", "n_train", "n_val"}},
-     "history": [{"epoch", "train": {...}, "val": {...}, "lr", "seconds"}, ...]}
+     "history": [{"epoch", "train": {...}, "val": {...}, "lr", "seconds", "cpu_seconds"}, ...],
+     "best": {"metric", "mode", "value", "epoch"} or None}
+
+``NAME.best.pt`` has the same format (``epoch`` = the best epoch, its history up to it).
 
 Reproducibility: with the same seed, world size and batch size, an interrupted run resumed
 from its checkpoint ends with the same weights as an uninterrupted one (tested).
@@ -65,7 +76,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from ..explainers.learned.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
@@ -82,6 +93,8 @@ class TrainTask:
     name: str = "task"
     #: metadata keys that must match between a checkpoint and the task to resume from it
     identity_keys: Sequence[str] = ()
+    #: (held-out metric, "min" | "max") choosing the best checkpoint
+    best_metric: Tuple[str, str] = ("loss", "min")
 
     def modules(self) -> nn.Module:
         raise NotImplementedError
@@ -203,6 +216,30 @@ def _fmt(d: Dict[str, float]) -> str:
     return " ".join(f"{k}={v:.4g}" for k, v in d.items())
 
 
+def to_device(batch: Any, device: torch.device) -> Any:
+    """``batch`` (a tensor, or dicts / lists / tuples of them) moved to ``device``."""
+    if isinstance(batch, Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+class _Batches(Dataset):
+    """``dataset.get_batch`` as a map-style dataset indexed by a list of indices."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, indices):
+        return self.dataset.get_batch(indices)  # type: ignore[attr-defined]
+
+
 # -- the loop -------------------------------------------------------------------------------
 def fit(
     task: TrainTask,
@@ -222,6 +259,9 @@ def fit(
     progress: bool = True,
     eval_batch_size: Optional[int] = None,
     log: Callable[[str], None] = print,
+    best_metric: Optional[Tuple[str, str]] = None,
+    records: bool = True,
+    figure: bool = True,
 ) -> Dict[str, Any]:
     """Train ``task`` on ``train_set``; evaluate on ``val_set`` and checkpoint after each epoch.
 
@@ -245,9 +285,19 @@ def fit(
         progress: show a tqdm bar (rank 0 only).
         eval_batch_size: batch size of the held-out loader (default: ``batch_size``).
         log: where per-epoch summary lines go (rank 0 only).
+        best_metric: ``(held-out metric, "min" | "max")`` choosing ``NAME.best.pt``
+            (default: ``task.best_metric``); the checkpoint of the first epoch with the best
+            value is kept (strictly better values replace it). Needs ``val_set``.
+        records: with ``out``, also write ``NAME.best.pt``, ``NAME.train_log.csv`` and
+            ``NAME.training.png`` beside it (:mod:`camzoo.train.records`).
+        figure: redraw ``NAME.training.png`` after every epoch (~1.5 CPU-s each; off for
+            tiny runs).
     Returns:
-        the final checkpoint dict (without optimizer/scheduler states) with ``history``.
+        the final checkpoint dict (without optimizer/scheduler states) with ``history`` and
+        ``best``.
     """
+    from .records import better, read_log, run_files, write_log
+
     rank, world = rank_and_world()
     if batch_size % world:
         raise ValueError(f"batch_size {batch_size} is not divisible by the {world} processes")
@@ -272,7 +322,12 @@ def fit(
                       "n_train": len(train_set),  # type: ignore[arg-type]
                       "n_val": len(val_set) if val_set is not None else 0})  # type: ignore[arg-type]
     start_epoch, history = 0, []
+    metric, mode = best_metric or task.best_metric
+    better(0.0, None, mode)  # validates mode
+    best: Optional[Dict[str, Any]] = None
+    rows: List[Dict[str, Any]] = []  # the per-step log (rank 0)
     out = os.fspath(out) if out is not None else None
+    files = run_files(out) if out is not None and records else None
     if out is not None and os.path.exists(out):
         if resume:
             ck = load_checkpoint(out)
@@ -289,11 +344,18 @@ def fit(
             if sched is not None and ck.get("scheduler") is not None:
                 sched.load_state_dict(ck["scheduler"])
             start_epoch, history = int(ck["epoch"]), list(ck.get("history", []))
+            best = ck.get("best")
+            if files is not None:
+                rows = read_log(files.log, upto_epoch=start_epoch)
             if rank == 0:
                 log(f"resuming {out} after epoch {start_epoch}/{epochs}")
         elif not overwrite:
             raise FileExistsError(f"{out} exists; pass resume=True (--resume) to continue it or "
                                   f"overwrite=True (--overwrite) to start over")
+    if files is not None and start_epoch == 0 and rank == 0:
+        for stale in (files.best, files.log, files.plot):  # of an earlier run: start over
+            if os.path.exists(stale):
+                os.remove(stale)
 
     net: nn.Module = module
     if world > 1:
@@ -303,9 +365,14 @@ def fit(
 
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True,
                                  seed=seed, drop_last=False)
-    loader = DataLoader(train_set, batch_size=per_rank, sampler=sampler, num_workers=num_workers,
-                        pin_memory=device.type == "cuda", drop_last=False,
-                        persistent_workers=False)
+    if hasattr(train_set, "get_batch"):  # the dataset reads whole batches itself
+        loader = DataLoader(_Batches(train_set), sampler=BatchSampler(sampler, per_rank, False),
+                            batch_size=None, num_workers=num_workers,
+                            pin_memory=device.type == "cuda")
+    else:
+        loader = DataLoader(train_set, batch_size=per_rank, sampler=sampler,
+                            num_workers=num_workers, pin_memory=device.type == "cuda",
+                            drop_last=False, persistent_workers=False)
     val_loader = None
     if val_set is not None and len(val_set) > 0:  # type: ignore[arg-type]
         val_loader = DataLoader(val_set, batch_size=eval_batch_size or batch_size, shuffle=False,
@@ -316,10 +383,20 @@ def fit(
                 "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
                 "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict() if sched is not None else None,
-                "epoch": epoch, "epochs": epochs, "metadata": meta, "history": history}
+                "epoch": epoch, "epochs": epochs, "metadata": meta, "history": list(history),
+                "best": dict(best) if best is not None else None}
+
+    def write_records() -> None:
+        from ..results.plots import training_curves
+        from ..utils import atomic_write
+
+        write_log(rows, files.log)
+        if figure:
+            title = f"{task.name}: {meta.get('explainer', task.name)} on {meta.get('backbone', '?')}"
+            atomic_write(files.plot, lambda tmp: training_curves(rows, tmp, title=title))
 
     for epoch in range(start_epoch, epochs):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         sampler.set_epoch(epoch)
         for ds in (train_set, val_set):
             if ds is not None and hasattr(ds, "set_epoch"):
@@ -335,8 +412,9 @@ def fit(
             bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=True, dynamic_ncols=True)
             it = bar
         lr = opt.param_groups[0]["lr"]
+        steps: List[Dict[str, Tensor]] = []
         for step, (x, y) in enumerate(it):
-            x = x.to(device, non_blocking=True)
+            x = to_device(x, device)
             y = torch.as_tensor(y).to(device, non_blocking=True).long()
             loss, logs = task.loss(net, x, y)
             if not torch.isfinite(loss):
@@ -345,11 +423,14 @@ def fit(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            b = x.shape[0]
-            for k, v in {"loss": loss.detach(), **logs}.items():
-                v = torch.as_tensor(v, device=device).detach().float() * b
-                sums[k] = sums[k] + v if k in sums else v
+            b = y.shape[0]
+            step_logs = {k: torch.as_tensor(v, device=device).detach().float()
+                         for k, v in {"loss": loss.detach(), **logs}.items()}
+            for k, v in step_logs.items():
+                sums[k] = sums[k] + v * b if k in sums else v * b
             count += b
+            if files is not None and rank == 0:
+                steps.append(step_logs)
             if bar is not None and (step % 5 == 0 or step == len(loader) - 1):
                 bar.set_postfix_str(_fmt({k: float(v / count) for k, v in sums.items()}))
         if bar is not None:
@@ -362,13 +443,34 @@ def fit(
             task.eval_mode()
             val_logs = dict(task.evaluate(val_loader))
         history.append({"epoch": epoch + 1, "train": train_logs, "val": val_logs, "lr": lr,
-                        "seconds": time.perf_counter() - t0})
+                        "seconds": time.perf_counter() - t0,
+                        "cpu_seconds": time.process_time() - c0})
         if rank == 0:
+            improved = better(val_logs.get(metric), best["value"] if best else None, mode)
+            if improved:
+                best = {"metric": metric, "mode": mode, "value": float(val_logs[metric]),
+                        "epoch": epoch + 1}
             log(f"epoch {epoch + 1}/{epochs} lr={lr:.3g} train: {_fmt(train_logs)}"
                 + (f" | val: {_fmt(val_logs)}" if val_logs else "")
+                + (" *best*" if improved else "")
                 + f" ({history[-1]['seconds']:.1f}s)")
             if out is not None:
-                save_checkpoint(checkpoint(epoch + 1), out)
+                ck = checkpoint(epoch + 1)
+                save_checkpoint(ck, out)
+                if files is not None and improved:
+                    save_checkpoint(ck, files.best)
+            if files is not None:
+                first = len([r for r in rows if r.get("split") == "train"])
+                if steps:
+                    keys = list(steps[0])
+                    vals = torch.stack([torch.stack([s[k] for k in keys]) for s in steps]).cpu()
+                    for i, v in enumerate(vals.tolist()):
+                        rows.append({"epoch": epoch + 1, "step": first + i + 1, "split": "train",
+                                     "lr": lr, **dict(zip(keys, v))})
+                if val_logs:
+                    rows.append({"epoch": epoch + 1, "step": first + len(steps), "split": "val",
+                                 "lr": lr, **val_logs})
+                write_records()
         _barrier()
     final = checkpoint(history[-1]["epoch"] if history else start_epoch)
     final.pop("optimizer")

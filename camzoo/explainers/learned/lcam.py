@@ -52,15 +52,19 @@ class LCAMHead(nn.Module):
             bound = 1.0 / math.sqrt(in_channels)
             nn.init.uniform_(self.bias, -bound, bound, generator=generator)
 
-    def forward(self, A: Tensor, y: Optional[Tensor] = None) -> Tensor:
+    def forward(self, A: Tensor, y: Optional[Tensor] = None, pairs: bool = False) -> Tensor:
         """Class maps before the sigmoid.
 
         Args:
             A: feature maps ``[B,K,h,w]``.
             y: LongTensor ``[B]``: compute only map ``y[i]`` for sample ``i`` (its *own*
                 class). ``None``: all R maps.
+            pairs: with ``y``: the maps of *every* ``y[j]`` for every sample ``i``
+                (``[B,B,h,w]``, entry ``[i,j]`` = map ``y[j]`` of sample ``i``; the diagonal
+                is each sample's own map), as the authors' training code regularizes.
         Returns:
-            ``[B,h,w]`` when ``y`` is given, else ``[B,R,h,w]``; real-valued.
+            ``[B,h,w]`` when ``y`` is given, ``[B,B,h,w]`` with ``pairs``, else ``[B,R,h,w]``;
+            real-valued.
         """
         if A.shape[1] != self.in_channels:
             raise ValueError(f"L-CAM head expects {self.in_channels} channels; got A of shape "
@@ -68,7 +72,10 @@ class LCAMHead(nn.Module):
         if y is None:
             return F.conv2d(A, self.weight.to(A.dtype), self.bias.to(A.dtype))
         w = self.weight[y, :, 0, 0].to(A.dtype)  # [B,K]
-        return torch.einsum("bk,bkhw->bhw", w, A) + self.bias[y].to(A.dtype)[:, None, None]
+        b = self.bias[y].to(A.dtype)
+        if pairs:
+            return torch.einsum("nk,bkhw->bnhw", w, A) + b[None, :, None, None]
+        return torch.einsum("bk,bkhw->bhw", w, A) + b[:, None, None]
 
 
 # -- loss (paper Eqs. 6-8) ------------------------------------------------------------------
@@ -119,6 +126,38 @@ def lcam_loss(S: Tensor, logits: Tensor, y: Tensor, *, l1: float = PAPER_WEIGHTS
     ce = F.cross_entropy(logits.float(), y)
     loss = l1 * tv + l2 * av + l3 * ce
     return loss, {"tv": tv.detach(), "av": av.detach(), "ce": ce.detach()}
+
+
+#: the authors' TV border penalty (``smoothness_loss(..., border_penalty=0.3)``)
+AUTHORS_BORDER = 0.3
+#: how the TV / AV terms are computed (``regularizer=``)
+REGULARIZERS = ("paper", "authors")
+
+
+def authors_regularizers(S_pairs: Tensor, l4: float = PAPER_WEIGHTS["l4"], eps: float = AV_EPS,
+                         border: float = AUTHORS_BORDER) -> Tuple[Tensor, Tensor]:
+    """TV and AV as the authors' training code computes them (``get_loss`` of
+    ``models/ResNet50_L_CAM_Img.py``), on the masks of *every* batch label for every image.
+
+    ``AV = mean over all entries of (S + eps)^l4``;
+    ``TV = (sum of all squared neighbour differences + border * sum of S^2 on the four edges
+    of every map) / (2 * B)``, i.e. normalized by the batch size, not averaged over maps.
+
+    Args:
+        S_pairs: ``[B,N,h,w]`` in [0,1]: entry ``[i,j]`` is image ``i``'s mask for the
+            ``j``-th batch label (:meth:`LCAMHead.forward` with ``pairs=True``, sigmoid).
+        l4, eps: AV exponent and offset; border: edge penalty weight.
+    Returns:
+        ``(tv, av)``, 0-dim tensors.
+    """
+    B = S_pairs.shape[0]
+    dv = (S_pairs[:, :, 1:, :] - S_pairs[:, :, :-1, :]).pow(2).sum()
+    dh = (S_pairs[:, :, :, 1:] - S_pairs[:, :, :, :-1]).pow(2).sum()
+    edges = (S_pairs[:, :, -1, :].pow(2).sum() + S_pairs[:, :, 0, :].pow(2).sum()
+             + S_pairs[:, :, :, -1].pow(2).sum() + S_pairs[:, :, :, 0].pow(2).sum())
+    tv = (dv + dh + border * edges) / (2.0 * B)
+    av = (S_pairs + eps).pow(l4).mean()
+    return tv, av
 
 
 def masked_logits(bb, variant: str, layer: str, x: Tensor, A: Tensor, S: Tensor) -> Tensor:

@@ -220,12 +220,21 @@ class LFICAM(nn.Module):
             self.bb.model.eval()
         return self
 
-    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+    def forward(self, x: Optional[Tensor] = None, *, features: Optional[Tensor] = None,
+                gray: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         """``x`` normalized ``[B,3,H,W]`` -> ``(logits [B,K], L [B,m,n] in [0,1])``.
+
+        Frozen mode can also start from the layer's stored output (a feature cache):
+        ``features`` ``F`` ``[B,C,m,n]`` and ``gray`` ``[B,1,m,n]`` (:func:`gray_image` of the
+        input), giving the same result as ``x`` through ``Backbone.head((1 + L) * F)``.
 
         Also keeps ``self.last = {"F": features, "w": FIN weights [B,C], "L": L}`` of the
         last call (for inspection and tests).
         """
+        if features is not None:
+            return self._from_features(features, gray)
+        if x is None:
+            raise ValueError("LFICAM.forward needs x (images) or features= and gray=")
         out: Dict[str, Tensor] = {}
         layout = self.bb.reshape_of(self.layer_name)  # token layers: tokens <-> [B,C,m,n]
 
@@ -251,6 +260,19 @@ class LFICAM(nn.Module):
             raise RuntimeError(f"layer {self.layer_name!r} was not called by the model's forward")
         L = out.pop("L")
         self.last = {**out, "L": L.detach()}
+        return logits, L
+
+    def _from_features(self, f: Tensor, gray: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+        if self.mode != "frozen":
+            raise ValueError("only a frozen-mode LFI-CAM can start from stored features")
+        if gray is None or gray.shape != (f.shape[0], 1, *f.shape[-2:]):
+            raise ValueError(f"gray must be [B,1,m,n] = {(f.shape[0], 1, *f.shape[-2:])}; got "
+                             f"{None if gray is None else tuple(gray.shape)}")
+        m = channel_minmax(f) * gray.to(f.dtype)
+        w = self.fin(m.contiguous(memory_format=torch.channels_last))
+        L = attention_map(f, w)
+        logits = self.bb.head((1.0 + L[:, None].to(f.dtype)) * f, self.layer_name)
+        self.last = {"F": f.detach(), "w": w.detach(), "L": L.detach()}
         return logits, L
 
     def explain(self, x: Tensor) -> Tensor:
