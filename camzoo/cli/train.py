@@ -29,6 +29,31 @@ def _cache_arg(cache_dir, no_cache, views):
     return None if no_cache else (cache_dir or True)
 
 
+def _process_and_cache_options(scope: str):
+    """The options both training commands share: ``--workers``, ``--device``,
+    ``--no-progress``, ``--cache``, ``--no-cache``, ``--views`` (``scope`` prefixes the cache
+    options' help, e.g. ``"frozen mode: "``)."""
+    options = [
+        click.option("--workers", type=int, default=0, show_default=True, help="DataLoader workers"),
+        click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: auto)"),
+        click.option("--no-progress", is_flag=True, help="no progress bar"),
+        click.option("--cache", "cache_dir", default=None, type=click.Path(file_okay=False),
+                     help=f"{scope}feature cache root (default: feature_cache/ beside --out)"),
+        click.option("--no-cache", is_flag=True,
+                     help=f"{scope}no feature cache: run the classifier every step, fresh random "
+                          "crops per epoch"),
+        click.option("--views", default="center+flip", show_default=True,
+                     help=f"{scope}cached views per image: center, center+flip, or random:N (the "
+                          "random crops of the first N epochs)"),
+    ]
+
+    def decorate(fn):
+        for opt in reversed(options):
+            fn = opt(fn)
+        return fn
+    return decorate
+
+
 @train.command("lcam")
 @click.option("--backbone", default="efficientnet_lite0", show_default=True)
 @click.option("--weights", default=None, help="backbone state_dict file ('random' for smoke tests)")
@@ -58,16 +83,7 @@ def _cache_arg(cache_dir, no_cache, views):
 @click.option("--resume", is_flag=True, help="continue from --out")
 @click.option("--overwrite", is_flag=True, help="replace an existing --out")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--workers", type=int, default=0, show_default=True, help="DataLoader workers")
-@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: auto)")
-@click.option("--no-progress", is_flag=True, help="no progress bar")
-@click.option("--cache", "cache_dir", default=None, type=click.Path(file_okay=False),
-              help="feature cache root (default: feature_cache/ beside --out)")
-@click.option("--no-cache", is_flag=True,
-              help="no feature cache: run the classifier every step, fresh random crops per epoch")
-@click.option("--views", default="center+flip", show_default=True,
-              help="cached views per image: center, center+flip, or random:N (the random "
-                   "crops of the first N epochs)")
+@_process_and_cache_options("")
 @click.option("--amp", type=click.Choice(["auto", "bf16", "none"]), default="auto",
               show_default=True, help="autocast of the classifier's forwards (auto: bf16 on CUDA)")
 @click.option("--regularizer", type=click.Choice(["paper", "authors"]), default="paper",
@@ -156,15 +172,7 @@ def lcam_cmd(backbone, weights, variant, layer, ce_only, data, labels, labels_fi
 @click.option("--overwrite", is_flag=True, help="replace an existing --out")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="seeds the FIN / new classifier / random init, the batch order and augmentation")
-@click.option("--workers", type=int, default=0, show_default=True, help="DataLoader workers")
-@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: auto)")
-@click.option("--no-progress", is_flag=True, help="no progress bar")
-@click.option("--cache", "cache_dir", default=None, type=click.Path(file_okay=False),
-              help="frozen mode: feature cache root (default: feature_cache/ beside --out)")
-@click.option("--no-cache", is_flag=True,
-              help="frozen mode: no feature cache (run the backbone every step, fresh random crops)")
-@click.option("--views", default="center+flip", show_default=True,
-              help="cached views per image: center, center+flip, or random:N")
+@_process_and_cache_options("frozen mode: ")
 def lficam_cmd(backbone, weights, mode, init, num_classes, layer, data, labels, labels_file,
                epochs, batch_size, lr, momentum, weight_decay, image_size, fin_depth, val_fraction,
                limit, split_seed, out, resume, overwrite, seed, workers, device,
