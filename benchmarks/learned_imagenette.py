@@ -195,6 +195,13 @@ def combined(runs, image_ids=None):
         def errors(self):
             return self.run.errors()
 
+        def failures(self):
+            f = self.run.failures()
+            return f[f["image_id"].isin(set(image_ids))] if "image_id" in f.columns else f
+
+        def __getattr__(self, name):  # anything else summary() may read: the run's own
+            return getattr(self.run, name)
+
     tables = [summary(r if image_ids is None else Subset(r)) for r in runs]
     return Table(pd.concat([x.df for x in tables]), tables[0].higher_is_better,
                  list(dict.fromkeys(n for x in tables for n in x.footnotes)))
