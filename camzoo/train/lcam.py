@@ -260,7 +260,8 @@ class LCAMTask(TrainTask):
         AD/IC(100%) follow :mod:`camzoo.metrics.lcam`: ``O = softmax(f(normalize(x01 * V)))[c]``
         with ``V`` the inference map (min-max, upsampled) and ``c`` the target class.
         """
-        from ..metrics.ad_ic import average_drop, increase_in_confidence
+        from ..metrics.ad_ic import average_drop, increase_in_confidence, masked_confidence
+        from ..metrics.scorer import Scorer
 
         tot: Dict[str, float] = {}
         n = 0
@@ -270,9 +271,9 @@ class LCAMTask(TrainTask):
                 t = r["t"]
                 Y = clean["logits"].float().softmax(1).gather(1, t[:, None])[:, 0]
                 V = upsample(minmax(r["L"]), tuple(x.shape[-2:])).clamp_(0, 1)
-                xo = self.bb.normalize(self.bb.denormalize(x) * V[:, None])
-                O = self.bb.model(xo).float().softmax(1).gather(1, t[:, None])[:, 0]
                 b = x.shape[0]
+                O = masked_confidence(Scorer(self.bb.model, eval_batch_size=b), self.bb.denormalize(x),
+                                      V, t, self.bb.normalize, nus=(1.0,))[:, 0]
                 vals = {"loss": r["loss"], **r["logs"], "ad100": average_drop(Y, O).mean(),
                         "ic100": increase_in_confidence(Y, O).mean()}
                 for k, v in vals.items():
