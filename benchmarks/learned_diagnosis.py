@@ -37,7 +37,8 @@ SHARED = os.path.normpath(os.path.join(REPO, "..", "shared", "data"))
 import camzoo  # noqa: E402
 from camzoo.explainers.base import minmax, upsample  # noqa: E402
 from camzoo.explainers.learned.lcam import LCAMHead, load_head  # noqa: E402
-from camzoo.metrics.ad_ic import average_drop, increase_in_confidence  # noqa: E402
+from camzoo.metrics.ad_ic import average_drop, increase_in_confidence, masked_confidence  # noqa: E402
+from camzoo.metrics.scorer import Scorer  # noqa: E402
 from camzoo.train.cache import cached_training_set  # noqa: E402
 from camzoo.train.data import TrainImages, training_data  # noqa: E402
 from camzoo.train.lcam import LCAMTask  # noqa: E402
@@ -66,10 +67,10 @@ def maps(a, bb, va) -> None:
     Y = logits.softmax(1).gather(1, c[:, None])[:, 0]
     size = tuple(x.shape[-2:])
 
-    def score(V):
-        with torch.inference_mode():
-            O = bb.model(bb.normalize(bb.denormalize(x) * V[:, None])).softmax(1)
-            O = O.gather(1, c[:, None])[:, 0]
+    scorer = Scorer(bb.model, eval_batch_size=64)
+
+    def score(V):  # the lcam protocol at nu = 100 %: O = p_c(normalize(x01 * V))
+        O = masked_confidence(scorer, bb.denormalize(x), V, c, bb.normalize, nus=(1.0,))[:, 0]
         return float(average_drop(Y, O).mean()), float(increase_in_confidence(Y, O).mean()), float(V.mean())
 
     up = lambda m: upsample(m, size).clamp(0, 1)  # noqa: E731

@@ -186,14 +186,11 @@ def combined(runs, image_ids=None):
 
     class Subset:  # a run seen through a subset of its images (what summary() reads)
         def __init__(self, run):
-            self.run, self.config, self.methods = run, run.config, run.methods
+            self.run = run
 
         def rows(self, curves=False):
             rows = self.run.rows(curves=curves)
             return rows[rows["image_id"].isin(set(image_ids))]
-
-        def errors(self):
-            return self.run.errors()
 
         def failures(self):
             f = self.run.failures()
