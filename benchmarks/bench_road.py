@@ -45,6 +45,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=2)
     ap.add_argument("--eval-batch-size", type=int, default=18)
     ap.add_argument("--solve-batch", type=int, default=None, help="systems imputed together")
+    ap.add_argument("--tol", type=float, default=None,
+                    help="imputation tolerance (default: the protocol's DEFAULT_TOL)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=3, help="timed forward batches (best kept)")
@@ -60,7 +62,7 @@ def main() -> None:
     import camzoo
     from camzoo.data.images import sample_photos
     from camzoo.metrics import Scorer
-    from camzoo.metrics.road import DEFAULT_FRACTIONS, road_scores
+    from camzoo.metrics.road import DEFAULT_FRACTIONS, DEFAULT_TOL, road_scores
 
     bb = camzoo.load_backbone(args.backbone, weights=args.weights, device=args.device)
     photos = [img for _, img in sample_photos()]
@@ -71,16 +73,19 @@ def main() -> None:
     V = camzoo.explain("gradcam", bb, x, c)
     x01 = bb.denormalize(x).clamp(0, 1)
     P = len(DEFAULT_FRACTIONS)
+    tol = DEFAULT_TOL if args.tol is None else args.tol
     print(f"backbone {bb.name}, {n} image(s) {tuple(x.shape[-2:])}, {P} fractions x 2 orders, "
-          f"eval batch {args.eval_batch_size}, {torch.get_num_threads()} thread(s), device {bb.device}")
+          f"eval batch {args.eval_batch_size}, {torch.get_num_threads()} thread(s), device {bb.device}, "
+          f"imputation tol {tol:g}")
 
     # warm-up (allocator, kernels), then camzoo's protocol
     road_scores(Scorer(bb.model, args.eval_batch_size), x01[:1], V[:1], c[:1], bb.normalize,
-                fractions=DEFAULT_FRACTIONS[:2], solve_batch=args.solve_batch)
+                fractions=DEFAULT_FRACTIONS[:2], solve_batch=args.solve_batch, tol=tol)
     timing: dict = {}
     sc = Scorer(bb.model, args.eval_batch_size)
     t = _clock()
-    ours = road_scores(sc, x01, V, c, bb.normalize, solve_batch=args.solve_batch, timing=timing)
+    ours = road_scores(sc, x01, V, c, bb.normalize, solve_batch=args.solve_batch, tol=tol,
+                       timing=timing)
     w_ours, c_ours = _since(t)
     nfw = sc.counts["road"]
     assert nfw == 2 * P * n, sc.counts
