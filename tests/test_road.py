@@ -271,6 +271,12 @@ def test_noise_is_seeded_in_image_space_and_rows_do_not_depend_on_the_batch():
             torch.testing.assert_close(one[order][0], cur[order][i], atol=1e-6, rtol=0)
     other = road_curves(Scorer(rec, 4), x01, V, c, normalize, fractions=fr, seed=8)
     assert not torch.allclose(other["morf"], cur["morf"], atol=1e-7, rtol=0)
+    # imputed chunks (5 systems) are held until they fill a forward (3 images), in order
+    rec.inputs.clear()
+    held = road_curves(Scorer(rec, 3), x01, V, c, normalize, fractions=fr, seed=7, solve_batch=5)
+    assert [len(t) for t in rec.inputs] == [3, 3, 3, 3]
+    for order in ("morf", "lerf"):
+        torch.testing.assert_close(held[order], cur[order], atol=1e-6, rtol=0)
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # numpy 2 on pytorch-grad-cam's code

@@ -548,8 +548,9 @@ def road_curves(
     """ROAD curves of many images, batched across (image, fraction) pairs.
 
     Pair ``q = i * P + j`` (image ``i``, fraction ``j``) of each order is imputed when its
-    chunk of ``solve_batch`` pairs is reached, then scored in forwards of ``eval_batch_size``
-    (counted under family ``"road"``); at most one chunk of imputed images exists at a time.
+    chunk of ``solve_batch`` pairs is reached; imputed images are held until they fill a forward
+    of ``eval_batch_size`` (counted under family ``"road"``), so at most one forward batch plus
+    one chunk of imputed images exists at a time.
 
     Args:
         scorer: the counting :class:`Scorer` of the evaluated classifier.
@@ -584,6 +585,7 @@ def road_curves(
     c = c.reshape(-1).to(dev)
     chunk = int(solve_batch or (min(scorer.eval_batch_size, 8) if dev.type == "cpu"
                                 else scorer.eval_batch_size))
+    fwd = int(scorer.eval_batch_size)
     if chunk < 1:
         raise ValueError(f"solve_batch must be >= 1; got {solve_batch}")
     # per order o (index k) and fraction j: tie field [H,W] and noise field [C,H,W]
@@ -599,6 +601,8 @@ def road_curves(
 
         def chunks(masks=masks, k=k):
             nonlocal spent, spent_cpu
+            held: List[Tuple[Tensor, Tensor]] = []  # imputed, not yet a full forward batch
+            n_held = 0
             for a in range(0, B * P, chunk):
                 e = min(B * P, a + chunk)
                 q = torch.arange(a, e, device=dev)
@@ -612,7 +616,14 @@ def road_curves(
                     torch.cuda.synchronize(dev)
                 spent += time.perf_counter() - t0
                 spent_cpu += time.process_time() - c0
-                yield normalize(imp), c[img]
+                held.append((normalize(imp), c[img]))
+                n_held += e - a
+                if n_held >= fwd or e == B * P:  # forwards of eval_batch_size, not of chunk
+                    xs, cs = torch.cat([h[0] for h in held]), torch.cat([h[1] for h in held])
+                    full = n_held if e == B * P else n_held - n_held % fwd
+                    yield xs[:full], cs[:full]
+                    held = [(xs[full:], cs[full:])] if full < n_held else []
+                    n_held -= full
 
         out[order] = scorer.probs_stream(chunks(), FAMILY).view(B, P)
     if timing is not None:
