@@ -10,9 +10,10 @@
 # [".whl", ".devdata"]). This script installs the wheels itself (into /tmp/site) when the
 # packages are missing. No network is needed.
 #
-# OUTDIR gets at most 8 files: summary.md (machine, versions, each step's status and seconds),
-# cuda_tests.txt, throughput.md + throughput.json, engine.txt, scorecam.txt, agreement.md, log.txt.
-# Each step has its own time limit (together 450 s) and a failing step does not stop the others;
+# OUTDIR gets at most 9 files: summary.md (machine, versions, each step's status and seconds),
+# cuda_tests.txt, throughput.md + throughput.json, engine.txt, scorecam.txt, road.txt,
+# agreement.md, log.txt.
+# Each step has its own time limit (together 480 s) and a failing step does not stop the others;
 # the exit status is the number of failed steps.
 set -uo pipefail
 out=${1:?usage: bash benchmarks/gpu_check.sh OUTDIR [--cpu --quick]}
@@ -83,9 +84,11 @@ photos=(); [ -n "$data" ] && photos=(--data "$data")
 if [ $quick = 1 ]; then
   eng=(--backbone py:camzoo.models.testing:tiny_backbone --images 4 --steps 4 --batch-sizes 2,4 --rounds 1 --repeats 1 --ref-forwards 2)
   sc=(--backbone py:camzoo.models.testing:tiny_backbone --images 2 --batch-sizes 8 --reps 1)
+  road=(--backbone py:camzoo.models.testing:tiny_backbone --images 2 --repeats 1)
 else
   eng=(--images 64 --steps 16 --batch-sizes 64,128,256 --rounds 3)
   sc=(--backbone resnet50 --images 2 --batch-sizes 128 --reps 2)
+  road=(--images 8 --eval-batch-size 72)  # Lite0; pytorch-grad-cam's scipy solves are skipped
 fi
 amp=(); [ $cpu = 0 ] && amp=(--amp bf16)
 
@@ -97,6 +100,8 @@ step "engine overhead (bench_engine.py)" 40 engine.txt \
   $py benchmarks/bench_engine.py --device $devname "${amp[@]}" "${photos[@]}" "${eng[@]}"
 step "Score-CAM vs pytorch-grad-cam, same nn.Module" 50 scorecam.txt \
   $py benchmarks/bench_scorecam.py --same-object --device $devname "${amp[@]}" "${sc[@]}"
+step "ROAD on the device (bench_road.py)" 30 road.txt \
+  $py benchmarks/bench_road.py --device $devname --skip-theirs "${road[@]}"
 step "bf16 vs fp32 agreement (Lite0)" 120 - \
   $py benchmarks/gpu_check.py agreement --out "$out" "${dev[@]}" "${q[@]}" "${photos[@]}"
 { echo; echo "$failed step(s) failed; details in log.txt. throughput.md and agreement.md are"

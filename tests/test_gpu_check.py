@@ -28,7 +28,7 @@ def test_gpu_check_cpu_parts_run_and_write_every_result(tmp_path):
     assert proc.returncode == 0, summary + "\n" + log[-4000:]
     assert "0 step(s) failed" in summary
     for step in ("cuda tests", "throughput", "engine overhead", "Score-CAM vs pytorch-grad-cam",
-                 "bf16 vs fp32 agreement"):
+                 "ROAD on the device", "bf16 vs fp32 agreement"):
         assert any(line.startswith(f"| {step}") and "| ok |" in line for line in summary.splitlines()), step
     # the CUDA tests were collected and skipped (no GPU here), not missing
     assert "skipped" in (out / "cuda_tests.txt").read_text()
@@ -47,6 +47,9 @@ def test_gpu_check_cpu_parts_run_and_write_every_result(tmp_path):
     assert "same nn.Module for both sides" in sc and "pytorch-grad-cam ScoreCAM" in sc
     diffs = [float(line.split()[-1]) for line in sc.splitlines() if line.startswith("camzoo grad-cam")]
     assert diffs and max(diffs) < 1e-4
+    # ROAD on the device: camzoo's protocol against its forward limit, with the imputation share
+    road = (out / "road.txt").read_text()
+    assert "camzoo road" in road and "forward limit" in road and "imputation" in road
     # bf16 vs fp32: per-column differences of the same (method, image) rows, and the rankings
     ag = (out / "agreement.md").read_text()
     assert "mean abs diff" in ag and "| Y |" in ag and "ADCC" in ag
