@@ -116,7 +116,7 @@ def test_imputation_at_224_px_on_cam_like_maps_is_within_1e_4_of_scipy():
     assert max(err) <= 1e-4, err
 
 
-def _dense(op, shape, N, dtype=torch.float64):
+def _dense(op, shape, dtype=torch.float64):
     """The matrix of a linear map on fields [N,1,*shape] (one image): column j = op(e_j)."""
     n = shape[0] * shape[1]
     E = torch.eye(n, dtype=dtype).view(n, 1, *shape)
@@ -144,14 +144,14 @@ def test_multigrid_levels_are_exact_galerkin_operators_and_the_v_cycle_is_spd(H,
         f = _FineOperator(rem.expand(E.shape[0], H, W), torch.float64, 1)
         return f.apply((E * f.m1).contiguous(memory_format=torch.channels_last))
 
-    A = _dense(fine_apply, (H, W), 1)
+    A = _dense(fine_apply, (H, W))
     sup = rem.reshape(n).double()
     for lvl in range(1, len(mg.ops)):
         h, w = mg.sizes[lvl - 1]
         hc, wc = mg.sizes[lvl]
         # P: bilinear from the coarse points, onto the unknowns of the finer level; R = P^T
-        P = _dense(lambda E: _interp(E, h, w), (hc, wc), 1) * sup[:, None]
-        R = _dense(lambda E: _restrict(E * sup.view(1, 1, h, w)), (h, w), 1)  # on the unknowns
+        P = _dense(lambda E: _interp(E, h, w), (hc, wc)) * sup[:, None]
+        R = _dense(lambda E: _restrict(E * sup.view(1, 1, h, w)), (h, w))  # on the unknowns
         np.testing.assert_allclose(R.numpy(), P.T.numpy(), atol=1e-12)
         Ac = P.T @ A @ P
         S = torch.cat(mg.ops[lvl].S, 1)[0]  # [9, hc, wc]
@@ -170,7 +170,7 @@ def test_multigrid_levels_are_exact_galerkin_operators_and_the_v_cycle_is_spd(H,
             assert float(lam.max()) < 1.9, (lvl, float(lam.max()))
     # the preconditioner: symmetric and positive definite on the fine unknowns
     B = _dense(lambda E: torch.cat([mg(e[None].contiguous(memory_format=torch.channels_last))
-                                    for e in E * fine.m1]), (H, W), 1)
+                                    for e in E * fine.m1]), (H, W))
     keep = rem.reshape(n)
     B = B[keep][:, keep]
     np.testing.assert_allclose(B.numpy(), B.T.numpy(), atol=1e-10)

@@ -34,11 +34,11 @@ kept ones: symmetric positive definite whenever a pixel is kept. It is solved ba
 coarse operators, Jacobi / l1-Jacobi smoothing, a dense Cholesky solve on the coarsest grid;
 about 7 iterations per system), in float32 inside a float64 iterative refinement, to a
 relative residual ``||b - A u|| <= tol * ||b||`` (float64, per image over its channels;
-default ``tol = 1e-6``). The residual is a loose proxy for the error at 224x224, where removed
-regions are large: on CAM-shaped maps (tests/test_road.py) ``tol = 1e-5`` leaves imputed values
-up to 2.3e-4 from scipy's exact solve, ``1e-6`` at most 4.0e-5 (4.1e-6 on Lite0 Grad-CAM maps
-of 4 photos), far below the 0.01 noise. No scipy, no per-pixel Python
-loop; any device.
+default ``tol = 1e-6``). No scipy, no per-pixel Python loop; any device. The residual is a
+loose proxy for the error at 224x224, where removed regions are large: on CAM-shaped maps
+(tests/test_road.py) ``tol = 1e-5`` leaves imputed values up to 2.3e-4 from scipy's exact
+solve, ``1e-6`` at most 4.0e-5 (4.1e-6 on Lite0 Grad-CAM maps of 4 photos), far below the 0.01
+noise.
 """
 from __future__ import annotations
 
