@@ -1,4 +1,4 @@
-"""The engine on a CUDA GPU: maps equal the CPU maps, AMP bf16 / fp16 paths, torch.compile,
+"""The engine on a CUDA GPU: maps equal the CPU maps, AMP bf16 / fp16 paths, torch.compile, ROAD,
 automatic batch sizes (a real out-of-memory error), pinned batches. Marked ``cuda``: skipped
 without CUDA (CI has none); ``benchmarks/gpu_check.sh`` runs them (``pytest -m cuda``).
 
@@ -138,3 +138,32 @@ def test_batches_come_in_pinned_memory(pair):
     with Prefetcher(ds, list(enumerate(ds.items)), {"a": cpu.preprocess}, 4, workers=2, pin_memory=True) as p:
         b = next(iter(p))
     assert b.x["a"].is_pinned() and b.x["a"].shape[0] == 4
+
+
+def test_road_on_cuda_equals_road_on_cpu(pair):
+    """The batched imputation and the protocol on the device: the same imputed images and
+    curves as on the CPU (the same seeded fields). The imputation's float64 refinement absorbs
+    TF32 convolutions (cuDNN's default) in its float32 inner solves."""
+    from camzoo.metrics import Scorer
+    from camzoo.metrics.road import impute, removal_masks, road_curves
+
+    cpu, gpu, x, _ = pair
+    with torch.inference_mode():
+        c = cpu.model(x).argmax(1)
+    V = camzoo.explain("gradcam", cpu, x, c)
+    x01 = cpu.denormalize(x).clamp(0, 1)
+    rem = removal_masks(V, (0.3, 0.9), "lerf").reshape(-1, *x.shape[-2:])
+    xx = x01.repeat_interleave(2, 0)
+    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = True
+        on_gpu = impute(xx.cuda(), rem.cuda()).cpu()
+        torch.testing.assert_close(on_gpu, impute(xx, rem), atol=5e-5, rtol=0)
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        cur_cpu = road_curves(Scorer(cpu.model, 8), x01, V, c, cpu.normalize)
+        cur_gpu = road_curves(Scorer(gpu.model, 8), x01.cuda(), V.cuda(), c.cuda(), gpu.normalize)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
+    for order in ("morf", "lerf"):
+        assert cur_gpu[order].device.type == "cuda"
+        torch.testing.assert_close(cur_gpu[order].cpu(), cur_cpu[order], atol=2e-4, rtol=0)
