@@ -177,7 +177,6 @@ class _FineOperator:
         self.laplace = (delta - k).expand(channels, 1, 3, 3).contiguous()  # delta - K
         ones = torch.ones(1, 1, H, W, dtype=dtype, device=dev)
         self.d = F.conv2d(ones, k[None, None], padding=1)  # in-image weight sums [1,1,H,W]
-        self.dm1 = (self.d - 1.0).expand(1, channels, H, W).contiguous(memory_format=_CL)
         self.md = self.m * self.d
         # the border pixels (the only ones where d != 1): rows 0 and H-1, then columns 0 and
         # W-1 between them; the (d - 1) * u correction is applied on these slices only
@@ -185,7 +184,13 @@ class _FineOperator:
         if H > 2:
             cols = sorted({0, W - 1})
             self.border += [(Ellipsis, slice(1, H - 1), slice(x, x + 1)) for x in cols]
-        self.dm1b = [self.dm1[sl] for sl in self.border]
+        self.dm1b = [(self.d - 1.0)[sl] for sl in self.border]  # [1,1,...]: any channel count
+
+    def add_border(self, t: Tensor, u: Tensor) -> Tensor:
+        """``t += (d - 1) * u`` on the border pixels, in place (fields of any channel count)."""
+        for sl, c in zip(self.border, self.dm1b):
+            t[sl].addcmul_(c, u[sl])
+        return t
 
     def _neighbours(self, u: Tensor) -> Tensor:
         """``K*u`` (zero padding)."""
@@ -205,9 +210,7 @@ class _FineOperator:
             t = F.conv2d(u, self.laplace, padding=1, groups=u.shape[1])
         else:
             t = u - self._neighbours(u)
-        for sl, c in zip(self.border, self.dm1b):
-            t[sl].addcmul_(c, u[sl])
-        return t
+        return self.add_border(t, u)
 
     def apply(self, u: Tensor) -> Tensor:
         """``A u`` for fields ``u`` ``[N,C,H,W]`` that are 0 at kept pixels."""
@@ -365,13 +368,9 @@ class _Multigrid:
                                  torch.zeros_like(fine.md))]
         lap = fine.laplace[:1].expand(9, 1, 3, 3).contiguous()
         m1cl = m1.contiguous(memory_format=_CL)
-        dm1b = [fine.dm1[:, :1][sl] for sl in fine.border]
 
         def fine9(v: Tensor) -> Tensor:  # the fine operator on 9 fields (channels-last)
-            t = F.conv2d(v, lap, padding=1, groups=9)
-            for sl, c in zip(fine.border, dm1b):
-                t[sl].addcmul_(c, v[sl])
-            return t.mul_(m1cl)
+            return fine.add_border(F.conv2d(v, lap, padding=1, groups=9), v).mul_(m1cl)
 
         apply9, h, w = fine9, H, W
         S: Optional[Tensor] = None
