@@ -123,6 +123,25 @@ def _dense(op, shape, dtype=torch.float64):
     return op(E).reshape(n, -1).T
 
 
+@pytest.mark.parametrize("h,w", [(1, 1), (1, 2), (2, 1), (2, 2), (3, 4), (7, 6), (8, 9), (224, 223)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_channels_last_transfers_equal_the_sliced_ones(h, w, dtype):
+    """The fine grid's convolution transfers (``P^T = Q D``, ``P = D Q^T``) equal the slices."""
+    from camzoo.metrics.road import _interp, _interp_cl, _restrict, _restrict_cl_
+
+    g = torch.Generator().manual_seed(h * 1000 + w)
+    r = torch.randn(2, 3, h, w, generator=g, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    want = _restrict(r)
+    got = _restrict_cl_(r.clone())
+    assert got.shape == want.shape == (2, 3, (h + 1) // 2, (w + 1) // 2) and got.is_contiguous()
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(got, want, atol=tol, rtol=0)
+    uc = torch.randn(2, 3, (h + 1) // 2, (w + 1) // 2, generator=g, dtype=dtype)
+    got = _interp_cl(uc, h, w)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, _interp(uc, h, w), atol=tol, rtol=0)
+
+
 @pytest.mark.parametrize("H,W,kind", [(10, 13, "random"), (9, 8, "random"), (21, 20, "random"),
                                       (21, 20, "isolated")])
 def test_multigrid_levels_are_exact_galerkin_operators_and_the_v_cycle_is_spd(H, W, kind):

@@ -303,6 +303,45 @@ def _restrict(r: Tensor) -> Tensor:
     return _restrict_axis(_restrict_axis(r, 2), 3).contiguous()
 
 
+# On the channels-last fine grid the same two maps run as one depthwise convolution each (a
+# single pass, ~2x faster there; on the NCHW coarse grids the slices are faster). With ``Q`` the
+# stride-2 convolution with ``[1/2, 1, 1/2]`` per axis (zero padding), ``P^T = Q D`` and
+# ``P = D Q^T``, where ``D`` doubles the last fine row / column of an even side (its odd point
+# has one coarse neighbour, weight 1, where ``Q`` gives 1/2).
+@functools.lru_cache(maxsize=16)
+def _transfer_kernel(C: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The depthwise ``[C,1,3,3]`` kernel of ``Q`` (cached: no host-to-device copy per call)."""
+    k = torch.tensor([0.5, 1.0, 0.5], dtype=dtype, device=device)
+    return (k[:, None] * k[None]).expand(C, 1, 3, 3).contiguous()
+
+
+def _double_last(t: Tensor, h: int, w: int) -> Tensor:
+    """``D t`` in place (fine fields ``[N,C,h,w]``)."""
+    if h % 2 == 0:
+        t[..., -1, :].mul_(2.0)
+    if w % 2 == 0:
+        t[..., :, -1].mul_(2.0)
+    return t
+
+
+def _restrict_cl_(r: Tensor) -> Tensor:
+    """:func:`_restrict` of channels-last fine fields ``[N,C,h,w]`` (overwrites ``r``'s last
+    row / column); contiguous NCHW ``[N,C,(h+1)//2,(w+1)//2]``."""
+    h, w = r.shape[-2:]
+    k = _transfer_kernel(r.shape[1], r.dtype, r.device)
+    return F.conv2d(_double_last(r, h, w), k, stride=2, padding=1, groups=r.shape[1]).contiguous()
+
+
+def _interp_cl(uc: Tensor, h: int, w: int) -> Tensor:
+    """:func:`_interp` onto the channels-last fine grid: ``[N,C,(h+1)//2,(w+1)//2]`` ->
+    channels-last ``[N,C,h,w]``."""
+    C = uc.shape[1]
+    k = _transfer_kernel(C, uc.dtype, uc.device)
+    p = F.conv_transpose2d(uc.contiguous(memory_format=_CL), k, stride=2, padding=1,
+                           output_padding=(1 - h % 2, 1 - w % 2), groups=C)
+    return _double_last(p.contiguous(memory_format=_CL), h, w)
+
+
 _PROBES: Dict[Any, Tuple[Tensor, Tensor, Tensor]] = {}
 
 
@@ -331,7 +370,8 @@ def _galerkin(apply9: Callable[[Tensor], Tensor], probe: Tensor, idx: Tensor,
     of one colour are 3 apart, so each coarse point meets exactly one point of each colour in
     its 3x3 neighbourhood and ``(P^T A P e_colour)(I)`` is the coefficient of that neighbour.
     ``apply9``: ``A`` on 9 fields; ``probe``: the interpolated colours; ``support`` [N,1,h,w]."""
-    Z = _restrict(apply9(probe * support))  # [N, 9 colours, hc, wc]
+    v = apply9(probe * support)  # [N, 9 colours, h, w]
+    Z = _restrict_cl_(v) if v.is_contiguous(memory_format=_CL) else _restrict(v)
     N, _, hc, wc = Z.shape
     return Z.gather(1, idx[None].expand(N, 9, hc, wc))
 
@@ -416,11 +456,11 @@ class _Multigrid:
             return z.transpose(1, 2).reshape(N, C, h, w).to(r.dtype) * self.support[level]
         op, dinv = self.ops[level], self.dinv[level]
         u = dinv * r
-        uc = self(_restrict(op.residual(r, u)), level + 1)
-        h, w = self.sizes[level]
-        p = _interp(uc, h, w)
+        res = op.residual(r, u)
         if level == 0:  # the channels-last fine grid
-            p = p.contiguous(memory_format=_CL)
+            p = _interp_cl(self(_restrict_cl_(res), 1), *self.sizes[0])
+        else:
+            p = _interp(self(_restrict(res), level + 1), *self.sizes[level])
         u.addcmul_(p, self.support[level])
         u.addcmul_(dinv, op.residual(r, u))
         return u
@@ -506,17 +546,18 @@ def impute(x: Tensor, removed: Tensor, tol: float = DEFAULT_TOL, max_iter: int =
                                f"{float(rel.amax()):.2e} > tol {tol:.0e} after {inner} iterations")
         # each image is refined only while it is above tol (batch-independent results)
         todo = rel > tol
-        rhs = torch.where(todo, r, torch.zeros((), dtype=r.dtype, device=r.device))
+        rhs = r if bool(todo.all()) else r * todo
         step_tol = torch.clamp(tol / rel.clamp_min(1e-300), min=inner_tol).float()
         e, k = _pcg(fine32, mg, rhs.to(torch.float32, memory_format=_CL), step_tol, max_iter)
         outer += 1
         inner += k
-        u = u + e.double()
+        u.add_(e)  # into float64
         r = fine64.residual(b, u)
         rel = _dot(r, r).sqrt() / bnorm
     if info is not None:
         info.update(outer=outer, inner=inner, residual=float(rel.amax()))
-    return (x64 * (1 - fine64.m) + u).to(x.dtype).contiguous()
+    # kept pixels exactly x, removed ones u rounded to x's dtype
+    return torch.where(fine64.m > 0, u.to(x.dtype), x.to(memory_format=_CL)).contiguous()
 
 
 # -- the protocol ----------------------------------------------------------------------------
