@@ -11,6 +11,9 @@ fractions (10 %, ..., 90 %, MoRF and LeRF) on both sides. Prints, per image:
   use it: noise 0.01 in normalized space, per-image scipy ``spsolve``, one forward batch per
   percentile), and its time / camzoo's.
 
+The three take turns in each of ``--rounds`` rounds (this VM's speed drifts by tens of per
+cent within minutes); each round's ratios are printed, then the best time of each.
+
 Targets (CPU): camzoo >= 5x faster than pytorch-grad-cam, and camzoo <= 1.3x the forward limit
 (imputation under a third of the forwards). The two do not compute the same numbers (noise
 space and level, percentile thresholds; see docs/metrics.md), so only times are compared.
@@ -49,7 +52,10 @@ def main() -> None:
                     help="imputation tolerance (default: the protocol's DEFAULT_TOL)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--repeats", type=int, default=3, help="timed forward batches (best kept)")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="timed forward batches per round (best kept)")
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="rounds of camzoo, forward limit and pytorch-grad-cam in turn (best kept)")
     ap.add_argument("--skip-theirs", action="store_true", help="do not run pytorch-grad-cam")
     args = ap.parse_args()
     if args.threads:
@@ -78,32 +84,58 @@ def main() -> None:
           f"eval batch {args.eval_batch_size}, {torch.get_num_threads()} thread(s), device {bb.device}, "
           f"imputation tol {tol:g}")
 
-    # warm-up (allocator, kernels), then camzoo's protocol
+    # warm-up (allocator, kernels)
     road_scores(Scorer(bb.model, args.eval_batch_size), x01[:1], V[:1], c[:1], bb.normalize,
                 fractions=DEFAULT_FRACTIONS[:2], solve_batch=args.solve_batch, tol=tol)
-    timing: dict = {}
-    sc = Scorer(bb.model, args.eval_batch_size)
-    t = _clock()
-    ours = road_scores(sc, x01, V, c, bb.normalize, solve_batch=args.solve_batch, tol=tol,
-                       timing=timing)
-    w_ours, c_ours = _since(t)
-    nfw = sc.counts["road"]
-    assert nfw == 2 * P * n, sc.counts
-
-    # the forward-pass limit: the same forwards alone, at the same batch size
     xb = x.repeat((args.eval_batch_size + n - 1) // n, 1, 1, 1)[:args.eval_batch_size]
     xb = xb.contiguous(memory_format=torch.channels_last)
-    best_w = best_c = float("inf")
     with torch.inference_mode():
         bb.model(xb)
-        for _ in range(args.repeats):
+    metric = None
+    if not args.skip_theirs:
+        import pytorch_grad_cam.metrics.road as pgc
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+
+        plain = bb.model.to(memory_format=torch.contiguous_format)  # as a user passes it
+        targets = [ClassifierOutputSoftmaxTarget(int(k)) for k in c]
+        cams = V.cpu().numpy()
+        metric = pgc.ROADCombined(percentiles=[round(100 * p) for p in DEFAULT_FRACTIONS])
+
+    # the three measurements take turns in each round (this VM's speed drifts); best kept
+    best = {k: (float("inf"), float("inf")) for k in ("ours", "imp", "lim", "theirs")}
+    nfw = 2 * P * n
+    for rnd in range(args.rounds):
+        timing: dict = {}
+        sc = Scorer(bb.model, args.eval_batch_size)
+        t = _clock()
+        ours = road_scores(sc, x01, V, c, bb.normalize, solve_batch=args.solve_batch, tol=tol,
+                           timing=timing)
+        got = {"ours": _since(t), "imp": (timing["impute"], timing["impute_cpu"])}
+        assert sc.counts["road"] == nfw, sc.counts
+        # the forward-pass limit: the same number of forwards alone, at the same batch size
+        lim = (float("inf"), float("inf"))
+        with torch.inference_mode():
+            for _ in range(args.repeats):
+                t = _clock()
+                torch.softmax(bb.model(xb).float(), 1)
+                w, cc = _since(t)
+                lim = (min(lim[0], w), min(lim[1], cc))
+        got["lim"] = (lim[0] / xb.shape[0] * nfw, lim[1] / xb.shape[0] * nfw)
+        if metric is not None:
             t = _clock()
-            torch.softmax(bb.model(xb).float(), 1)
-            w, cc = _since(t)
-            best_w, best_c = min(best_w, w), min(best_c, cc)
-    lim_w = best_w / xb.shape[0] * nfw
-    lim_c = best_c / xb.shape[0] * nfw
-    imp, imp_c = timing["impute"], timing["impute_cpu"]
+            theirs = metric(x, cams, targets, plain)
+            got["theirs"] = _since(t)
+        line = (f"round {rnd + 1}: camzoo {got['ours'][0] / n:.3f} s/img wall, limit "
+                f"{got['lim'][0] / n:.3f}, camzoo / limit {got['ours'][0] / got['lim'][0]:.2f}")
+        if metric is not None:
+            line += (f", pytorch-grad-cam {got['theirs'][0] / n:.3f}, theirs / camzoo "
+                     f"{got['theirs'][0] / got['ours'][0]:.1f}x")
+        print(line)
+        for k, (w, cc) in got.items():
+            best[k] = (min(best[k][0], w), min(best[k][1], cc))
+
+    (w_ours, c_ours), (imp, imp_c), (lim_w, lim_c) = best["ours"], best["imp"], best["lim"]
+    print(f"best of {args.rounds} round(s):")
     print(f"camzoo road      : {w_ours / n:8.3f} s/img wall  {c_ours / n:8.3f} s/img CPU  "
           f"(imputation {imp / n:.3f} s/img wall = {imp / w_ours:.0%}, {imp_c / n:.3f} CPU = "
           f"{imp_c / c_ours:.0%}; {nfw // n} forwards/img)")
@@ -112,22 +144,11 @@ def main() -> None:
           f"imputation / forwards = {imp / lim_w:.2f} wall, {imp_c / lim_c:.2f} CPU")
     print(f"camzoo ROAD-MoRF {ours['road_morf'].mean():.4f} ROAD-LeRF {ours['road_lerf'].mean():.4f} "
           f"ROAD {ours['road'].mean():.4f}")
-    if args.skip_theirs:
-        return
-
-    import pytorch_grad_cam.metrics.road as pgc
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
-
-    plain = bb.model.to(memory_format=torch.contiguous_format)  # as a user passes it
-    targets = [ClassifierOutputSoftmaxTarget(int(k)) for k in c]
-    cams = V.cpu().numpy()
-    metric = pgc.ROADCombined(percentiles=[round(100 * p) for p in DEFAULT_FRACTIONS])
-    t = _clock()
-    theirs = metric(x, cams, targets, plain)
-    w_th, c_th = _since(t)
-    print(f"pytorch-grad-cam : {w_th / n:8.3f} s/img wall  {c_th / n:8.3f} s/img CPU  "
-          f"-> theirs / camzoo = {w_th / w_ours:.1f}x wall, {c_th / c_ours:.1f}x CPU "
-          f"(ROADCombined mean {float(theirs.mean()):.4f}, a different definition)")
+    if metric is not None:
+        w_th, c_th = best["theirs"]
+        print(f"pytorch-grad-cam : {w_th / n:8.3f} s/img wall  {c_th / n:8.3f} s/img CPU  "
+              f"-> theirs / camzoo = {w_th / w_ours:.1f}x wall, {c_th / c_ours:.1f}x CPU "
+              f"(ROADCombined mean {float(theirs.mean()):.4f}, a different definition)")
 
 
 if __name__ == "__main__":
