@@ -365,13 +365,13 @@ def _probes(h: int, w: int, dtype: torch.dtype, device: Any) -> Tuple[Tensor, Te
 
 
 def _galerkin(apply9: Callable[[Tensor], Tensor], probe: Tensor, idx: Tensor,
-              support: Tensor) -> Tensor:
+              support: Tensor, restrict: Callable[[Tensor], Tensor]) -> Tensor:
     """The coarse stencil ``[N,9,hc,wc]`` of ``P^T A P``, exactly, from 9 probes: coarse points
     of one colour are 3 apart, so each coarse point meets exactly one point of each colour in
     its 3x3 neighbourhood and ``(P^T A P e_colour)(I)`` is the coefficient of that neighbour.
-    ``apply9``: ``A`` on 9 fields; ``probe``: the interpolated colours; ``support`` [N,1,h,w]."""
-    v = apply9(probe * support)  # [N, 9 colours, h, w]
-    Z = _restrict_cl_(v) if v.is_contiguous(memory_format=_CL) else _restrict(v)
+    ``apply9``: ``A`` on 9 fields; ``probe``: the interpolated colours; ``support`` [N,1,h,w];
+    ``restrict``: ``P^T`` for the level's layout (:func:`_restrict_cl_` on the fine grid)."""
+    Z = restrict(apply9(probe * support))  # [N, 9 colours, hc, wc]
     N, _, hc, wc = Z.shape
     return Z.gather(1, idx[None].expand(N, 9, hc, wc))
 
@@ -416,8 +416,8 @@ class _Multigrid:
         S: Optional[Tensor] = None
         while max(h, w) > coarse_size:
             probe, probe_cl, idx = _probes(h, w, dtype, m1.device)
-            S = (_galerkin(fine9, probe_cl, idx, m1cl) if S is None
-                 else _galerkin(apply9, probe, idx, self.support[-1]))
+            S = (_galerkin(fine9, probe_cl, idx, m1cl, _restrict_cl_) if S is None
+                 else _galerkin(apply9, probe, idx, self.support[-1], _restrict))
             h, w = S.shape[-2:]
             diag = S[:, _CENTRE:_CENTRE + 1]
             coeffs = [S[:, k:k + 1] for k in range(9)]
