@@ -27,6 +27,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 
 import torch
@@ -96,8 +97,9 @@ def main() -> None:
         import pytorch_grad_cam.metrics.road as pgc
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 
-        w4 = [q for q in bb.model.parameters() if q.dim() == 4 and q.shape[1] > 1]
-        was_cl = bool(w4) and not w4[0].is_contiguous()  # weights stored channels-last
+        # as a user passes the model: a contiguous-format copy (Module.to converts in place,
+        # and camzoo's own rounds keep the channels-last weights load_backbone gives)
+        plain = copy.deepcopy(bb.model).to(memory_format=torch.contiguous_format)
         targets = [ClassifierOutputSoftmaxTarget(int(k)) for k in c]
         cams = V.cpu().numpy()
         metric = pgc.ROADCombined(percentiles=[round(100 * p) for p in DEFAULT_FRACTIONS])
@@ -123,13 +125,9 @@ def main() -> None:
                 lim = (min(lim[0], w), min(lim[1], cc))
         got["lim"] = (lim[0] / xb.shape[0] * nfw, lim[1] / xb.shape[0] * nfw)
         if metric is not None:
-            # as a user passes the model (Module.to converts in place: restored afterwards)
-            plain = bb.model.to(memory_format=torch.contiguous_format)
             t = _clock()
             theirs = metric(x, cams, targets, plain)
             got["theirs"] = _since(t)
-            if was_cl:
-                bb.model.to(memory_format=torch.channels_last)
         line = (f"round {rnd + 1}: camzoo {got['ours'][0] / n:.3f} s/img wall, limit "
                 f"{got['lim'][0] / n:.3f}, camzoo / limit {got['ours'][0] / got['lim'][0]:.2f}")
         if metric is not None:
