@@ -7,12 +7,16 @@ from torch import nn
 
 import camzoo
 from camzoo.engine.config import resolve_protocols
-from camzoo.metrics import PROTOCOLS, MetricInputs, Scorer, table_metrics
+from camzoo.metrics import PROTOCOLS, MetricInputs, Scorer, road_kernels, table_metrics
 from camzoo.metrics.road import (DEFAULT_FRACTIONS, DEFAULT_TOL, NEIGHBOUR_WEIGHTS, impute,
                                  random_fields, removal_masks, removed_count, road_curves)
 from camzoo.models.testing import tiny_backbone
 
 from .conftest import SAMPLES
+
+#: both solver paths: torch operators, and the compiled CPU kernels where a compiler works
+KERNELS = [False, pytest.param(True, marks=pytest.mark.skipif(
+    not road_kernels.available(), reason=f"no ROAD kernels: {road_kernels.error()}"))]
 
 
 def scipy_impute(img: np.ndarray, removed: np.ndarray) -> np.ndarray:
@@ -60,8 +64,9 @@ def _maps(B, H, W, seed=0, smooth=True):
 
 
 # -- imputation ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("H,W", [(19, 27), (40, 40)])
-def test_imputation_equals_an_independent_scipy_solve(H, W):
+def test_imputation_equals_an_independent_scipy_solve(H, W, kernels):
     g = torch.Generator().manual_seed(1)
     x = torch.rand(2, 3, H, W, generator=g)
     V = _maps(2, H, W)
@@ -73,7 +78,8 @@ def test_imputation_equals_an_independent_scipy_solve(H, W):
     rem = torch.cat([rem, scattered, border])
     xx = x[torch.arange(len(rem)) % 2]
     info = {}
-    out = impute(xx, rem, info=info)
+    out = impute(xx, rem, info=info, kernels=kernels)
+    assert info["kernels"] is kernels
     assert info["residual"] <= DEFAULT_TOL and info["outer"] >= 1  # the default tolerance
     assert info["inner"] <= 20  # the multigrid preconditioner works (plain CG needs > 40 here)
     for i in range(len(rem)):
@@ -82,16 +88,19 @@ def test_imputation_equals_an_independent_scipy_solve(H, W):
         keep = ~rem[i]
         assert torch.equal(out[i][:, keep], xx[i][:, keep])  # kept pixels untouched
     # each image converges on its own: the same values whatever else is in the batch
-    torch.testing.assert_close(impute(xx[3:6], rem[3:6]), out[3:6], atol=1e-7, rtol=0)
+    torch.testing.assert_close(impute(xx[3:6], rem[3:6], kernels=kernels), out[3:6], atol=1e-7,
+                               rtol=0)
     # a constant image stays constant (weights sum to 1 over the in-image neighbours)
     # (at a tolerance below float32's reach: the float64 refinement gets there)
     info = {}
-    c = impute(torch.full((1, 3, H, W), 0.25, dtype=torch.float64), rem[:1], tol=1e-10, info=info)
+    c = impute(torch.full((1, 3, H, W), 0.25, dtype=torch.float64), rem[:1], tol=1e-10, info=info,
+               kernels=kernels)
     assert info["outer"] >= 2
     torch.testing.assert_close(c, torch.full_like(c, 0.25), atol=1e-9, rtol=0)
 
 
-def test_imputation_at_224_px_on_cam_like_maps_is_within_1e_4_of_scipy():
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_imputation_at_224_px_on_cam_like_maps_is_within_1e_4_of_scipy(kernels):
     """The protocol's size: real photos, CAM-shaped maps (7x7 upsampled, ReLU zeros broken by
     the authors' tie noise), the fractions with the largest removed regions."""
     from camzoo.data.images import sample_photos
@@ -108,7 +117,8 @@ def test_imputation_at_224_px_on_cam_like_maps_is_within_1e_4_of_scipy():
     rem = torch.cat([removal_masks(V, fr, o, ties).reshape(-1, H, W) for o in ("morf", "lerf")])
     xx = x[torch.arange(len(rem)) // len(fr) % 2]
     info = {}
-    out = impute(xx, rem, info=info)
+    out = impute(xx, rem, info=info, kernels=kernels)
+    assert info["kernels"] is kernels
     assert info["inner"] <= 12  # the bilinear multigrid (the 2x2-aggregation V-cycle took 15)
     err = [float(np.abs(out[i].double().numpy() - scipy_impute(xx[i].double().numpy(),
                                                               rem[i].numpy())).max())
@@ -142,10 +152,15 @@ def test_channels_last_transfers_equal_the_sliced_ones(h, w, dtype):
     torch.testing.assert_close(got, _interp(uc, h, w), atol=tol, rtol=0)
 
 
+@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("H,W,kind", [(10, 13, "random"), (9, 8, "random"), (21, 20, "random"),
                                       (21, 20, "isolated")])
-def test_multigrid_levels_are_exact_galerkin_operators_and_the_v_cycle_is_spd(H, W, kind):
-    from camzoo.metrics.road import _FineOperator, _interp, _Multigrid, _OFFSETS, _restrict
+def test_multigrid_levels_are_exact_galerkin_operators_and_the_v_cycle_is_spd(H, W, kind, kernels):
+    from camzoo.metrics.road import (_FineOperator, _interp, _KernelFineOperator, _Multigrid,
+                                     _OFFSETS, _restrict)
+
+    Op = _KernelFineOperator if kernels else _FineOperator
+    fmt = torch.contiguous_format if kernels else torch.channels_last
 
     g = torch.Generator().manual_seed(H * W)
     if kind == "random":
@@ -154,14 +169,15 @@ def test_multigrid_levels_are_exact_galerkin_operators_and_the_v_cycle_is_spd(H,
     else:  # lone pixels between 4 coarse points that see nothing else: P loses rank
         rem = torch.zeros(1, H, W, dtype=torch.bool)
         rem[0, 1::4, 1::4] = True
-    fine = _FineOperator(rem, torch.float64, 1)
+    fine = Op(rem, torch.float64, 1)
     mg = _Multigrid(fine, coarse_size=2)
+    assert mg.kernels is kernels
     assert len(mg.ops) >= 3  # several coarse levels
     n = H * W
 
     def fine_apply(E):  # E [n,1,H,W]: the fine operator of this one mask on n fields
-        f = _FineOperator(rem.expand(E.shape[0], H, W), torch.float64, 1)
-        return f.apply((E * f.m1).contiguous(memory_format=torch.channels_last))
+        f = Op(rem.expand(E.shape[0], H, W), torch.float64, 1)
+        return f.apply((E * f.m1).contiguous(memory_format=fmt))
 
     A = _dense(fine_apply, (H, W))
     sup = rem.reshape(n).double()
@@ -188,7 +204,7 @@ def test_multigrid_levels_are_exact_galerkin_operators_and_the_v_cycle_is_spd(H,
             lam = torch.linalg.eigvals(mg.dinv[lvl].reshape(-1)[on, None] * A[on][:, on]).real
             assert float(lam.max()) < 1.9, (lvl, float(lam.max()))
     # the preconditioner: symmetric and positive definite on the fine unknowns
-    B = _dense(lambda E: torch.cat([mg(e[None].contiguous(memory_format=torch.channels_last))
+    B = _dense(lambda E: torch.cat([mg(e[None].contiguous(memory_format=fmt))
                                     for e in E * fine.m1]), (H, W))
     keep = rem.reshape(n)
     B = B[keep][:, keep]
@@ -363,6 +379,14 @@ def test_protocol_rows_columns_options_and_all_road():
     assert cols == [("ROAD-MoRF\u2193", 100.0), ("ROAD-LeRF\u2191", 100.0), ("ROAD\u2191", 100.0)]
     with pytest.raises(ValueError, match="has no option.*fractions="):
         proto.options(steps=3)
+    # the solver path: the same rows on torch's operators and (where built) the compiled kernels
+    with pytest.raises(ValueError, match="kernels must be one of auto, c, torch; got 'gpu'"):
+        proto.options(kernels="gpu")
+    inputs = MetricInputs(sc, x, V, c, p.max(1).values, bb.normalize, bb.denormalize, x01=x01)
+    for k in ("torch", "c") if road_kernels.available() else ("torch",):
+        again = proto.evaluate(inputs, fractions=(0.25, 0.5), kernels=k)
+        torch.testing.assert_close(again["road_lerf_curve"], rows["road_lerf_curve"], atol=1e-6,
+                                   rtol=0)
     # 'all' stays the three papers' protocols; 'all,road' adds ROAD, in table order
     assert resolve_protocols("all") == ["lcam", "rise", "adcc"]
     assert resolve_protocols("all,road") == ["lcam", "rise", "adcc", "road"]

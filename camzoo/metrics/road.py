@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..utils import make_generator
+from . import road_kernels
 from .insertion_deletion import descending_rank
 from .protocol import MetricInputs, MetricSpec, Protocol, register_protocol
 from .scorer import Scorer
@@ -145,12 +146,15 @@ def _apply_stencil(S: List[Tensor], u: Tensor) -> Tensor:
 
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:
-    """Inner products per image over all channels, ``[N,1,1,1]``, of fine-grid (channels-last)
-    fields ``[N,C,H,W]``: one batched matrix product over their memory, no copies."""
+    """Inner products per image over all channels, ``[N,1,1,1]``, of fine-grid fields
+    ``[N,C,H,W]`` (both channels-last, or both contiguous NCHW): one batched matrix product
+    over their memory, no copies."""
     N = a.shape[0]
-    fa = a.permute(0, 2, 3, 1).reshape(N, 1, -1)
-    fb = b.permute(0, 2, 3, 1).reshape(N, 1, -1).transpose(1, 2)  # (a row-major B^T: fast GEMM)
-    return torch.bmm(fa, fb).view(N, 1, 1, 1)
+    if a.is_contiguous() and b.is_contiguous():
+        fa, fb = a.reshape(N, 1, -1), b.reshape(N, 1, -1)
+    else:
+        fa, fb = a.permute(0, 2, 3, 1).reshape(N, 1, -1), b.permute(0, 2, 3, 1).reshape(N, 1, -1)
+    return torch.bmm(fa, fb.transpose(1, 2)).view(N, 1, 1, 1)  # (a row-major B^T: fast GEMM)
 
 
 class _FineOperator:
@@ -235,17 +239,61 @@ class _FineOperator:
         return S
 
 
-class _StencilOperator:
-    """A coarse-grid operator: a 9-point stencil with per-cell coefficients."""
+class _KernelFineOperator(_FineOperator):
+    """:class:`_FineOperator` on contiguous NCHW fields through the compiled CPU kernels
+    (:mod:`road_kernels`): each product, residual or Jacobi update is one pass over the data.
+    ``m`` and ``md`` are ``[N,1,H,W]`` here (the kernels broadcast them over the channels)."""
 
-    def __init__(self, S: List[Tensor]) -> None:
-        self.S = S
+    def __init__(self, removed: Tensor, dtype: torch.dtype, channels: int = 3) -> None:
+        N, H, W = removed.shape
+        self.dtype = dtype
+        self.m1 = removed[:, None].to(dtype).contiguous()
+        self.m = self.m1
+        ones = torch.ones(1, 1, H, W, dtype=dtype, device=removed.device)
+        self.d = F.conv2d(ones, neighbour_kernel(dtype, removed.device)[None, None], padding=1)
+        self.d2 = self.d[0, 0].contiguous()  # [H,W]
+        self.md = self.m1 * self.d
 
     def apply(self, u: Tensor) -> Tensor:
+        return road_kernels.fine_op(u, self.m1, self.d2)
+
+    def residual(self, r: Tensor, u: Tensor) -> Tensor:
+        return road_kernels.fine_op(u, self.m1, self.d2, r=r, sign=-1.0)
+
+    def jacobi(self, u: Tensor, r: Tensor, dinv: Tensor) -> Tensor:
+        """``u + dinv * (r - A u)`` (a new tensor)."""
+        return road_kernels.fine_op(u, self.m1, self.d2, r=r, dinv=dinv, base=u, sign=-1.0)
+
+    def rhs(self, x: Tensor) -> Tensor:
+        """``b = m * (K * ((1 - m) * x)) = -A ((1 - m) * x)`` (``m d (1 - m) = 0``)."""
+        return road_kernels.fine_op(((1 - self.m1) * x).contiguous(), self.m1, self.d2,
+                                    sign=-1.0)
+
+
+class _StencilOperator:
+    """A coarse-grid operator: a 9-point stencil ``S`` ``[N,9,h,w]`` with per-cell
+    coefficients (through the compiled kernels when ``kernels``, on contiguous fields)."""
+
+    def __init__(self, S: Tensor, kernels: bool = False) -> None:
+        self.kernels = kernels
+        self.S9 = S.contiguous() if kernels else S
+        self.S = [S[:, k:k + 1] for k in range(9)]
+
+    def apply(self, u: Tensor) -> Tensor:
+        if self.kernels:
+            return road_kernels.st9_op(u, self.S9)
         return _apply_stencil(self.S, u)
 
     def residual(self, r: Tensor, u: Tensor) -> Tensor:
+        if self.kernels:
+            return road_kernels.st9_op(u, self.S9, r=r, sign=-1.0)
         return r - _apply_stencil(self.S, u)
+
+    def jacobi(self, u: Tensor, r: Tensor, dinv: Tensor) -> Tensor:
+        """``u + dinv * (r - A u)``."""
+        if self.kernels:
+            return road_kernels.st9_op(u, self.S9, r=r, dinv=dinv, base=u, sign=-1.0)
+        return u.addcmul_(dinv, self.residual(r, u))
 
 
 # -- the multigrid preconditioner -----------------------------------------------------------------
@@ -396,6 +444,8 @@ class _Multigrid:
 
     def __init__(self, fine: _FineOperator, omega: float = 1.0, omega_c: float = 1.8,
                  coarse_size: int = 16) -> None:
+        # the compiled-kernel path: every level's fields are contiguous NCHW
+        self.kernels = k = isinstance(fine, _KernelFineOperator)
         if not (0 < omega < 1.5 and 0 < omega_c < 2):
             raise ValueError(f"smoothing weights out of their convergent range: omega={omega} "
                              f"(0, 1.5), omega_c={omega_c} (0, 2)")
@@ -406,27 +456,35 @@ class _Multigrid:
         self.sizes = [(H, W)]
         self.dinv = [torch.where(fine.md > 0, omega / fine.md.clamp_min(1e-30),
                                  torch.zeros_like(fine.md))]
-        lap = fine.laplace[:1].expand(9, 1, 3, 3).contiguous()
-        m1cl = m1.contiguous(memory_format=_CL)
+        if k:
+            m1cl = m1
 
-        def fine9(v: Tensor) -> Tensor:  # the fine operator on 9 fields (channels-last)
-            return fine.add_border(F.conv2d(v, lap, padding=1, groups=9), v).mul_(m1cl)
+            def fine9(v: Tensor) -> Tensor:  # the fine operator on 9 fields
+                return fine.apply(v.contiguous())
+        else:
+            lap = fine.laplace[:1].expand(9, 1, 3, 3).contiguous()
+            m1cl = m1.contiguous(memory_format=_CL)
 
+            def fine9(v: Tensor) -> Tensor:  # the fine operator on 9 fields (channels-last)
+                return fine.add_border(F.conv2d(v, lap, padding=1, groups=9), v).mul_(m1cl)
+
+        restrict_fine, restrict = ((road_kernels.restrict, road_kernels.restrict) if k
+                                   else (_restrict_cl_, _restrict))
         apply9, h, w = fine9, H, W
         S: Optional[Tensor] = None
         while max(h, w) > coarse_size:
             probe, probe_cl, idx = _probes(h, w, dtype, m1.device)
-            S = (_galerkin(fine9, probe_cl, idx, m1cl, _restrict_cl_) if S is None
-                 else _galerkin(apply9, probe, idx, self.support[-1], _restrict))
+            S = (_galerkin(fine9, probe if k else probe_cl, idx, m1cl, restrict_fine)
+                 if S is None else _galerkin(apply9, probe, idx, self.support[-1], restrict))
             h, w = S.shape[-2:]
             diag = S[:, _CENTRE:_CENTRE + 1]
-            coeffs = [S[:, k:k + 1] for k in range(9)]
-            self.ops.append(_StencilOperator(coeffs))
-            self.support.append((diag > 0).to(dtype))
+            op = _StencilOperator(S, kernels=k)
+            self.ops.append(op)
+            self.support.append((diag > 0).to(dtype).contiguous())
             self.sizes.append((h, w))
             self.dinv.append(torch.where(diag > 0, omega_c / S.abs().sum(1, keepdim=True)
-                                         .clamp_min(1e-30), torch.zeros_like(diag)))
-            apply9 = functools.partial(_apply_stencil, coeffs)
+                                         .clamp_min(1e-30), torch.zeros_like(diag)).contiguous())
+            apply9 = op.apply
         self._factor(fine.stencil() if S is None else S)
 
     def _factor(self, S: Tensor) -> None:
@@ -457,6 +515,10 @@ class _Multigrid:
         op, dinv = self.ops[level], self.dinv[level]
         u = dinv * r
         res = op.residual(r, u)
+        if self.kernels:
+            road_kernels.interp_add_(u, self(road_kernels.restrict(res), level + 1),
+                                     self.support[level])
+            return op.jacobi(u, r, dinv)
         if level == 0:  # the channels-last fine grid
             p = _interp_cl(self(_restrict_cl_(res), 1), *self.sizes[0])
         else:
@@ -503,8 +565,24 @@ def _pcg(op: _FineOperator, prec: _Multigrid, b: Tensor, tol: Tensor,
     return u, it
 
 
+def use_kernels(device: Any, kernels: Optional[bool] = None) -> bool:
+    """Whether :func:`impute` runs on the compiled CPU kernels: ``kernels=None`` (auto) means
+    yes on the CPU when they are available (:func:`road_kernels.available`); ``True`` demands
+    them (ValueError off the CPU, RuntimeError where they cannot be built); ``False``: torch."""
+    cpu = torch.device(device).type == "cpu"
+    if kernels is None:
+        return cpu and road_kernels.available()
+    if kernels:
+        if not cpu:
+            raise ValueError(f"the ROAD kernels run on the CPU; the images are on {device}")
+        if not road_kernels.available():
+            raise RuntimeError(f"ROAD kernels unavailable: {road_kernels.error() or 'disabled'}")
+    return bool(kernels)
+
+
 def impute(x: Tensor, removed: Tensor, tol: float = DEFAULT_TOL, max_iter: int = 100,
-           inner_tol: float = 1e-3, info: Optional[Dict[str, Any]] = None) -> Tensor:
+           inner_tol: float = 1e-3, info: Optional[Dict[str, Any]] = None,
+           kernels: Optional[bool] = None) -> Tensor:
     """Linear imputation (ROAD, noise-free): removed pixels = weighted mean of their 8 neighbours.
 
     Solves the sparse system of the module docstring for all images and channels at once.
@@ -518,7 +596,10 @@ def impute(x: Tensor, removed: Tensor, tol: float = DEFAULT_TOL, max_iter: int =
         max_iter: most conjugate-gradient iterations per refinement step.
         inner_tol: relative residual reduction of each float32 refinement step.
         info: if a dict, receives ``outer`` (refinement steps), ``inner`` (total CG
-            iterations) and ``residual`` (the largest final relative residual).
+            iterations), ``residual`` (the largest final relative residual) and ``kernels``
+            (whether the compiled CPU kernels ran).
+        kernels: None (auto: the compiled kernels on the CPU when available), True or False
+            (:func:`use_kernels`); both give the same solution to float32 rounding.
     Returns:
         ``[N,C,H,W]`` like ``x``: kept pixels unchanged, removed pixels imputed.
     """
@@ -530,9 +611,12 @@ def impute(x: Tensor, removed: Tensor, tol: float = DEFAULT_TOL, max_iter: int =
         raise ValueError("ROAD imputation needs at least one kept pixel per image")
     removed = removed.to(x.device)
     C = x.shape[1]
-    fine64 = _FineOperator(removed, torch.float64, C)
-    fine32 = _FineOperator(removed, torch.float32, C)
-    x64 = x.to(torch.float64, memory_format=_CL)
+    k = use_kernels(x.device, kernels)
+    Op = _KernelFineOperator if k else _FineOperator
+    fmt = torch.contiguous_format if k else _CL
+    fine64 = Op(removed, torch.float64, C)
+    fine32 = Op(removed, torch.float32, C)
+    x64 = x.to(torch.float64, memory_format=fmt)
     b = fine64.rhs(x64)
     bnorm = _dot(b, b).sqrt().clamp_min(1e-300)
     u = torch.zeros_like(b)
@@ -548,16 +632,16 @@ def impute(x: Tensor, removed: Tensor, tol: float = DEFAULT_TOL, max_iter: int =
         todo = rel > tol
         rhs = r if bool(todo.all()) else r * todo
         step_tol = torch.clamp(tol / rel.clamp_min(1e-300), min=inner_tol).float()
-        e, k = _pcg(fine32, mg, rhs.to(torch.float32, memory_format=_CL), step_tol, max_iter)
+        e, its = _pcg(fine32, mg, rhs.to(torch.float32, memory_format=fmt), step_tol, max_iter)
         outer += 1
-        inner += k
+        inner += its
         u.add_(e)  # into float64
         r = fine64.residual(b, u)
         rel = _dot(r, r).sqrt() / bnorm
     if info is not None:
-        info.update(outer=outer, inner=inner, residual=float(rel.amax()))
+        info.update(outer=outer, inner=inner, residual=float(rel.amax()), kernels=k)
     # kept pixels exactly x, removed ones u rounded to x's dtype
-    return torch.where(fine64.m > 0, u.to(x.dtype), x.to(memory_format=_CL)).contiguous()
+    return torch.where(fine64.m > 0, u.to(x.dtype), x.to(memory_format=fmt)).contiguous()
 
 
 # -- the protocol ----------------------------------------------------------------------------
@@ -584,6 +668,7 @@ def road_curves(
     tol: float = DEFAULT_TOL,
     solve_batch: Optional[int] = None,
     timing: Optional[Dict[str, float]] = None,
+    kernels: Optional[bool] = None,
 ) -> Dict[str, Tensor]:
     """ROAD curves of many images, batched across (image, fraction) pairs.
 
@@ -608,6 +693,8 @@ def road_curves(
             where smaller batches stay in cache); results do not depend on it.
         timing: if a dict, receives the seconds spent imputing: ``"impute"`` (wall, CUDA
             synchronized) and ``"impute_cpu"`` (this process's CPU time).
+        kernels: the imputation's compiled CPU kernels: None = when available on the CPU,
+            True = required, False = torch operators (:func:`use_kernels`).
     Returns:
         ``{order: float32 [B, P]}`` softmax probabilities of ``c``.
     """
@@ -628,6 +715,7 @@ def road_curves(
     fwd = int(scorer.eval_batch_size)
     if chunk < 1:
         raise ValueError(f"solve_batch must be >= 1; got {solve_batch}")
+    kernels = use_kernels(dev, kernels)  # refuses an impossible demand before any work
     # per order o (index k) and fraction j: tie field [H,W] and noise field [C,H,W]
     n_fields = len(ORDERS) * P
     ties = random_fields(seed, n_fields, (H, W), tie_noise, dev) if tie_noise else None
@@ -649,7 +737,7 @@ def road_curves(
                 img, frac = q // P, q % P
                 t0, c0 = time.perf_counter(), time.process_time()
                 rem = masks[a:e]
-                imp = impute(x01[img], rem, tol=tol)
+                imp = impute(x01[img], rem, tol=tol, kernels=kernels)
                 if noises is not None:
                     imp = imp + noises[k * P + frac] * rem[:, None].to(imp.dtype)
                 if dev.type == "cuda":
@@ -699,7 +787,18 @@ class ROADProtocol(Protocol):
                "not in 'all' (use --metrics all,road)")
     source = ROAD_SOURCE
     defaults = {"fractions": DEFAULT_FRACTIONS, "noise": 0.01, "tie_noise": 1e-4, "seed": 0,
-                "tol": DEFAULT_TOL, "solve_batch": None}
+                "tol": DEFAULT_TOL, "solve_batch": None, "kernels": "auto"}
+    #: option ``kernels`` -> :func:`impute`'s ``kernels``
+    KERNEL_CHOICES = {"auto": None, "c": True, "torch": False}
+
+    def validate(self, opts: Dict[str, Any]) -> None:
+        k = opts["kernels"]
+        if k not in self.KERNEL_CHOICES:
+            raise ValueError(f"protocol 'road': option kernels must be one of "
+                             f"{', '.join(self.KERNEL_CHOICES)}; got {k!r}")
+        if k == "c" and not road_kernels.available():
+            raise ValueError(f"protocol 'road': kernels=c, but the compiled ROAD kernels are "
+                             f"unavailable ({road_kernels.error() or 'CAMZOO_ROAD_KERNELS=0'})")
 
     def metrics(self, **opts: Any) -> List[MetricSpec]:
         self.options(**opts)
@@ -721,4 +820,5 @@ class ROADProtocol(Protocol):
         return road_scores(inputs.scorer, inputs.images01(), inputs.V, inputs.c, inputs.normalize,
                            fractions=tuple(o["fractions"]), noise=float(o["noise"]),
                            tie_noise=float(o["tie_noise"]), seed=int(o["seed"]), tol=float(o["tol"]),
-                           solve_batch=o["solve_batch"])
+                           solve_batch=o["solve_batch"],
+                           kernels=self.KERNEL_CHOICES[o["kernels"]])

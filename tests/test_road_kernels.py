@@ -1,0 +1,136 @@
+"""The compiled CPU kernels of the ROAD multigrid (``metrics/road_kernels.py``): each one equals
+its torch counterpart in ``metrics/road.py``; without a compiler, ROAD falls back to torch."""
+import pytest
+import torch
+
+from camzoo.metrics import road_kernels as K
+from camzoo.metrics.road import (_CL, _FineOperator, _apply_stencil, _interp, _restrict, impute,
+                                 use_kernels)
+
+needs_kernels = pytest.mark.skipif(not K.available(), reason=f"no ROAD kernels: {K.error()}")
+
+SIZES = [(1, 1), (1, 5), (6, 1), (2, 2), (3, 4), (9, 9), (17, 10), (64, 47)]
+DTYPES = [torch.float32, torch.float64]
+
+
+def _tol(dtype):
+    return 2e-6 if dtype == torch.float32 else 1e-13
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("H,W", SIZES)
+def test_fine_operator_kernel_equals_the_torch_operator(H, W, dtype):
+    g = torch.Generator().manual_seed(H * 100 + W)
+    N, C = 3, 3
+    rem = torch.rand(N, H, W, generator=g) < 0.6
+    rem[:, 0, 0] = False
+    op = _FineOperator(rem, dtype, C)  # the torch operator (channels-last)
+    m = rem[:, None].to(dtype).contiguous()
+    d = op.d[0, 0].contiguous()
+    u = (torch.randn(N, C, H, W, generator=g, dtype=dtype) * m).contiguous()
+    r = torch.randn(N, C, H, W, generator=g, dtype=dtype)
+    dinv = torch.rand(N, 1, H, W, generator=g, dtype=dtype)
+    base = torch.randn(N, C, H, W, generator=g, dtype=dtype)
+    Au = op.apply(u.contiguous(memory_format=_CL))
+    tol = _tol(dtype)
+    got = K.fine_op(u, m, d)
+    assert got.is_contiguous() and got.shape == u.shape
+    torch.testing.assert_close(got, Au.contiguous(), atol=tol, rtol=0)
+    torch.testing.assert_close(K.fine_op(u, m, d, r=r, sign=-1.0), r - Au, atol=tol, rtol=0)
+    torch.testing.assert_close(K.fine_op(u, m, d, r=r, dinv=dinv, base=base, sign=-1.0),
+                               base + dinv * (r - Au), atol=tol, rtol=0)
+    torch.testing.assert_close(K.fine_op(u, m, d, dinv=dinv, sign=2.0), dinv * 2 * Au,
+                               atol=2 * tol, rtol=0)
+    # any channel count (the Galerkin probes use 9): the mask is shared by the channels
+    u9 = (torch.randn(N, 9, H, W, generator=g, dtype=dtype) * m).contiguous()
+    f9 = _FineOperator(rem, dtype, 9)
+    torch.testing.assert_close(K.fine_op(u9, m, d), f9.apply(u9.contiguous(memory_format=_CL))
+                               .contiguous(), atol=tol, rtol=0)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("H,W", SIZES)
+def test_stencil_and_transfer_kernels_equal_the_torch_ones(H, W, dtype):
+    g = torch.Generator().manual_seed(H * 100 + W + 7)
+    N, C = 2, 3
+    tol = _tol(dtype)
+    # a 9-point stencil with coefficients everywhere, also those pointing out of the grid (the
+    # kernel, like the torch one, must not read outside)
+    S = torch.randn(N, 9, H, W, generator=g, dtype=dtype)
+    u = torch.randn(N, C, H, W, generator=g, dtype=dtype)
+    r = torch.randn(N, C, H, W, generator=g, dtype=dtype)
+    dinv = torch.rand(N, 1, H, W, generator=g, dtype=dtype)
+    Su = _apply_stencil([S[:, k:k + 1] for k in range(9)], u)
+    torch.testing.assert_close(K.st9_op(u, S), Su, atol=tol, rtol=0)
+    torch.testing.assert_close(K.st9_op(u, S, r=r, sign=-1.0), r - Su, atol=tol, rtol=0)
+    torch.testing.assert_close(K.st9_op(u, S, r=r, dinv=dinv, base=u, sign=-1.0),
+                               u + dinv * (r - Su), atol=tol, rtol=0)
+    # P^T and P (even and odd sides: the last odd point of an even side has one coarse neighbour)
+    got = K.restrict(u)
+    assert got.shape == (N, C, (H + 1) // 2, (W + 1) // 2)
+    torch.testing.assert_close(got, _restrict(u), atol=tol, rtol=0)
+    uc = torch.randn(N, C, (H + 1) // 2, (W + 1) // 2, generator=g, dtype=dtype)
+    s = torch.rand(N, 1, H, W, generator=g, dtype=dtype)
+    want = u + s * _interp(uc, H, W)
+    out = u.clone()
+    assert K.interp_add_(out, uc, s) is out
+    torch.testing.assert_close(out, want, atol=tol, rtol=0)
+
+
+@needs_kernels
+def test_kernels_refuse_tensors_they_cannot_read():
+    u = torch.zeros(1, 3, 4, 4)
+    m = torch.ones(1, 1, 4, 4)
+    d = torch.ones(4, 4)
+    with pytest.raises(ValueError, match="contiguous CPU torch.float32"):
+        K.fine_op(u.contiguous(memory_format=_CL), m, d)
+    with pytest.raises(ValueError, match="m: need a contiguous CPU torch.float32"):
+        K.fine_op(u, m.double(), d)
+    with pytest.raises(ValueError, match="float32 or float64"):
+        K.restrict(u.half())
+    with pytest.raises(ValueError, match="does not match"):
+        K.interp_add_(u, torch.zeros(1, 3, 3, 2), m)
+
+
+def test_without_kernels_road_falls_back_to_torch(monkeypatch, tmp_path):
+    """No compiler: ``available()`` says why, auto mode imputes with torch, ``kernels=True``
+    refuses; ``CAMZOO_ROAD_KERNELS=0`` turns them off."""
+    monkeypatch.setattr(K, "_tried", False)
+    monkeypatch.setattr(K, "_lib", None)
+    monkeypatch.setattr(K, "_error", "")
+    monkeypatch.setenv("CAMZOO_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    assert not K.available()
+    assert "no-such-cc" in K.error()
+    assert not list(tmp_path.rglob("*.so"))
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 12, 12, generator=g)
+    rem = torch.rand(2, 12, 12, generator=g) < 0.5
+    info = {}
+    out = impute(x, rem, info=info)
+    assert info["kernels"] is False and info["residual"] <= 1e-6
+    assert torch.equal(out[:, :, ~rem[0]][0], x[0][:, ~rem[0]])
+    with pytest.raises(RuntimeError, match="ROAD kernels unavailable: .*no-such-cc"):
+        impute(x, rem, kernels=True)
+    monkeypatch.setenv("CAMZOO_ROAD_KERNELS", "0")
+    monkeypatch.setattr(K, "_tried", False)
+    assert not K.available() and not use_kernels("cpu")
+    with pytest.raises(ValueError, match="run on the CPU"):
+        use_kernels("cuda", True)
+    assert use_kernels("cuda") is False
+
+
+@needs_kernels
+def test_kernels_are_compiled_once_into_the_cache(monkeypatch, tmp_path):
+    monkeypatch.setattr(K, "_tried", False)
+    monkeypatch.setattr(K, "_lib", None)
+    monkeypatch.setenv("CAMZOO_CACHE", str(tmp_path))
+    assert K.available()
+    libs = list((tmp_path / "kernels").glob("road_kernels_*.so"))
+    assert len(libs) == 1
+    stamp = libs[0].stat().st_mtime_ns
+    monkeypatch.setattr(K, "_tried", False)
+    assert K.available() and libs[0].stat().st_mtime_ns == stamp  # loaded, not rebuilt
+    assert "double" in K.source() and "fine_op_f32" in K.source()
