@@ -262,6 +262,9 @@ def test_a_legacy_run_is_resumed_with_the_rows_it_would_have_had(tmp_path):
             for a, b in zip(full[col], again[col]):
                 np.testing.assert_allclose(a, b, rtol=0, atol=2e-6)
         elif full[col].dtype.kind == "f":
-            np.testing.assert_allclose(full[col], again[col], rtol=0, atol=2e-6, err_msg=col)
+            # the legacy rows were computed on another CPU: float32 rounding of the
+            # probabilities (~1e-7) differs by instruction set, and AD / IC (in per cent) divide
+            # differences of close probabilities (seen: 3e-5 on an AD of 0.045 on AVX-512)
+            np.testing.assert_allclose(full[col], again[col], rtol=0, atol=1e-4, err_msg=col)
         else:
             assert list(full[col]) == list(again[col]), col
