@@ -80,6 +80,18 @@ def test_stencil_and_transfer_kernels_equal_the_torch_ones(H, W, dtype):
 
 
 @needs_kernels
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("h,w", [(1, 1), (2, 5), (7, 3), (112, 112)])
+def test_pick_is_the_gather_by_colour(h, w, dtype):
+    from camzoo.metrics.road import _probes
+
+    Z = torch.randn(2, 9, h, w, generator=torch.Generator().manual_seed(h + w), dtype=dtype)
+    _, _, idx = _probes(2 * h - 1, 2 * w - 1, dtype, "cpu")  # idx is [9, h, w]
+    assert idx.shape == (9, h, w)
+    assert torch.equal(K.pick(Z), Z.gather(1, idx[None].expand(2, 9, h, w)))
+
+
+@needs_kernels
 def test_kernels_refuse_tensors_they_cannot_read():
     u = torch.zeros(1, 3, 4, 4)
     m = torch.ones(1, 1, 4, 4)
@@ -92,6 +104,23 @@ def test_kernels_refuse_tensors_they_cannot_read():
         K.restrict(u.half())
     with pytest.raises(ValueError, match="does not match"):
         K.interp_add_(u, torch.zeros(1, 3, 3, 2), m)
+    # shapes the C code would read out of bounds with
+    with pytest.raises(ValueError, match=r"m: need shape \(1, 1, 4, 4\); got \(1, 1, 4, 3\)"):
+        K.fine_op(u, m[..., :3].contiguous(), d)
+    with pytest.raises(ValueError, match="d: need shape"):
+        K.fine_op(u, m, torch.ones(4, 5))
+    with pytest.raises(ValueError, match="r: need shape"):
+        K.fine_op(u, m, d, r=torch.zeros(1, 2, 4, 4))
+    with pytest.raises(ValueError, match="dinv: need shape"):
+        K.fine_op(u, m, d, dinv=torch.zeros(1, 3, 4, 4))
+    with pytest.raises(ValueError, match="S: need shape"):
+        K.st9_op(u, torch.zeros(1, 8, 4, 4))
+    with pytest.raises(ValueError, match="base: need shape"):
+        K.st9_op(u, torch.zeros(1, 9, 4, 4), base=torch.zeros(1, 3, 4, 3))
+    with pytest.raises(ValueError, match="s: need shape"):
+        K.interp_add_(u, torch.zeros(1, 3, 2, 2), torch.zeros(1, 1, 4, 2))
+    with pytest.raises(ValueError, match="9 colour probes"):
+        K.pick(torch.zeros(1, 8, 4, 4))
 
 
 def test_without_kernels_road_falls_back_to_torch(monkeypatch, tmp_path):

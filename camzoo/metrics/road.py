@@ -34,7 +34,10 @@ kept ones: symmetric positive definite whenever a pixel is kept. It is solved ba
 coarse operators, Jacobi / l1-Jacobi smoothing, a dense Cholesky solve on the coarsest grid;
 about 7 iterations per system), in float32 inside a float64 iterative refinement, to a
 relative residual ``||b - A u|| <= tol * ||b||`` (float64, per image over its channels;
-default ``tol = 1e-6``). No scipy, no per-pixel Python loop; any device. The residual is a
+default ``tol = 1e-6``). No scipy, no per-pixel Python loop; any device. On the CPU the
+multigrid's stencil passes run as compiled C kernels (:mod:`.road_kernels`, built once per
+machine with the system's C compiler; torch operators where none works, or with
+``kernels=False``): the same algorithm, the same values to float32 rounding. The residual is a
 loose proxy for the error at 224x224, where removed regions are large: on CAM-shaped maps
 (tests/test_road.py) ``tol = 1e-5`` leaves imputed values up to 2.3e-4 from scipy's exact
 solve, ``1e-6`` at most 4.0e-5 (4.1e-6 on Lite0 Grad-CAM maps of 4 photos), far below the 0.01
@@ -413,13 +416,17 @@ def _probes(h: int, w: int, dtype: torch.dtype, device: Any) -> Tuple[Tensor, Te
 
 
 def _galerkin(apply9: Callable[[Tensor], Tensor], probe: Tensor, idx: Tensor,
-              support: Tensor, restrict: Callable[[Tensor], Tensor]) -> Tensor:
+              support: Tensor, restrict: Callable[[Tensor], Tensor],
+              pick: Optional[Callable[[Tensor], Tensor]] = None) -> Tensor:
     """The coarse stencil ``[N,9,hc,wc]`` of ``P^T A P``, exactly, from 9 probes: coarse points
     of one colour are 3 apart, so each coarse point meets exactly one point of each colour in
     its 3x3 neighbourhood and ``(P^T A P e_colour)(I)`` is the coefficient of that neighbour.
     ``apply9``: ``A`` on 9 fields; ``probe``: the interpolated colours; ``support`` [N,1,h,w];
-    ``restrict``: ``P^T`` for the level's layout (:func:`_restrict_cl_` on the fine grid)."""
+    ``restrict``: ``P^T`` for the level's layout (:func:`_restrict_cl_` on the fine grid);
+    ``pick``: the gather by colour, if not ``torch.gather`` (:func:`road_kernels.pick`)."""
     Z = restrict(apply9(probe * support))  # [N, 9 colours, hc, wc]
+    if pick is not None:
+        return pick(Z)
     N, _, hc, wc = Z.shape
     return Z.gather(1, idx[None].expand(N, 9, hc, wc))
 
@@ -474,8 +481,9 @@ class _Multigrid:
         S: Optional[Tensor] = None
         while max(h, w) > coarse_size:
             probe, probe_cl, idx = _probes(h, w, dtype, m1.device)
-            S = (_galerkin(fine9, probe if k else probe_cl, idx, m1cl, restrict_fine)
-                 if S is None else _galerkin(apply9, probe, idx, self.support[-1], restrict))
+            pick = road_kernels.pick if k else None
+            S = (_galerkin(fine9, probe if k else probe_cl, idx, m1cl, restrict_fine, pick)
+                 if S is None else _galerkin(apply9, probe, idx, self.support[-1], restrict, pick))
             h, w = S.shape[-2:]
             diag = S[:, _CENTRE:_CENTRE + 1]
             op = _StencilOperator(S, kernels=k)

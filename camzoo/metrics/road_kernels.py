@@ -34,7 +34,7 @@ import subprocess
 import tempfile
 import threading
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -93,18 +93,23 @@ static void finish_row_SUF(long W, const REAL *t, REAL sign, const REAL *r, cons
     }
 }
 
-/* kind 0: fine operator (coef = m [N,1,H,W], d [H,W]); kind 1: stencil (coef = S [N,9,H,W]) */
+/* kind 0: fine operator (coef = m [N,1,H,W], d [H,W]); kind 1: stencil (coef = S [N,9,H,W]).
+   The N*C planes are split over nt threads (OpenMP, where compiled with it). */
 static int op_SUF(int kind, long N, long C, long H, long W, const REAL *coef, const REAL *d,
                   const REAL *u, const REAL *r, const REAL *dinv, const REAL *base,
-                  REAL sign, REAL *out)
+                  REAL sign, REAL *out, int nt)
 {
-    REAL *zero = (REAL *)calloc((size_t)W, sizeof(REAL));
-    REAL *t = (REAL *)malloc((size_t)W * sizeof(REAL));
-    if (!zero || !t) { free(zero); free(t); return 1; }
     long plane = H * W;
-    for (long n = 0; n < N; n++) {
-        for (long c = 0; c < C; c++) {
-            long off = (n * C + c) * plane;
+    int failed = 0;
+    PARALLEL(nt)
+    {
+        REAL *zero = (REAL *)calloc((size_t)W, sizeof(REAL));
+        REAL *t = (REAL *)malloc((size_t)W * sizeof(REAL));
+        if (!zero || !t) failed = 1;
+        FOR
+        for (long q = 0; q < N * C; q++) {
+            if (!zero || !t) continue;
+            long n = q / C, off = q * plane;
             const REAL *up = u + off;
             for (long y = 0; y < H; y++) {
                 const REAL *row = up + y * W;
@@ -119,22 +124,48 @@ static int op_SUF(int kind, long N, long C, long H, long W, const REAL *coef, co
                                base ? base + o : 0, out + o);
             }
         }
+        free(zero);
+        free(t);
     }
-    free(zero);
-    free(t);
-    return 0;
+    return failed;
 }
 
 int fine_op_SUF(long N, long C, long H, long W, const REAL *m, const REAL *d, const REAL *u,
-                const REAL *r, const REAL *dinv, const REAL *base, double sign, REAL *out)
+                const REAL *r, const REAL *dinv, const REAL *base, double sign, REAL *out,
+                int nt)
 {
-    return op_SUF(0, N, C, H, W, m, d, u, r, dinv, base, (REAL)sign, out);
+    return op_SUF(0, N, C, H, W, m, d, u, r, dinv, base, (REAL)sign, out, nt);
 }
 
 int st9_op_SUF(long N, long C, long H, long W, const REAL *S, const REAL *u, const REAL *r,
-               const REAL *dinv, const REAL *base, double sign, REAL *out)
+               const REAL *dinv, const REAL *base, double sign, REAL *out, int nt)
 {
-    return op_SUF(1, N, C, H, W, S, 0, u, r, dinv, base, (REAL)sign, out);
+    return op_SUF(1, N, C, H, W, S, 0, u, r, dinv, base, (REAL)sign, out, nt);
+}
+
+/* the Galerkin probes' pick: S[n,k,Y,X] = Z[n, colour(Y + dy_k, X + dx_k), Y, X], colour(a, b)
+   = (a mod 3) * 3 + (b mod 3) (road._galerkin) */
+int pick_SUF(long N, long h, long w, const REAL *Z, REAL *S, int nt)
+{
+    long plane = h * w;
+    PARALLEL(nt)
+    {
+        FOR
+        for (long q = 0; q < N * 9; q++) {
+            long n = q / 9, k = q % 9, dy = k / 3 - 1, dx = k % 3 - 1;
+            const REAL *z = Z + n * 9 * plane;
+            REAL *o = S + q * plane;
+            for (long Y = 0; Y < h; Y++) {
+                long cy = ((Y + dy) % 3 + 3) % 3 * 3;
+                for (long j = 0; j < 3; j++) {  /* the columns X = j (mod 3): one colour */
+                    const REAL *src = z + (cy + (j + dx + 3) % 3) * plane + Y * w;
+                    REAL *dst = o + Y * w;
+                    for (long X = j; X < w; X += 3) dst[X] = src[X];
+                }
+            }
+        }
+    }
+    return 0;
 }
 
 /* P^T along one axis: weight of fine odd point 2I+1 towards coarse I (the last odd point of
@@ -142,12 +173,17 @@ int st9_op_SUF(long N, long C, long H, long W, const REAL *S, const REAL *u, con
 static REAL right_weight_SUF(long i, long n) { return (i == n - 1 && n % 2 == 0) ? 1 : (REAL)0.5; }
 
 /* out [P,hc,wc] = P^T r, r [P,h,w] (P planes) */
-int restrict_SUF(long P, long h, long w, const REAL *r, REAL *out)
+int restrict_SUF(long P, long h, long w, const REAL *r, REAL *out, int nt)
 {
     long hc = (h + 1) / 2, wc = (w + 1) / 2;
+    int failed = 0;
+    PARALLEL(nt)
+    {
     REAL *t = (REAL *)malloc((size_t)w * sizeof(REAL));
-    if (!t) return 1;
+    if (!t) failed = 1;
+    FOR
     for (long p = 0; p < P; p++) {
+        if (!t) continue;
         const REAL *rp = r + p * h * w;
         for (long Y = 0; Y < hc; Y++) {
             const REAL *r0 = rp + 2 * Y * w;
@@ -171,17 +207,25 @@ int restrict_SUF(long P, long h, long w, const REAL *r, REAL *out)
         }
     }
     free(t);
-    return 0;
+    }
+    return failed;
 }
 
 /* u [N,C,h,w] += s [N,1,h,w] * (P uc), uc [N,C,hc,wc] */
-int interp_add_SUF(long N, long C, long h, long w, const REAL *uc, const REAL *s, REAL *u)
+int interp_add_SUF(long N, long C, long h, long w, const REAL *uc, const REAL *s, REAL *u,
+                   int nt)
 {
     long hc = (h + 1) / 2, wc = (w + 1) / 2;
+    int failed = 0;
+    PARALLEL(nt)
+    {
     REAL *t = (REAL *)malloc((size_t)wc * sizeof(REAL));
-    if (!t) return 1;
-    for (long n = 0; n < N; n++) {
-        for (long c = 0; c < C; c++) {
+    if (!t) failed = 1;
+    FOR
+    for (long q = 0; q < N * C; q++) {
+        {
+            long n = q / C, c = q % C;
+            if (!t) continue;
             const REAL *cp = uc + (n * C + c) * hc * wc;
             REAL *up = u + (n * C + c) * h * w;
             const REAL *sp = s + n * h * w;
@@ -208,11 +252,14 @@ int interp_add_SUF(long N, long C, long h, long w, const REAL *uc, const REAL *s
         }
     }
     free(t);
-    return 0;
+    }
+    return failed;
 }
 """
 
 _FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-std=c99"]
+#: tried first; without OpenMP the kernels run on one thread
+_OPENMP = ["-fopenmp"]
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None
@@ -220,9 +267,21 @@ _tried = False
 _error = ""
 
 
+_PRELUDE = r"""
+#include <stdlib.h>
+#ifdef _OPENMP
+#define PARALLEL(nt) _Pragma("omp parallel num_threads(nt)")
+#define FOR _Pragma("omp for schedule(static)")
+#else
+#define PARALLEL(nt)
+#define FOR
+#endif
+"""
+
+
 def source() -> str:
     """The C source: the template instantiated for float (``_f32``) and double (``_f64``)."""
-    parts = ["#include <stdlib.h>\n"]
+    parts = [_PRELUDE]
     for real, suf in (("float", "f32"), ("double", "f64")):
         parts.append(_TEMPLATE.replace("REAL", real).replace("SUF", suf))
     return "".join(parts)
@@ -250,25 +309,30 @@ def _compile() -> ctypes.CDLL:
         raise RuntimeError("no C compiler (cc, gcc or $CC) found")
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     src = source()
-    key = hashlib.sha256("\0".join([src, " ".join(_FLAGS), version, _cpu_id()]).encode())
-    path = _cache_dir() / f"road_kernels_{key.hexdigest()[:16]}.so"
+    key = hashlib.sha256("\0".join([src, " ".join(_FLAGS + _OPENMP), version, _cpu_id()])
+                         .encode()).hexdigest()[:16]
+    path = _cache_dir() / f"road_kernels_{key}.so"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
             c_file, so_file = Path(tmp) / "road_kernels.c", Path(tmp) / "road_kernels.so"
             c_file.write_text(src)
-            res = subprocess.run([cc, *_FLAGS, str(c_file), "-o", str(so_file)],
-                                 capture_output=True, text=True, timeout=300)
-            if res.returncode != 0:
+            for extra in (_OPENMP, []):
+                res = subprocess.run([cc, *_FLAGS, *extra, str(c_file), "-o", str(so_file)],
+                                     capture_output=True, text=True, timeout=300)
+                if res.returncode == 0:
+                    break
+            else:
                 raise RuntimeError(f"{cc} failed: {res.stderr.strip()[:500]}")
             os.replace(so_file, path)  # atomic: concurrent processes see a whole library
     lib = ctypes.CDLL(str(path))
-    P, L, D = ctypes.c_void_p, ctypes.c_long, ctypes.c_double
+    P, L, D, I = ctypes.c_void_p, ctypes.c_long, ctypes.c_double, ctypes.c_int
     for suf in _SUFFIX.values():
-        getattr(lib, f"fine_op_{suf}").argtypes = [L, L, L, L, P, P, P, P, P, P, D, P]
-        getattr(lib, f"st9_op_{suf}").argtypes = [L, L, L, L, P, P, P, P, P, D, P]
-        getattr(lib, f"restrict_{suf}").argtypes = [L, L, L, P, P]
-        getattr(lib, f"interp_add_{suf}").argtypes = [L, L, L, L, P, P, P]
+        getattr(lib, f"fine_op_{suf}").argtypes = [L, L, L, L, P, P, P, P, P, P, D, P, I]
+        getattr(lib, f"st9_op_{suf}").argtypes = [L, L, L, L, P, P, P, P, P, D, P, I]
+        getattr(lib, f"pick_{suf}").argtypes = [L, L, L, P, P, I]
+        getattr(lib, f"restrict_{suf}").argtypes = [L, L, L, P, P, I]
+        getattr(lib, f"interp_add_{suf}").argtypes = [L, L, L, L, P, P, P, I]
     return lib
 
 
@@ -294,9 +358,14 @@ def error() -> str:
     return _error
 
 
-def _ptr(t: Optional[Tensor], dtype: torch.dtype, what: str) -> Optional[int]:
+def _ptr(t: Optional[Tensor], dtype: torch.dtype, what: str,
+         shape: Optional[Tuple[int, ...]] = None) -> Optional[int]:
+    """The data pointer of ``t`` after checking what the C code assumes (a wrong shape would
+    read out of bounds)."""
     if t is None:
         return None
+    if shape is not None and tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{what}: need shape {tuple(shape)}; got {tuple(t.shape)}")
     if t.dtype != dtype or t.device.type != "cpu" or not t.is_contiguous():
         raise ValueError(f"{what}: need a contiguous CPU {dtype} tensor; got {t.dtype} on "
                          f"{t.device}, contiguous={t.is_contiguous()}")
@@ -309,6 +378,11 @@ def _fn(name: str, dtype: torch.dtype):
     if dtype not in _SUFFIX:
         raise ValueError(f"ROAD kernels take float32 or float64; got {dtype}")
     return getattr(_lib, f"{name}_{_SUFFIX[dtype]}")
+
+
+def _threads() -> int:
+    """The kernels' threads: torch's intra-op count (1 where compiled without OpenMP)."""
+    return max(1, torch.get_num_threads())
 
 
 def _check(rc: int, name: str) -> None:
@@ -330,9 +404,11 @@ def fine_op(u: Tensor, m: Tensor, d: Tensor, r: Optional[Tensor] = None,
     N, C, H, W = u.shape
     out = torch.empty_like(u, memory_format=torch.contiguous_format)
     dt = u.dtype
-    _check(_fn("fine_op", dt)(N, C, H, W, _ptr(m, dt, "m"), _ptr(d, dt, "d"), _ptr(u, dt, "u"),
-                              _ptr(r, dt, "r"), _ptr(dinv, dt, "dinv"), _ptr(base, dt, "base"),
-                              float(sign), out.data_ptr()), "fine_op")
+    one = (N, 1, H, W)
+    _check(_fn("fine_op", dt)(N, C, H, W, _ptr(m, dt, "m", one), _ptr(d, dt, "d", (H, W)),
+                              _ptr(u, dt, "u"), _ptr(r, dt, "r", u.shape),
+                              _ptr(dinv, dt, "dinv", one), _ptr(base, dt, "base", u.shape),
+                              float(sign), out.data_ptr(), _threads()), "fine_op")
     return out
 
 
@@ -343,9 +419,22 @@ def st9_op(u: Tensor, S: Tensor, r: Optional[Tensor] = None, dinv: Optional[Tens
     N, C, H, W = u.shape
     out = torch.empty_like(u, memory_format=torch.contiguous_format)
     dt = u.dtype
-    _check(_fn("st9_op", dt)(N, C, H, W, _ptr(S, dt, "S"), _ptr(u, dt, "u"), _ptr(r, dt, "r"),
-                             _ptr(dinv, dt, "dinv"), _ptr(base, dt, "base"), float(sign),
-                             out.data_ptr()), "st9_op")
+    _check(_fn("st9_op", dt)(N, C, H, W, _ptr(S, dt, "S", (N, 9, H, W)), _ptr(u, dt, "u"),
+                             _ptr(r, dt, "r", u.shape), _ptr(dinv, dt, "dinv", (N, 1, H, W)),
+                             _ptr(base, dt, "base", u.shape), float(sign), out.data_ptr(),
+                             _threads()), "st9_op")
+    return out
+
+
+def pick(Z: Tensor) -> Tensor:
+    """The Galerkin probes' gather (``road._galerkin``): ``S[:, k, Y, X] = Z[:, colour(Y + dy_k,
+    X + dx_k), Y, X]`` with ``colour(a, b) = (a mod 3) * 3 + (b mod 3)``; Z, S ``[N,9,h,w]``."""
+    N, nine, h, w = Z.shape
+    if nine != 9:
+        raise ValueError(f"pick takes the 9 colour probes [N,9,h,w]; got {tuple(Z.shape)}")
+    out = torch.empty_like(Z, memory_format=torch.contiguous_format)
+    _check(_fn("pick", Z.dtype)(N, h, w, _ptr(Z, Z.dtype, "Z"), out.data_ptr(), _threads()),
+           "pick")
     return out
 
 
@@ -353,8 +442,8 @@ def restrict(r: Tensor) -> Tensor:
     """``P^T r``: ``[N,C,h,w]`` -> ``[N,C,(h+1)//2,(w+1)//2]``."""
     N, C, h, w = r.shape
     out = r.new_empty(N, C, (h + 1) // 2, (w + 1) // 2)
-    _check(_fn("restrict", r.dtype)(N * C, h, w, _ptr(r, r.dtype, "r"), out.data_ptr()),
-           "restrict")
+    _check(_fn("restrict", r.dtype)(N * C, h, w, _ptr(r, r.dtype, "r"), out.data_ptr(),
+                                    _threads()), "restrict")
     return out
 
 
@@ -365,6 +454,6 @@ def interp_add_(u: Tensor, uc: Tensor, s: Tensor) -> Tensor:
     if uc.shape != (N, C, (h + 1) // 2, (w + 1) // 2):
         raise ValueError(f"coarse field {tuple(uc.shape)} does not match fine {tuple(u.shape)}")
     dt = u.dtype
-    _check(_fn("interp_add", dt)(N, C, h, w, _ptr(uc, dt, "uc"), _ptr(s, dt, "s"),
-                                 _ptr(u, dt, "u")), "interp_add")
+    _check(_fn("interp_add", dt)(N, C, h, w, _ptr(uc, dt, "uc"), _ptr(s, dt, "s", (N, 1, h, w)),
+                                 _ptr(u, dt, "u"), _threads()), "interp_add")
     return u
