@@ -163,3 +163,26 @@ def test_kernels_are_compiled_once_into_the_cache(monkeypatch, tmp_path):
     monkeypatch.setattr(K, "_tried", False)
     assert K.available() and libs[0].stat().st_mtime_ns == stamp  # loaded, not rebuilt
     assert "double" in K.source() and "fine_op_f32" in K.source()
+
+
+@needs_kernels
+def test_a_compiler_without_openmp_still_builds_the_kernels(monkeypatch, tmp_path):
+    """The flags are tried in turn: a compiler that refuses ``-fopenmp`` gets a one-thread
+    build, and the kernels give the same values."""
+    import shutil
+
+    real = shutil.which("cc") or shutil.which("gcc")
+    fake = tmp_path / "cc-no-openmp"
+    fake.write_text(f'#!/bin/sh\nfor a in "$@"; do [ "$a" = -fopenmp ] && exit 1; done\n'
+                    f'exec {real} "$@"\n')
+    fake.chmod(0o755)
+    u = torch.randn(2, 3, 9, 7, generator=torch.Generator().manual_seed(5))
+    want = K.restrict(u)
+    monkeypatch.setattr(K, "_tried", False)
+    monkeypatch.setattr(K, "_lib", None)
+    monkeypatch.setenv("CAMZOO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CC", str(fake))
+    assert K.available(), K.error()
+    lib = next((tmp_path / "cache" / "kernels").glob("road_kernels_*.so"))
+    assert b"GOMP_parallel" not in lib.read_bytes()  # built without OpenMP
+    torch.testing.assert_close(K.restrict(u), want, atol=0, rtol=0)

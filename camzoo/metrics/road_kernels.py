@@ -257,9 +257,10 @@ int interp_add_SUF(long N, long C, long h, long w, const REAL *uc, const REAL *s
 }
 """
 
-_FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-std=c99"]
-#: tried first; without OpenMP the kernels run on one thread
-_OPENMP = ["-fopenmp"]
+_FLAGS = ["-O3", "-fPIC", "-shared", "-std=c99"]
+#: the extra flags, tried in turn: this CPU's instruction set and OpenMP, then without OpenMP
+#: (the kernels run on one thread), then portable code
+_VARIANTS = [["-march=native", "-fopenmp"], ["-march=native"], []]
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None
@@ -309,15 +310,15 @@ def _compile() -> ctypes.CDLL:
         raise RuntimeError("no C compiler (cc, gcc or $CC) found")
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     src = source()
-    key = hashlib.sha256("\0".join([src, " ".join(_FLAGS + _OPENMP), version, _cpu_id()])
-                         .encode()).hexdigest()[:16]
+    flags = " ".join(_FLAGS + [f for v in _VARIANTS for f in v])
+    key = hashlib.sha256("\0".join([src, flags, version, _cpu_id()]).encode()).hexdigest()[:16]
     path = _cache_dir() / f"road_kernels_{key}.so"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
             c_file, so_file = Path(tmp) / "road_kernels.c", Path(tmp) / "road_kernels.so"
             c_file.write_text(src)
-            for extra in (_OPENMP, []):
+            for extra in _VARIANTS:
                 res = subprocess.run([cc, *_FLAGS, *extra, str(c_file), "-o", str(so_file)],
                                      capture_output=True, text=True, timeout=300)
                 if res.returncode == 0:
