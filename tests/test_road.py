@@ -440,3 +440,34 @@ def test_cli_bench_tiny_vit_weights_all_and_road(tmp_path):
         assert row.road == pytest.approx(float((cur["lerf"] - cur["morf"]).mean() / 2), abs=1e-5)
     fw = run.forwards()
     assert int(fw[(fw.method == "gradcam") & (fw.family == "road")].forwards.sum()) == 2 * 18
+    run.close()
+
+    # a run stored before the option `kernels` existed, with another chunking, resumes (runtime
+    # options are not part of a run's identity) and gets the rows it would have had
+    import json
+    import sqlite3
+
+    out = tmp_path / "road"
+    cfg = json.loads((out / "config.json").read_text())
+    opts = cfg["protocols"]["road"]["options"]
+    assert opts["kernels"] == "auto" and opts["solve_batch"] is None
+    del opts["kernels"]
+    opts["solve_batch"] = 3
+    (out / "config.json").write_text(json.dumps(cfg))
+    con = sqlite3.connect(out / "rows.sqlite")
+    con.execute("DELETE FROM rows WHERE idx >= 1")
+    con.commit()
+    con.close()
+    res = runner.invoke(main, ["bench", "--resume", "--out", str(out), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "1 image(s) to do (1 done" in res.output
+    with Run(str(out)) as again:
+        new = again.rows(curves=True).sort_values(["method", "idx"]).reset_index(drop=True)
+    old = rows.sort_values(["method", "idx"]).reset_index(drop=True)
+    assert len(new) == len(old) == 6
+    for col in ("road_morf", "road_lerf", "road"):
+        np.testing.assert_allclose(new[col], old[col], atol=1e-6, rtol=0)
+    # what changes a row still refuses: another tolerance is another run
+    res = runner.invoke(main, ["bench", "--resume", "--out", str(out), "--no-progress",
+                               "--metric-opt", "road.tol=1e-5"])
+    assert res.exit_code != 0 and "protocols.road.tol" in res.output, res.output

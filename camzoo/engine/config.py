@@ -327,7 +327,8 @@ def absolute_paths(d: Dict[str, Any], out: str) -> Dict[str, Any]:
 def config_identity(cfg: Dict[str, Any]) -> Dict[str, Any]:
     """The parts of ``config.json`` a resumed run must share with the stored one: everything
     that changes a row (backbone and weights, layer, each method's options and classifier,
-    each protocol's options, the target, and the data: its manifest hash covers the folder,
+    each protocol's options but its ``runtime_options``, the target, and the data: its
+    manifest hash covers the folder,
     labels, ``--limit`` and ``--seed``), and the precision (``amp``) of the engine's own
     forwards. A method's ``layer`` option left at ``None`` counts as the layer it resolves
     to."""
@@ -336,11 +337,16 @@ def config_identity(cfg: Dict[str, Any]) -> Dict[str, Any]:
     def options(o: Dict[str, Any]) -> Dict[str, Any]:
         return {k: (layer if k == "layer" and v is None else v) for k, v in o.items()}
 
+    def protocol_options(p: str, o: Dict[str, Any]) -> Dict[str, Any]:
+        runtime = PROTOCOLS.get(p).runtime_options if p in PROTOCOLS else ()
+        return {k: v for k, v in o.items() if k not in runtime}
+
     return jsonable({
         "backbone": {k: cfg["backbone"][k] for k in ("name", "weights_id", "layer")},
         "methods": {m: {"options": options(v["options"]), "classifier": v["classifier"]}
                     for m, v in cfg["methods"].items()},
-        "protocols": {p: v["options"] for p, v in cfg["protocols"].items()},  # not their docs
+        # not their docs, nor their runtime options (Protocol.runtime_options)
+        "protocols": {p: protocol_options(p, v["options"]) for p, v in cfg["protocols"].items()},
         "target": cfg["target"],
         "data": {k: cfg["data"][k] for k in ("manifest_hash", "n_images")},
         "amp": cfg.get("amp"),  # runs stored before --amp existed ran in fp32

@@ -104,6 +104,10 @@ class Protocol:
         in_all: included in ``--metrics all``.
         shorthands: :class:`~camzoo.engine.BenchConfig` fields that set an option of this
             protocol when given (``{"steps": "steps"}``: ``--steps N`` is ``rise.steps=N``).
+        runtime_options: options that change how the values are computed, not what they are
+            (the same rows to float rounding: chunk sizes, a solver's code path): not part of
+            a run's identity, so a run resumes with other values of them, or with options of
+            this kind added after it was stored.
     """
 
     name: ClassVar[str] = ""
@@ -113,6 +117,7 @@ class Protocol:
     order: ClassVar[float] = 100.0
     in_all: ClassVar[bool] = True
     shorthands: ClassVar[Dict[str, str]] = {}
+    runtime_options: ClassVar[Tuple[str, ...]] = ()
 
     def options(self, **opts: Any) -> Dict[str, Any]:
         """Defaults updated with ``opts``, checked: unknown options and values of the wrong

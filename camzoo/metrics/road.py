@@ -796,6 +796,8 @@ class ROADProtocol(Protocol):
     source = ROAD_SOURCE
     defaults = {"fractions": DEFAULT_FRACTIONS, "noise": 0.01, "tie_noise": 1e-4, "seed": 0,
                 "tol": DEFAULT_TOL, "solve_batch": None, "kernels": "auto"}
+    # rows do not depend on the chunking nor (beyond float32 rounding) on the solver's path
+    runtime_options = ("solve_batch", "kernels")
     #: option ``kernels`` -> :func:`impute`'s ``kernels``
     KERNEL_CHOICES = {"auto": None, "c": True, "torch": False}
 
