@@ -186,3 +186,18 @@ def test_a_compiler_without_openmp_still_builds_the_kernels(monkeypatch, tmp_pat
     lib = next((tmp_path / "cache" / "kernels").glob("road_kernels_*.so"))
     assert b"GOMP_parallel" not in lib.read_bytes()  # built without OpenMP
     torch.testing.assert_close(K.restrict(u), want, atol=0, rtol=0)
+
+
+@needs_kernels
+def test_an_unusable_cache_folder_falls_back_to_the_temp_folder(monkeypatch, tmp_path):
+    import tempfile
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("CAMZOO_CACHE", str(blocker / "cache"))  # cannot be created
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(K, "_tried", False)
+    monkeypatch.setattr(K, "_lib", None)
+    assert K.available(), K.error()
+    assert len(list((tmp_path / "tmp").glob("camzoo-*/kernels/road_kernels_*.so"))) == 1

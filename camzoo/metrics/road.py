@@ -124,10 +124,12 @@ def removal_masks(V: Tensor, fractions: Sequence[float], order: str,
 
 
 # -- the linear system ---------------------------------------------------------------------------
-# Memory layouts (each chosen for the fastest CPU kernels; any device works): fine-grid fields
-# ``[N,C,H,W]`` are channels-last (the depthwise 3x3 convolution is several times faster there)
-# with the masks expanded to the fields' shape (a broadcast over the innermost channel dimension
-# is slow); coarse-grid fields are contiguous NCHW with ``[N,1,h,w]`` coefficients.
+# Memory layouts. On torch's operators (any device; each layout chosen for torch's fastest CPU
+# kernels): fine-grid fields ``[N,C,H,W]`` are channels-last (the depthwise 3x3 convolution is
+# several times faster there) with the masks expanded to the fields' shape (a broadcast over the
+# innermost channel dimension is slow); coarse-grid fields are contiguous NCHW with
+# ``[N,1,h,w]`` coefficients. On the compiled CPU kernels (:class:`_KernelFineOperator`) every
+# level's fields are contiguous NCHW and the masks ``[N,1,h,w]``.
 _CL = torch.channels_last
 
 

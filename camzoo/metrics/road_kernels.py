@@ -17,9 +17,9 @@ stencil ``[N,9,h,w]`` (``road._OFFSETS`` order), the in-image weight sums ``d`` 
 float32 or float64, all of one dtype, on the CPU.
 
 The C source below is compiled once per machine with the system's C compiler (``cc``, or
-``$CC``) into ``$CAMZOO_CACHE`` (default ``~/.cache/camzoo``), keyed by a hash of the source,
-the flags, the compiler's version and the CPU, and loaded with :mod:`ctypes`; no Python
-package is added. Where no compiler works, or ``CAMZOO_ROAD_KERNELS=0``, :func:`available`
+``$CC``) into ``$CAMZOO_CACHE`` (default ``~/.cache/camzoo``; this user's temp folder where
+that cannot be written), keyed by a hash of the source, the flags, the compiler's version and
+the CPU, and loaded with :mod:`ctypes`; no Python package is added. Where no compiler works, or ``CAMZOO_ROAD_KERNELS=0``, :func:`available`
 is False and ``road.py`` uses its torch operators (the same algorithm, the same results to
 float32 rounding; tests/test_road.py checks both against scipy).
 """
@@ -313,8 +313,16 @@ def _compile() -> ctypes.CDLL:
     flags = " ".join(_FLAGS + [f for v in _VARIANTS for f in v])
     key = hashlib.sha256("\0".join([src, flags, version, _cpu_id()]).encode()).hexdigest()[:16]
     path = _cache_dir() / f"road_kernels_{key}.so"
-    if not path.exists():
+    try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        writable = os.access(path.parent, os.W_OK)
+    except OSError:
+        writable = False
+    if not writable and not path.exists():  # e.g. a read-only home: this user's temp folder
+        uid = os.getuid() if hasattr(os, "getuid") else "user"
+        path = Path(tempfile.gettempdir()) / f"camzoo-{uid}" / "kernels" / path.name
+        path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
         with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
             c_file, so_file = Path(tmp) / "road_kernels.c", Path(tmp) / "road_kernels.so"
             c_file.write_text(src)
