@@ -201,3 +201,24 @@ def test_an_unusable_cache_folder_falls_back_to_the_temp_folder(monkeypatch, tmp
     monkeypatch.setattr(K, "_lib", None)
     assert K.available(), K.error()
     assert len(list((tmp_path / "tmp").glob("camzoo-*/kernels/road_kernels_*.so"))) == 1
+
+
+@needs_kernels
+def test_the_kernels_do_not_depend_on_the_thread_count():
+    """Each image plane is one thread's work: the same bits with 1 or 3 threads."""
+    g = torch.Generator().manual_seed(11)
+    u = torch.randn(3, 3, 31, 17, generator=g)
+    m = (torch.rand(3, 1, 31, 17, generator=g) < 0.5).float()
+    d = torch.rand(31, 17, generator=g)
+    S = torch.randn(3, 9, 31, 17, generator=g)
+    before = torch.get_num_threads()
+    outs = []
+    try:
+        for nt in (1, 3):
+            torch.set_num_threads(nt)
+            outs.append((K.fine_op(u, m, d, r=u, sign=-1.0), K.st9_op(u, S), K.restrict(u),
+                         K.interp_add_(u.clone(), u[..., :16, :9].contiguous(), m), K.pick(S)))
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)

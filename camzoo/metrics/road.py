@@ -247,7 +247,9 @@ class _FineOperator:
 class _KernelFineOperator(_FineOperator):
     """:class:`_FineOperator` on contiguous NCHW fields through the compiled CPU kernels
     (:mod:`road_kernels`): each product, residual or Jacobi update is one pass over the data.
-    ``m`` and ``md`` are ``[N,1,H,W]`` here (the kernels broadcast them over the channels)."""
+    ``m`` and ``md`` are ``[N,1,H,W]`` here (the kernels broadcast them over the channels).
+    Of the torch operator it keeps only :meth:`stencil` (from ``m1`` and ``d``); its
+    convolution and border helpers are not set up."""
 
     def __init__(self, removed: Tensor, dtype: torch.dtype, channels: int = 3) -> None:
         N, H, W = removed.shape
