@@ -222,3 +222,21 @@ def test_the_kernels_do_not_depend_on_the_thread_count():
         torch.set_num_threads(before)
     for a, b in zip(*outs):
         assert torch.equal(a, b)
+
+
+@needs_kernels
+def test_a_damaged_library_in_the_cache_is_built_again(tmp_path):
+    """In fresh processes (one that has loaded a library keeps its mapping): build, damage the
+    file (an interrupted copy, a full disk), load again."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from camzoo.metrics import road_kernels as K; import sys; "
+            "sys.exit(0 if K.available() else f'unavailable: {K.error()}')")
+    env = {**os.environ, "CAMZOO_CACHE": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=300)
+    (lib,) = (tmp_path / "kernels").glob("road_kernels_*.so")
+    lib.write_bytes(b"not a shared library")
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=300)
+    assert lib.read_bytes()[:4] == b"\x7fELF"

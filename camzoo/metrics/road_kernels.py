@@ -322,7 +322,13 @@ def _compile() -> ctypes.CDLL:
         uid = os.getuid() if hasattr(os, "getuid") else "user"
         path = Path(tempfile.gettempdir()) / f"camzoo-{uid}" / "kernels" / path.name
         path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
+    lib = None
+    if path.exists():
+        try:
+            lib = ctypes.CDLL(str(path))
+        except OSError:  # a damaged file (an interrupted copy, a full disk): build it again
+            path.unlink()
+    if lib is None:
         with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
             c_file, so_file = Path(tmp) / "road_kernels.c", Path(tmp) / "road_kernels.so"
             c_file.write_text(src)
@@ -334,7 +340,7 @@ def _compile() -> ctypes.CDLL:
             else:
                 raise RuntimeError(f"{cc} failed: {res.stderr.strip()[:500]}")
             os.replace(so_file, path)  # atomic: concurrent processes see a whole library
-    lib = ctypes.CDLL(str(path))
+        lib = ctypes.CDLL(str(path))
     P, L, D, I = ctypes.c_void_p, ctypes.c_long, ctypes.c_double, ctypes.c_int
     for suf in _SUFFIX.values():
         getattr(lib, f"fine_op_{suf}").argtypes = [L, L, L, L, P, P, P, P, P, P, D, P, I]
