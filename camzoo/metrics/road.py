@@ -90,6 +90,12 @@ def neighbour_kernel(dtype=torch.float32, device=None) -> Tensor:
     return k.to(dtype=dtype, device=device)
 
 
+def _in_image_weights(H: int, W: int, dtype: torch.dtype, device: Any) -> Tensor:
+    """``d`` ``[1,1,H,W]``: each pixel's sum of in-image neighbour weights (1 inside)."""
+    ones = torch.ones(1, 1, H, W, dtype=dtype, device=device)
+    return F.conv2d(ones, neighbour_kernel(dtype, device)[None, None], padding=1)
+
+
 # -- which pixels are removed ------------------------------------------------------------------
 def removal_masks(V: Tensor, fractions: Sequence[float], order: str,
                   tie_fields: Optional[Tensor] = None) -> Tensor:
@@ -184,8 +190,7 @@ class _FineOperator:
         delta[1, 1] = 1.0
         self.kernel = k.expand(channels, 1, 3, 3).contiguous()
         self.laplace = (delta - k).expand(channels, 1, 3, 3).contiguous()  # delta - K
-        ones = torch.ones(1, 1, H, W, dtype=dtype, device=dev)
-        self.d = F.conv2d(ones, k[None, None], padding=1)  # in-image weight sums [1,1,H,W]
+        self.d = _in_image_weights(H, W, dtype, dev)  # [1,1,H,W]
         self.md = self.m * self.d
         # the border pixels (the only ones where d != 1): rows 0 and H-1, then columns 0 and
         # W-1 between them; the (d - 1) * u correction is applied on these slices only
@@ -256,8 +261,7 @@ class _KernelFineOperator(_FineOperator):
         self.dtype = dtype
         self.m1 = removed[:, None].to(dtype).contiguous()
         self.m = self.m1
-        ones = torch.ones(1, 1, H, W, dtype=dtype, device=removed.device)
-        self.d = F.conv2d(ones, neighbour_kernel(dtype, removed.device)[None, None], padding=1)
+        self.d = _in_image_weights(H, W, dtype, removed.device)
         self.d2 = self.d[0, 0].contiguous()  # [H,W]
         self.md = self.m1 * self.d
 
@@ -481,11 +485,11 @@ class _Multigrid:
 
         restrict_fine, restrict = ((road_kernels.restrict, road_kernels.restrict) if k
                                    else (_restrict_cl_, _restrict))
+        pick = road_kernels.pick if k else None
         apply9, h, w = fine9, H, W
         S: Optional[Tensor] = None
         while max(h, w) > coarse_size:
             probe, probe_cl, idx = _probes(h, w, dtype, m1.device)
-            pick = road_kernels.pick if k else None
             S = (_galerkin(fine9, probe if k else probe_cl, idx, m1cl, restrict_fine, pick)
                  if S is None else _galerkin(apply9, probe, idx, self.support[-1], restrict, pick))
             h, w = S.shape[-2:]

@@ -223,30 +223,25 @@ int interp_add_SUF(long N, long C, long h, long w, const REAL *uc, const REAL *s
     if (!t) failed = 1;
     FOR
     for (long q = 0; q < N * C; q++) {
-        {
-            long n = q / C, c = q % C;
-            if (!t) continue;
-            const REAL *cp = uc + (n * C + c) * hc * wc;
-            REAL *up = u + (n * C + c) * h * w;
-            const REAL *sp = s + n * h * w;
-            for (long y = 0; y < h; y++) {
-                const REAL *c0 = cp + (y / 2) * wc;
-                if (y % 2 == 0) {
-                    for (long X = 0; X < wc; X++) t[X] = c0[X];
-                } else if (y / 2 + 1 < hc) {
-                    const REAL *c1 = c0 + wc;
-                    for (long X = 0; X < wc; X++) t[X] = (REAL)0.5 * (c0[X] + c1[X]);
-                } else {
-                    for (long X = 0; X < wc; X++) t[X] = c0[X];
-                }
-                REAL *o = up + y * w;
-                const REAL *so = sp + y * w;
-                for (long X = 0; X < wc; X++) {
-                    o[2 * X] += so[2 * X] * t[X];
-                    if (2 * X + 1 < w) {
-                        REAL v = X + 1 < wc ? (REAL)0.5 * (t[X] + t[X + 1]) : t[X];
-                        o[2 * X + 1] += so[2 * X + 1] * v;
-                    }
+        if (!t) continue;
+        const REAL *cp = uc + q * hc * wc, *sp = s + (q / C) * h * w;
+        REAL *up = u + q * h * w;
+        for (long y = 0; y < h; y++) {
+            /* t = the coarse row(s) at y: row y/2, or the mean of y/2 and y/2 + 1 */
+            const REAL *c0 = cp + (y / 2) * wc;
+            if (y % 2 == 1 && y / 2 + 1 < hc) {
+                const REAL *c1 = c0 + wc;
+                for (long X = 0; X < wc; X++) t[X] = (REAL)0.5 * (c0[X] + c1[X]);
+            } else {
+                for (long X = 0; X < wc; X++) t[X] = c0[X];
+            }
+            REAL *o = up + y * w;
+            const REAL *so = sp + y * w;
+            for (long X = 0; X < wc; X++) {
+                o[2 * X] += so[2 * X] * t[X];
+                if (2 * X + 1 < w) {
+                    REAL v = X + 1 < wc ? (REAL)0.5 * (t[X] + t[X + 1]) : t[X];
+                    o[2 * X + 1] += so[2 * X + 1] * v;
                 }
             }
         }
