@@ -149,7 +149,7 @@ def same_object(a) -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     device = resolve_device(a.device)
-    weights = None if a.backbone == "efficientnet_lite0" or a.backbone.startswith("py:") else "random"
+    weights = None if a.backbone == "efficientnet_lite0" else "random"  # py: tiny models: seeded random
     bb = camzoo.load_backbone(a.backbone, weights=weights, device=device)
     if weights == "random":
         torch.manual_seed(0)  # benchmark script, not library code: seeded random init

@@ -71,7 +71,7 @@ def describe(device) -> str:
 def load(name: str, device):
     import camzoo
 
-    weights = None if name == "efficientnet_lite0" or name.startswith("py:") else "random"
+    weights = None if name == "efficientnet_lite0" else "random"  # py: tiny models: seeded random
     bb = camzoo.load_backbone(name, weights=weights, device=device)
     if weights == "random":
         torch.manual_seed(0)  # benchmark script, not library code: seeded random weights
@@ -233,7 +233,8 @@ def agreement(a) -> int:
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
         for prec in ("fp32", amp):
-            runs[prec] = bench_once(a, name, None, device, os.path.join(tmp, prec), a.images,
+            weights = None if name == "efficientnet_lite0" else "random"  # py: tiny models: seeded
+            runs[prec] = bench_once(a, name, weights, device, os.path.join(tmp, prec), a.images,
                                     a.rise_masks or 1000, None if prec == "fp32" else amp, a.steps)
         t32, t16 = (runs[p].timings["process"]["loop_wall_s"] for p in ("fp32", amp))
         n = runs["fp32"].rows().image_id.nunique()

@@ -1,7 +1,11 @@
 import os
 
-import pytest
-import torch
+# the tests never reach the Hugging Face hub (timm's weights): a download that a test did not
+# mean to make fails at once instead of waiting on the network (set before timm is imported)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.normpath(os.path.join(REPO, "..", "shared", "data"))

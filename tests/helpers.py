@@ -3,8 +3,15 @@ from camzoo.models.testing import tiny_backbone
 
 
 def tiny1000(weights=None):
-    """The tiny CNN with 1000 classes (ImageNet labels are valid classes of it)."""
-    return tiny_backbone(num_classes=1000)
+    """The tiny CNN with 1000 classes (ImageNet labels are valid classes of it): random unless
+    ``weights`` names a state_dict file."""
+    bb = tiny_backbone(num_classes=1000)
+    if weights not in (None, "random"):
+        from camzoo.models.backbone import load_state_dict_file
+
+        bb.model.load_state_dict(load_state_dict_file(weights))
+        bb.weights_id = "file"
+    return bb
 
 
 def slow_rank1_tiny(weights=None):
@@ -26,4 +33,6 @@ def slow_rank1_tiny(weights=None):
         return bb
     model = SlowTinyCNN()
     model.load_state_dict(bb.model.state_dict())
-    return tiny_backbone(model=model)
+    slow = tiny_backbone(model=model)
+    slow.weights_id = bb.weights_id  # the same (random) weights as the other ranks'
+    return slow

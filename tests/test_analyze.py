@@ -83,7 +83,7 @@ def test_analyze_cli_and_errors(labelled_run, tmp_path):
     res = CliRunner().invoke(main, ["analyze", labelled_run.dir, "--methods", "nope"])
     assert res.exit_code != 0 and "fakecam" in res.output and "Traceback" not in res.output
     # a run without labels is refused with a clear message
-    nolab = run(BenchConfig(backbone="py:camzoo.models.testing:tiny_backbone", methods="fakecam", metrics="lcam",
+    nolab = run(BenchConfig(backbone="py:camzoo.models.testing:tiny_backbone", weights="random", methods="fakecam", metrics="lcam",
                             limit=1, out=str(tmp_path / "nolab"), progress=False, figures=False),
                 echo=lambda s: None)
     res = CliRunner().invoke(main, ["analyze", nolab.dir])

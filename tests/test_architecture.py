@@ -142,7 +142,7 @@ def toy_protocol(tmp_path, monkeypatch):
 
 def test_a_protocol_plugin_gets_its_column_into_the_tables(toy_protocol):
     out = toy_protocol / "run"
-    res = CliRunner().invoke(main, ["bench", "--backbone", TINY, "--methods", "fakecam,gradcam",
+    res = CliRunner().invoke(main, ["bench", "--backbone", TINY, "--weights", "random", "--methods", "fakecam,gradcam",
                                     "--steps", "4", "--out", str(out), "--no-progress"])
     assert res.exit_code == 0, res.output
     rows = pd.read_csv(out / "per_image.csv")
@@ -158,7 +158,7 @@ def test_a_protocol_plugin_gets_its_column_into_the_tables(toy_protocol):
     fw = camzoo.bench.Run(str(out)).forwards()
     assert "meanmap" not in set(fw.family)  # it needs no forward
     # alone, and listed
-    res = CliRunner().invoke(main, ["bench", "--backbone", TINY, "--methods", "fakecam",
+    res = CliRunner().invoke(main, ["bench", "--backbone", TINY, "--weights", "random", "--methods", "fakecam",
                                     "--metrics", "meanmap", "--out", str(toy_protocol / "r2"),
                                     "--no-progress"])
     assert res.exit_code == 0, res.output
@@ -205,7 +205,7 @@ def test_the_api_applies_the_same_preset_as_the_cli():
 
 
 def test_explain_takes_a_python_backbone(tmp_path):
-    res = CliRunner().invoke(main, ["explain", "--backbone", TINY, "--methods", "gradcam,fakecam",
+    res = CliRunner().invoke(main, ["explain", "--backbone", TINY, "--weights", "random", "--methods", "gradcam,fakecam",
                                     "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output
     v = np.load(tmp_path / "chelsea" / "gradcam.npy")

@@ -43,7 +43,7 @@ def _sample_rows(n):
 def tiny_run(tmp_path_factory):
     """gradcam + fakecam on the tiny backbone, 6 real images, batches of 4 (one partial)."""
     out = str(tmp_path_factory.mktemp("bench") / "run")
-    r = run(BenchConfig(backbone=TINY, methods="gradcam,fakecam", data=SAMPLES, limit=6, seed=3,
+    r = run(BenchConfig(backbone=TINY, weights="random", methods="gradcam,fakecam", data=SAMPLES, limit=6, seed=3,
                         steps=STEPS, batch_size=4, eval_batch_size=7, out=out, progress=False,
                         grid_images=2), echo=lambda s: None)
     return r
@@ -170,8 +170,10 @@ def test_table_values_and_exports_parse_back(tiny_run):
     # CSV
     back = pd.read_csv(os.path.join(tiny_run.dir, "table.csv"))
     back = back[[c for c in back.columns if not c.endswith(("_lo", "_hi"))]]  # intervals: test_stats.py
-    assert list(back.columns) == ["Method"] + list(df.columns)
-    np.testing.assert_allclose(back.drop(columns="Method").to_numpy(float), df.to_numpy(float), rtol=1e-5)
+    assert list(back.columns) == ["Backbone", "Method"] + list(df.columns)
+    assert set(back["Backbone"]) == {f"{TINY} (random weights)"}  # the tiny CNN is untrained
+    np.testing.assert_allclose(back.drop(columns=["Backbone", "Method"]).to_numpy(float), df.to_numpy(float),
+                               rtol=1e-5)
     # Markdown: a pipe table, values at 2 decimals, marks and intervals stripped
     md = to_markdown(t)
     table_lines = [ln for ln in md.splitlines() if ln.startswith("|")]
@@ -209,7 +211,7 @@ def test_marks_ties_and_direction():
 
 
 def test_compare_stacks_blocks(tiny_run, tmp_path):
-    r2 = run(BenchConfig(backbone=TINY, methods="fakecam", metrics="lcam", data=SAMPLES, limit=2,
+    r2 = run(BenchConfig(backbone=TINY, weights="random", methods="fakecam", metrics="lcam", data=SAMPLES, limit=2,
                          out=str(tmp_path / "r2"), progress=False, figures=False), echo=lambda s: None)
     t = compare([tiny_run, r2])
     assert t.df.index.names == ["Backbone", "Method"]
@@ -254,7 +256,7 @@ def _count_rows(db):
 
 
 def _bench_cmd(out, *extra):
-    return [sys.executable, "-m", "camzoo", "bench", "--backbone", TINY, "--data", SAMPLES,
+    return [sys.executable, "-m", "camzoo", "bench", "--backbone", TINY, "--weights", "random", "--data", SAMPLES,
             "--limit", "40", "--seed", "1", "--methods", "gradcam,fakecam", "--steps", "4",
             "--batch-size", "2", "--eval-batch-size", "16", "--out", out, "--no-progress", *extra]
 
@@ -289,7 +291,7 @@ def test_resume_after_sigkill_gives_identical_rows(tmp_path):
     res = subprocess.run(_bench_cmd(killed, "--resume"), cwd=REPO, env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     # an uninterrupted reference run in-process
-    ref = run(BenchConfig(backbone=TINY, data=SAMPLES, limit=40, seed=1, methods="gradcam,fakecam",
+    ref = run(BenchConfig(backbone=TINY, weights="random", data=SAMPLES, limit=40, seed=1, methods="gradcam,fakecam",
                           steps=4, batch_size=2, eval_batch_size=16, out=str(tmp_path / "ref"),
                           progress=False, figures=False), echo=lambda s: None)
     got = Run(killed)
@@ -306,10 +308,10 @@ def test_resume_after_sigkill_gives_identical_rows(tmp_path):
 
 def test_resume_refuses_a_different_run(tmp_path, tiny_run):
     with pytest.raises(ValueError, match="steps"):
-        run(BenchConfig(backbone=TINY, methods="gradcam,fakecam", data=SAMPLES, limit=6, seed=3,
+        run(BenchConfig(backbone=TINY, weights="random", methods="gradcam,fakecam", data=SAMPLES, limit=6, seed=3,
                         steps=STEPS + 1, out=tiny_run.dir, resume=True, progress=False))
     with pytest.raises(FileExistsError, match="resume"):
-        run(BenchConfig(backbone=TINY, methods="fakecam", data=SAMPLES, limit=6, out=tiny_run.dir,
+        run(BenchConfig(backbone=TINY, weights="random", methods="fakecam", data=SAMPLES, limit=6, out=tiny_run.dir,
                         progress=False))
 
 
@@ -363,7 +365,7 @@ def test_evaluated_backbone_is_used_for_y_and_metrics(tmp_path):
 
     EXPLAINERS.add(OwnClassifier.name, OwnClassifier)
     try:
-        r = run(BenchConfig(backbone=TINY, methods=f"{OwnClassifier.name},fakecam", metrics="lcam",
+        r = run(BenchConfig(backbone=TINY, weights="random", methods=f"{OwnClassifier.name},fakecam", metrics="lcam",
                             data=SAMPLES, limit=2, out=str(tmp_path / "run"), progress=False,
                             figures=False), echo=lambda s: None)
     finally:
@@ -476,7 +478,7 @@ def test_limit_seed_subsets_are_deterministic():
 def test_cli_bench_table_compare(tmp_path):
     runner = CliRunner()
     out = str(tmp_path / "cli")
-    res = runner.invoke(main, ["bench", "--backbone", TINY, "--data", SAMPLES, "--limit", "3",
+    res = runner.invoke(main, ["bench", "--backbone", TINY, "--weights", "random", "--data", SAMPLES, "--limit", "3",
                                "--methods", "fakecam,gradcam", "--steps", "4", "--out", out,
                                "--no-progress", "--metric-opt", "lcam.nus=1,0.5", "--opt",
                                "gradcam.layer=features"])
@@ -485,21 +487,21 @@ def test_cli_bench_table_compare(tmp_path):
     res = runner.invoke(main, ["table", out, "--format", "latex"])
     assert res.exit_code == 0 and "\\toprule" in res.output and "\\mathbf{" in res.output
     res = runner.invoke(main, ["table", out, "--format", "csv", "--no-ci"])
-    assert pd.read_csv(pd.io.common.StringIO(res.output)).shape == (2, 1 + 4 + 2 + 3 + 2)
+    assert pd.read_csv(pd.io.common.StringIO(res.output)).shape == (2, 2 + 4 + 2 + 3 + 2)
     res = runner.invoke(main, ["table", out, "--format", "csv", "--resamples", "100"])
-    assert pd.read_csv(pd.io.common.StringIO(res.output)).shape == (2, 1 + 3 * (4 + 2 + 3) + 2)
+    assert pd.read_csv(pd.io.common.StringIO(res.output)).shape == (2, 2 + 3 * (4 + 2 + 3) + 2)
     res = runner.invoke(main, ["table", out, "--per-image"])
     per = pd.read_csv(pd.io.common.StringIO(res.output))
     assert len(per) == 6 and {"method", "image_id", "Y", "O_50", "adcc", "ins_auc", "seconds"} <= set(per.columns)
     res = runner.invoke(main, ["compare", out, out, "--format", "markdown"])
     assert res.exit_code == 0, res.output
-    assert res.output.count("| fakecam |") == 2 and f"| {TINY} (2) | fakecam |" in res.output
+    assert res.output.count("| fakecam |") == 2 and f"| {TINY} (random weights) (2) | fakecam |" in res.output
     # resume with only --out: everything else comes from the stored config; nothing left to do
     res = runner.invoke(main, ["bench", "--resume", "--out", out, "--no-progress"])
     assert res.exit_code == 0, res.output
     assert len(Run(out).rows()) == 6
     # errors name what was wrong and list what is valid
-    res = runner.invoke(main, ["bench", "--backbone", TINY, "--methods", "nope", "--out", str(tmp_path / "x")])
+    res = runner.invoke(main, ["bench", "--backbone", TINY, "--weights", "random", "--methods", "nope", "--out", str(tmp_path / "x")])
     assert res.exit_code != 0 and "gradcam" in res.output
-    res = runner.invoke(main, ["bench", "--backbone", TINY, "--metrics", "lcam,bogus", "--out", str(tmp_path / "y")])
+    res = runner.invoke(main, ["bench", "--backbone", TINY, "--weights", "random", "--metrics", "lcam,bogus", "--out", str(tmp_path / "y")])
     assert res.exit_code != 0 and "rise" in res.output

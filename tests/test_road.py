@@ -411,7 +411,7 @@ def test_cli_bench_tiny_vit_weights_all_and_road(tmp_path):
 
     path = tmp_path / "vit.pt"
     torch.save(tiny_vit(seed=4).model.state_dict(), path)
-    common = ["bench", "--backbone", VIT, "--weights", str(path), "--data", SAMPLES, "--limit", "2",
+    common = ["bench", "--backbone", VIT, "--weights", "random", "--weights", str(path), "--data", SAMPLES, "--limit", "2",
               "--methods", "gradcam,scorecam,rise", "--opt", "rise.n_masks=16", "--steps", "4",
               "--no-progress"]
     runner = CliRunner()

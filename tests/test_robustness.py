@@ -32,7 +32,7 @@ QUIET = dict(progress=False, figures=False)
 
 
 def _bench(*args):
-    return CliRunner().invoke(main, ["bench", "--backbone", TINY, "--no-progress", *args])
+    return CliRunner().invoke(main, ["bench", "--backbone", TINY, "--weights", "random", "--no-progress", *args])
 
 
 @contextlib.contextmanager
@@ -141,7 +141,7 @@ def test_a_failing_method_is_recorded_and_the_run_goes_on(tmp_path):
 def test_a_method_failing_on_its_first_batches_is_stopped(tmp_path):
     AlwaysBoom.calls = 0
     with registered(AlwaysBoom):
-        r = run(BenchConfig(backbone=TINY, methods="alwaysboom,fakecam", metrics="lcam", batch_size=1,
+        r = run(BenchConfig(backbone=TINY, weights="random", methods="alwaysboom,fakecam", metrics="lcam", batch_size=1,
                             max_failed_batches=2, out=str(tmp_path / "run"), **QUIET),
                 echo=lambda s: None)
     f = r.failures()
@@ -156,7 +156,7 @@ def test_a_method_failing_on_its_first_batches_is_stopped(tmp_path):
 def test_invalid_maps_are_never_scored_nor_marked_best(tmp_path):
     out = tmp_path / "run"
     with registered(BadMaps):
-        r = run(BenchConfig(backbone=TINY, methods="badmaps,gradcam", metrics="lcam",
+        r = run(BenchConfig(backbone=TINY, weights="random", methods="badmaps,gradcam", metrics="lcam",
                             out=str(out), **QUIET), echo=lambda s: None)
     rows, f = r.rows(), r.failures()
     bad = f[f.method == "badmaps"]
@@ -191,7 +191,7 @@ def test_the_loading_thread_is_joined_on_every_exit_path(tmp_path, monkeypatch):
         return [t for t in threading.enumerate() if t.name == "camzoo-prefetch" and t.is_alive()]
 
     with registered(AlwaysBoom):
-        run(BenchConfig(backbone=TINY, methods="alwaysboom", metrics="lcam", batch_size=1,
+        run(BenchConfig(backbone=TINY, weights="random", methods="alwaysboom", metrics="lcam", batch_size=1,
                         out=str(tmp_path / "a"), **QUIET), echo=lambda s: None)
     assert not threads()
 
@@ -200,7 +200,7 @@ def test_the_loading_thread_is_joined_on_every_exit_path(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ResultStore, "write_batch", broken_write)
     with pytest.raises(KeyboardInterrupt):
-        run(BenchConfig(backbone=TINY, methods="fakecam", metrics="lcam", batch_size=1,
+        run(BenchConfig(backbone=TINY, weights="random", methods="fakecam", metrics="lcam", batch_size=1,
                         out=str(tmp_path / "b"), **QUIET), echo=lambda s: None)
     assert not threads()
 
@@ -296,7 +296,7 @@ def test_python_backbones_import_from_the_current_directory_with_clear_errors(tm
             return tiny_backbone(seed=1)
         """))
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
-    res = CliRunner().invoke(main, ["bench", "--backbone", "py:mynets:small", "--methods", "fakecam",
+    res = CliRunner().invoke(main, ["bench", "--backbone", "py:mynets:small", "--weights", "random", "--methods", "fakecam",
                                     "--metrics", "lcam", "--limit", "1", "--out", "r", "--no-progress"])
     assert res.exit_code == 0, res.output
     for name, msg in (("py:nosuchmodule:f", "cannot import module 'nosuchmodule'"),
@@ -340,7 +340,7 @@ def test_special_files_are_reported_not_opened(tmp_path):
     done = {}
 
     def go():
-        run(BenchConfig(backbone=TINY, methods="fakecam", metrics="lcam", data=str(d),
+        run(BenchConfig(backbone=TINY, weights="random", methods="fakecam", metrics="lcam", data=str(d),
                         out=str(tmp_path / "run"), **QUIET), echo=lambda s: None).close()
         done["ok"] = True
 
@@ -387,7 +387,7 @@ def _comparable(r):
 
 def test_a_full_disk_gives_one_message_and_resume_completes_identically(tmp_path, monkeypatch):
     # 257-point curves: every batch needs new pages of the store (a full disk shows at once)
-    cfg = dict(backbone=TINY, methods="gradcam,fakecam", steps=256, batch_size=2, **QUIET)
+    cfg = dict(backbone=TINY, weights="random", methods="gradcam,fakecam", steps=256, batch_size=2, **QUIET)
     ref = run(BenchConfig(out=str(tmp_path / "ref"), **cfg), echo=lambda s: None)
     calls = {"n": 0}
     original = ResultStore.write_batch
@@ -401,7 +401,7 @@ def test_a_full_disk_gives_one_message_and_resume_completes_identically(tmp_path
 
     monkeypatch.setattr(ResultStore, "write_batch", filling)
     out = tmp_path / "full"
-    res = CliRunner().invoke(main, ["bench", "--backbone", TINY, "--methods", "gradcam,fakecam",
+    res = CliRunner().invoke(main, ["bench", "--backbone", TINY, "--weights", "random", "--methods", "gradcam,fakecam",
                                     "--steps", "256", "--batch-size", "2", "--out", str(out), "--no-progress"])
     assert res.exit_code == 1, res.output
     assert f"cannot write the result store (rows.sqlite) in {out}" in res.output
@@ -453,7 +453,7 @@ def test_table_never_creates_a_store_and_refuses_what_it_cannot_do(tmp_path):
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("id") / "run"
-    r = run(BenchConfig(backbone="py:tests.helpers:tiny1000", methods="gradcam,fakecam", data=SAMPLES,
+    r = run(BenchConfig(backbone="py:tests.helpers:tiny1000", weights="random", methods="gradcam,fakecam", data=SAMPLES,
                         limit=3, seed=1, steps=4, out=str(out), **QUIET), echo=lambda s: None)
     r.close()
     return str(out)
@@ -464,7 +464,7 @@ def small_run(tmp_path_factory):
     ({"seed": 2}, "data.manifest_hash"),
     ({"data": os.path.join(os.path.dirname(SAMPLES), "imagenette-224")}, "data.manifest_hash"),
     ({"target": "gt"}, "target"),
-    ({"weights": "random"}, "backbone.weights_id"),
+    ({"weights": "TINY1000_FILE"}, "backbone.weights_id"),  # trained weights instead of random ones
     ({"options": {"gradcam": {"layer": "nope"}}}, None),
     ({"metric_options": {"lcam": {"nus": [0.5]}}}, "protocols.lcam.nus"),
     ({"metrics": "lcam"}, "protocols"),
@@ -476,6 +476,11 @@ def test_the_resume_identity_covers_every_key(small_run, change, key, tmp_path):
         pytest.skip("../shared/data/imagenette-224 is not here")
     from camzoo.engine.config import resume_config
 
+    if change.get("weights") == "TINY1000_FILE":
+        from tests.helpers import tiny1000
+
+        change = {"weights": str(tmp_path / "tiny1000.pt")}
+        torch.save(tiny1000().model.state_dict(), change["weights"])
     cfg = resume_config(small_run, change)
     with pytest.raises(ValueError) as e:
         run(cfg, echo=lambda s: None)
@@ -505,7 +510,7 @@ def test_a_batch_is_one_transaction(tmp_path, monkeypatch):
     store.close()
     out = tmp_path / "run"
     with pytest.raises(sqlite3.IntegrityError, match="injected failure"):
-        run(BenchConfig(backbone=TINY, methods="gradcam", metrics="lcam", batch_size=2, limit=2,
+        run(BenchConfig(backbone=TINY, weights="random", methods="gradcam", metrics="lcam", batch_size=2, limit=2,
                         out=str(out), **QUIET), echo=lambda s: None)
     con = sqlite3.connect(out / "rows.sqlite")
     assert con.execute("SELECT COUNT(*) FROM rows").fetchone()[0] == 0

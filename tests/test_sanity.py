@@ -154,10 +154,10 @@ def test_lite0_gradcam_falls_fakecam_stays(lite0):
 
 def test_sanity_cli(tmp_path):
     out = str(tmp_path / "s")
-    res = CliRunner().invoke(main, ["sanity", "--backbone", TINY, "--methods", "fakecam,gradcam", "--data", SAMPLES,
+    res = CliRunner().invoke(main, ["sanity", "--backbone", TINY, "--weights", "random", "--methods", "fakecam,gradcam", "--data", SAMPLES,
                                     "--limit", "2", "--max-blocks", "2", "--out", out, "--no-progress"])
     assert res.exit_code == 0, res.output
     assert "| → body.2 | 1.000 |" in res.output and os.path.isfile(os.path.join(out, "sanity_cascade.png"))
     assert set(pd.read_csv(os.path.join(out, "sanity.csv")).block) == {"original", "fc", "body.2"}
-    res = CliRunner().invoke(main, ["sanity", "--backbone", TINY, "--methods", "nope", "--out", out])
+    res = CliRunner().invoke(main, ["sanity", "--backbone", TINY, "--weights", "random", "--methods", "nope", "--out", out])
     assert res.exit_code != 0 and "gradcam" in res.output and "Traceback" not in res.output

@@ -48,7 +48,7 @@ pytestmark = pytest.mark.skipif(not os.path.isdir(SAMPLES), reason="../shared/da
 def reference(tmp_path_factory):
     """The one-process run every sharded run must equal."""
     out = tmp_path_factory.mktemp("ref") / "run"
-    return run(BenchConfig(backbone=TINY, out=str(out), **RUN, **QUIET), echo=lambda s: None)
+    return run(BenchConfig(backbone=TINY, weights="random", out=str(out), **RUN, **QUIET), echo=lambda s: None)
 
 
 #: rows of runs whose batches hold other images agree to float rounding only (convolutions and
@@ -138,7 +138,7 @@ def test_shard_specs():
 
 def test_torchrun_two_processes_equal_one_process(tmp_path, reference):
     out = str(tmp_path / "run")
-    r = subprocess.run(torchrun("--backbone", TINY, *CLI, "--out", out), cwd=REPO, env=ENV,
+    r = subprocess.run(torchrun("--backbone", TINY, "--weights", "random", *CLI, "--out", out), cwd=REPO, env=ENV,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert "merged 2 shards" in r.stdout and "| gradcam |" in r.stdout  # rank 0 wrote the tables
@@ -155,7 +155,7 @@ def test_torchrun_two_processes_equal_one_process(tmp_path, reference):
 def test_a_killed_rank_is_rerun_alone_and_the_merge_completes(tmp_path, reference):
     out = str(tmp_path / "run")
     db0, db1 = (os.path.join(out, f"rows.rank-{k}-of-2.sqlite") for k in (0, 1))
-    proc = subprocess.Popen(torchrun("--backbone", SLOW, *CLI, "--out", out), cwd=REPO, env=ENV,
+    proc = subprocess.Popen(torchrun("--backbone", SLOW, "--weights", "random", *CLI, "--out", out), cwd=REPO, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 300
@@ -193,7 +193,7 @@ def test_job_array_shards_merge_and_the_rules_of_a_sharded_run(tmp_path, referen
     cli = CliRunner()
 
     def bench(*extra):
-        return cli.invoke(main, ["bench", "--backbone", TINY, *CLI, "--out", out, *extra])
+        return cli.invoke(main, ["bench", "--backbone", TINY, "--weights", "random", *CLI, "--out", out, *extra])
 
     res = bench("--shard", "0/2")
     assert res.exit_code == 0, res.output
@@ -212,7 +212,7 @@ def test_job_array_shards_merge_and_the_rules_of_a_sharded_run(tmp_path, referen
     assert res.exit_code == 1 and "it was run as 2 shards" in res.output and "--shard I/2" in res.output
     res = cli.invoke(main, ["bench", "--resume", "--out", out])
     assert res.exit_code == 1 and "cannot continue" in res.output and "as one process" in res.output
-    res = cli.invoke(main, ["bench", "--backbone", TINY, *CLI, "--out", out, "--shard", "1/2", "--steps", "5"])
+    res = cli.invoke(main, ["bench", "--backbone", TINY, "--weights", "random", *CLI, "--out", out, "--shard", "1/2", "--steps", "5"])
     assert res.exit_code == 1 and "protocols.rise.steps" in res.output  # a sibling must be the same run
     with RunLock(out):  # as if the other shard, done at the same moment, were merging
         res = bench("--shard", "1/2")
@@ -240,7 +240,7 @@ def test_failures_are_kept_per_shard_and_after_the_merge(tmp_path):
     cli = CliRunner()
 
     def bench(*extra):  # the six sample photos, one per batch
-        return cli.invoke(main, ["bench", "--backbone", TINY, "--methods", "boom,fakecam", "--metrics",
+        return cli.invoke(main, ["bench", "--backbone", TINY, "--weights", "random", "--methods", "boom,fakecam", "--metrics",
                                  "lcam", "--batch-size", "1", "--no-progress", "--out", out, *extra])
 
     with registered(Boom):
@@ -265,7 +265,7 @@ def test_amp_bf16_through_the_engine_is_close_to_fp32(tmp_path):
     """bf16 over 2 photos, every built-in method but the learned ones: every map valid, every
     forward under autocast (config.json records it per method), rows within the tolerance
     docs/bench.md gives: 0.05 for probabilities and AUCs, 5 points for AD (percent)."""
-    kw = dict(backbone=TINY, methods="gradcam,gradcam++,xgradcam,smoothgradcam++,scorecam,rise,fakecam",
+    kw = dict(backbone=TINY, weights="random", methods="gradcam,gradcam++,xgradcam,smoothgradcam++,scorecam,rise,fakecam",
               options={"rise": {"n_masks": 16}, "smoothgradcam++": {"n_samples": 2}}, limit=2,
               steps=4, batch_size=2, **QUIET)
     a = run(BenchConfig(out=str(tmp_path / "fp32"), **kw), echo=lambda s: None)
@@ -381,7 +381,7 @@ def test_compile_gives_the_same_rows(tmp_path, monkeypatch):
         inner = lookup_backend(backend)
         return real(model, backend=lambda gm, ex: graphs.append(len(ex)) or inner(gm, ex), **kw)
 
-    kw = dict(backbone=TINY, methods="gradcam,fakecam", limit=2, steps=4, **QUIET)
+    kw = dict(backbone=TINY, weights="random", methods="gradcam,fakecam", limit=2, steps=4, **QUIET)
     a = run(BenchConfig(out=str(tmp_path / "eager"), **kw), echo=lambda s: None)
     monkeypatch.setattr(torch, "compile", spy)
     # aot_eager: dynamo's graph of the model and AOT autograd, without inductor's C++ build
@@ -416,7 +416,7 @@ def test_worker_processes_load_the_same_batches_and_are_joined(tmp_path):
         next(iter(p))
     assert not multiprocessing.active_children()
     # through the engine: the same rows
-    kw = dict(backbone=TINY, methods="gradcam", metrics="lcam", data=str(tmp_path), **QUIET)
+    kw = dict(backbone=TINY, weights="random", methods="gradcam", metrics="lcam", data=str(tmp_path), **QUIET)
     a = run(BenchConfig(out=str(tmp_path / "thread"), **kw), echo=lambda s: None)
     b = run(BenchConfig(out=str(tmp_path / "workers"), workers=2, **kw), echo=lambda s: None)
     assert b.timings["process"]["workers"] == 2 and "load_wait" in b.timings["wall_s"]

@@ -323,7 +323,7 @@ def test_run_tables_carry_intervals_from_the_stored_rows(lite0_run):
     back = pd.read_csv(pd.io.common.StringIO(res.output))
     assert len(back) == 4 and "ADCC↑_lo" in back.columns
     # fewer than 2 images: no interval anywhere
-    one = run(BenchConfig(backbone=TINY, methods="fakecam,gradcam", metrics="lcam", data=SAMPLES, limit=1,
+    one = run(BenchConfig(backbone=TINY, weights="random", methods="fakecam,gradcam", metrics="lcam", data=SAMPLES, limit=1,
                           out=os.path.join(os.path.dirname(lite0_run.dir), "one"), progress=False,
                           figures=False), echo=lambda s: None)
     t1 = summary(one, n_resamples=100)

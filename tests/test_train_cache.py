@@ -295,7 +295,7 @@ def test_cli_cache_options(photos, tmp_path):
 
     from camzoo.cli import main
 
-    base = ["--backbone", "py:camzoo.models.testing:tiny_backbone", "--data", photos, "--epochs", "1", "--batch-size", "4", "--device", "cpu",
+    base = ["--backbone", "py:camzoo.models.testing:tiny_backbone", "--weights", "random", "--data", photos, "--epochs", "1", "--batch-size", "4", "--device", "cpu",
             "--no-progress"]
     r = CliRunner().invoke(main, ["train", "lcam", "--variant", "fm", *base, "--no-cache",
                                   "--cache", str(tmp_path), "--out", str(tmp_path / "a.pt")])

@@ -81,7 +81,7 @@ def test_timm_vit_deit_swin_layers_defaults_and_grids():
     assert set(sw.layers) == {"layers.0", "layers.1", "layers.1.blocks.0.norm1", "norm"}
     assert isinstance(sw.reshape_of("norm"), ChannelsLast)
     # a CNN keeps its layers as they are
-    assert camzoo.load_backbone("timm:resnet18", device="cpu").reshapes == {}
+    assert camzoo.load_backbone("timm:resnet18", weights="random", device="cpu").reshapes == {}
 
 
 def test_features_channels_and_heads_of_token_layers(vit, swin):

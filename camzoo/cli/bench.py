@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from .options import ci_kwargs, ci_options, emit, given, user_errors
+from .options import WEIGHTS_HELP, ci_kwargs, ci_options, emit, given, user_errors
 
 #: ``camzoo bench`` exit status when the run finished but some (method, image) pairs failed
 EXIT_FAILURES = 3
@@ -14,17 +14,28 @@ EXIT_FAILURES = 3
 @click.command("bench")
 @click.option("--backbone", default="efficientnet_lite0", show_default=True,
               help="backbone name (camzoo list), timm:<model>, or py:module:function")
-@click.option("--weights", default=None, help="state_dict file, or 'random' (smoke tests)")
+@click.option("--weights", default=None, help=WEIGHTS_HELP)
 @click.option("--layer", default=None, help="explanation layer for every method (default: the backbone's)")
 @click.option("--methods", default=None,
               help="'all' (every explainer needing no checkpoint) or comma-separated names "
                    "[default: all; the quick preset skips scorecam]")
 @click.option("--data", default=None, type=click.Path(),
               help="image folder (labels.csv / wnid folders / flat + --labels / any); default: sample photos")
-@click.option("--labels", default=None, type=click.Path(), help="ground-truth file for a flat --data folder")
-@click.option("--metrics", default="all", show_default=True,
+@click.option("--labels", default=None, type=click.Path(),
+              help="ground-truth file for a flat --data folder: FILE,LABEL rows, Kaggle's "
+                   "LOC_val_solution.csv, or the devkit's ILSVRC2012_validation_ground_truth.txt (with --devkit)")
+@click.option("--devkit", default=None, type=click.Path(),
+              help="ImageNet devkit folder or ILSVRC2012_devkit_t12.tar.gz (maps the devkit's 1-based "
+                   "ILSVRC2012_IDs to class indices through its meta.mat)")
+@click.option("--subset", default=None,
+              help="evaluate exactly the images of a list found under --data, with the list's labels: "
+                   "lcam-2000 (the L-CAM paper's 2,000 val images) or a file of 'FILE LABEL' lines")
+@click.option("--allow-missing", is_flag=True,
+              help="run a --subset whose images are not all under --data (refused otherwise)")
+@click.option("--metrics", default=None,
               help="'all' (lcam,rise,adcc and plugins) and/or comma-separated protocol names "
-                   "(camzoo list): e.g. road, or all,road for all plus road")
+                   "(camzoo list): e.g. road, or all,road for all plus road [default: all; the "
+                   "preset's]")
 @click.option("--limit", default=None, type=int, help="deterministic subset of N images")
 @click.option("--seed", default=0, show_default=True, type=int, help="seed of the --limit subset")
 @click.option("--steps", default=None, type=int, help="insertion/deletion steps (protocol default 224)")
@@ -51,9 +62,10 @@ EXIT_FAILURES = 3
 @click.option("--opt", "opts", multiple=True, help="METHOD.OPTION=VALUE, repeatable (e.g. rise.n_masks=8000)")
 @click.option("--metric-opt", "metric_opts", multiple=True,
               help="PROTOCOL.OPTION=VALUE, repeatable (e.g. lcam.nus=1,0.5,0.15)")
-@click.option("--preset", default=None, type=click.Choice(["quick", "full"]),
+@click.option("--preset", default=None, type=click.Choice(["quick", "full", "lcam-table1"]),
               help="quick = the fast demo settings (default without --data); full = protocol defaults "
-                   "(default with --data)")
+                   "(default with --data); lcam-table1 = the L-CAM paper's Table 1 protocol (its "
+                   "2,000 val images, AD/IC, its methods and RISE masks; needs --data)")
 @click.option("--max-failed-batches", type=int, default=3, show_default=True,
               help="stop a method whose first N batches all fail (its other images are skipped)")
 @click.option("--no-progress", is_flag=True, help="no progress bars")
@@ -126,16 +138,31 @@ def table_cmd(run_dir, fmt, per_image, output, no_ci, resamples, ci_seed) -> Non
 @click.option("--format", "fmt", default="markdown", show_default=True,
               type=click.Choice(["csv", "latex", "markdown"]))
 @click.option("--output", "-o", default=None, type=click.Path(), help="write to a file instead of stdout")
+@click.option("--reference", default=None, type=click.Choice(["lcam-table1"]),
+              help="instead: each run beside a published table (lcam-table1: the L-CAM paper's Table 1): "
+                   "camzoo's mean and interval, the published value, the difference, inside or not")
+@click.option("--reference-backbone", default=None,
+              help="with --reference: the paper's backbone (vgg16, resnet50) for a run loaded under another name")
 @ci_options
-def compare_cmd(run_dirs, fmt, output, no_ci, resamples, ci_seed) -> None:
+def compare_cmd(run_dirs, fmt, output, reference, reference_backbone, no_ci, resamples, ci_seed) -> None:
     """Stack bench runs (e.g. one per backbone) into one table, a block per run (intervals,
-    marks and tests within each block)."""
+    marks and tests within each block); with --reference, compare each run with a published
+    table instead."""
     from ..results import Run
     from ..results.tables import compare
 
+    if reference_backbone and not reference:
+        raise click.UsageError("--reference-backbone needs --reference")
     with user_errors():
         runs = [Run(d) for d in run_dirs]
-        text = compare(runs, **ci_kwargs(no_ci, resamples, ci_seed)).to(fmt)
+        if reference:
+            from ..results.reference import compare_to_reference
+
+            text = "\n".join(compare_to_reference(r, reference, backbone=reference_backbone,
+                                                   **ci_kwargs(no_ci, resamples, ci_seed)).to(fmt)
+                             for r in runs)
+        else:
+            text = compare(runs, **ci_kwargs(no_ci, resamples, ci_seed)).to(fmt)
     emit(text, output)
 
 

@@ -5,14 +5,14 @@ import sys
 
 import click
 
-from .options import method_options, names, user_errors
+from .options import WEIGHTS_HELP, method_options, names, user_errors
 
 
 @click.command("explain")
 @click.argument("images", nargs=-1, type=click.Path())
 @click.option("--backbone", default="efficientnet_lite0", show_default=True,
               help="backbone name (camzoo list), timm:<model>, or py:module:function")
-@click.option("--weights", default=None, help="state_dict file (or 'random' for smoke tests)")
+@click.option("--weights", default=None, help=WEIGHTS_HELP)
 @click.option("--methods", default="gradcam,gradcam++,scorecam", show_default=True,
               help="comma-separated explainer names")
 @click.option("--out", "out_dir", default="out/explain", show_default=True, type=click.Path())

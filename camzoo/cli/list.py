@@ -10,6 +10,7 @@ def list_cmd() -> None:
     from ..explainers import EXPLAINERS
     from ..metrics.protocol import PROTOCOLS, all_protocols
     from ..models import BACKBONE_LAYERS
+    from ..models.zoo import default_weights
 
     click.echo("explainers:")
     for name in EXPLAINERS.names():
@@ -18,16 +19,18 @@ def list_cmd() -> None:
         click.echo(f"  {name:18s} {getattr(cls, 'summary', '')}{extra}")
     for name, err in EXPLAINERS.plugin_errors.items():
         click.echo(f"  {name:18s} [plugin failed to load: {err}]")
-    click.echo("backbones (layers, default marked *):")
+    click.echo("backbones (layers, default marked *; weights without --weights):")
     for name, (layers, default) in BACKBONE_LAYERS.items():
         ls = ", ".join(f"{l}*" if l == default else l for l in layers)
-        click.echo(f"  {name:18s} {ls}")
-    click.echo("  timm:<model>       any timm CNN: its feature stages, default the last")
+        click.echo(f"  {name:18s} {ls}; weights: {default_weights(name)}")
+    click.echo("  timm:<model>       any timm CNN: its feature stages, default the last; timm's pretrained")
+    click.echo("                     weights (hub cache; timm:hf-hub:org/name too), --weights FILE")
     click.echo("  timm:<vit|deit|..> ViT-style: blocks.<i>, blocks.<last>.norm1* (pytorch-grad-cam's advice);")
     click.echo("                     tokens -> [B,D,h,w] on the model's patch grid, class tokens dropped")
     click.echo("  timm:<swin...>     Swin: layers.<i>, layers.<last>.blocks.<last>.norm1*, norm;")
     click.echo("                     [B,H,W,C] -> [B,C,H,W]")
     click.echo("  py:module:function your own: a function returning a camzoo Backbone")
+    click.echo("  (--weights random: random weights for smoke tests, marked in every output)")
     click.echo("metric protocols (--metrics; 'all' = " + ",".join(all_protocols()) + "):")
     for name in PROTOCOLS.names():
         click.echo(f"  {name:18s} {PROTOCOLS.get(name).summary}")

@@ -14,6 +14,12 @@ USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, NotImpl
                UserError)
 
 
+#: ``--weights`` of every command that loads a backbone
+WEIGHTS_HELP = ("default: the backbone's pretrained weights (camzoo list; downloaded into torch's / "
+                "timm's cache when missing); a torchvision weights tag (IMAGENET1K_V2, DEFAULT); a "
+                "state_dict file; or 'random' (smoke tests, marked in every output)")
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
     """Re-raise user errors (:data:`USER_ERRORS`) as ``click.ClickException`` (message, exit 1)."""

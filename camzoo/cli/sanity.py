@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import click
 
-from .options import method_options, user_errors
+from .options import WEIGHTS_HELP, method_options, user_errors
 
 
 @click.command("sanity")
 @click.option("--backbone", default="efficientnet_lite0", show_default=True,
               help="backbone name (camzoo list), timm:<model>, or py:module:function")
-@click.option("--weights", default=None, help="state_dict file, or 'random'")
+@click.option("--weights", default=None, help=WEIGHTS_HELP)
 @click.option("--methods", default="gradcam,fakecam", show_default=True, help="comma-separated explainers")
 @click.option("--data", default=None, type=click.Path(exists=True, file_okay=False),
               help="image folder (default: the sample photos)")

@@ -6,7 +6,7 @@ import json
 import click
 
 from ..utils import split_names
-from .options import method_options, user_errors
+from .options import WEIGHTS_HELP, method_options, user_errors
 
 
 @click.command("stability")
@@ -21,8 +21,7 @@ from .options import method_options, user_errors
                    "(the first is the baseline unless --baseline)")
 @click.option("--backbone", default="efficientnet_lite0", show_default=True,
               help="the model for --methods")
-@click.option("--weights", default=None, help="backbone state_dict file (frozen checkpoints "
-                                              "and --methods)")
+@click.option("--weights", default=None, help=WEIGHTS_HELP + " (frozen checkpoints and --methods)")
 @click.option("--opt", "opts", multiple=True, help="METHOD.OPTION=VALUE for --methods, repeatable")
 @click.option("--threshold", type=float, default=None,
               help="high attention = map >= threshold (default 127/255, the paper's >= 127)")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from .options import user_errors
+from .options import WEIGHTS_HELP, user_errors
 
 
 @click.group("train")
@@ -56,7 +56,7 @@ def _process_and_cache_options(scope: str):
 
 @train.command("lcam")
 @click.option("--backbone", default="efficientnet_lite0", show_default=True)
-@click.option("--weights", default=None, help="backbone state_dict file ('random' for smoke tests)")
+@click.option("--weights", default=None, help=WEIGHTS_HELP)
 @click.option("--variant", type=click.Choice(["fm", "img"]), required=True,
               help="fm: mask the feature maps; img: mask the image (paper: Img is better)")
 @click.option("--layer", default=None, help="explanation layer (default: the backbone's; "
@@ -131,9 +131,7 @@ def lcam_cmd(backbone, weights, variant, layer, ce_only, data, labels, labels_fi
 
 @train.command("lficam")
 @click.option("--backbone", default="efficientnet_lite0", show_default=True)
-@click.option("--weights", default=None,
-              help="backbone state_dict file (default: the embedded / torchvision weights; "
-                   "--init random needs none)")
+@click.option("--weights", default=None, help=WEIGHTS_HELP + "; --init random needs none")
 @click.option("--mode", type=click.Choice(["end-to-end", "frozen", "baseline"]), default="frozen",
               show_default=True,
               help="end-to-end: backbone + FIN + classifier (the paper); frozen: only the FIN, "

@@ -124,7 +124,9 @@ def _rebuild(run: Run, backbone: Optional[Backbone], device):
 def _dataset(run: Run):
     d = run.config["data"]
     bc = run.config["bench_config"]
-    ds = open_dataset(d["root"], bc.get("labels"), d.get("limit"), d.get("seed", 0))
+    data = d["root"] if bc.get("data") is None else bc["data"]  # torchvision's layout: root is ROOT/val
+    ds = open_dataset(data, bc.get("labels"), d.get("limit"), d.get("seed", 0), devkit=bc.get("devkit"),
+                      subset=bc.get("subset"), allow_missing=bool(bc.get("allow_missing")))
     if ds.manifest_hash() != d["manifest_hash"]:
         raise ValueError(f"the images of {run.dir} have changed since the run (manifest hash "
                          f"{ds.manifest_hash()} vs {d['manifest_hash']})")

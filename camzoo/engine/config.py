@@ -46,16 +46,36 @@ class Preset:
     skip_methods: Tuple[str, ...] = ()
     options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     summary: str = ""
+    methods: Tuple[str, ...] = ()
+    learned: Tuple[str, ...] = ()
+    metrics: Optional[str] = None
+    subset: Optional[str] = None
+    layers: Mapping[str, str] = field(default_factory=dict)
+    backbone_options: Mapping[str, Mapping[str, Mapping[str, Any]]] = field(default_factory=dict)
+    needs_data: bool = False
 
 
+#: Preset fields beyond the first four: ``methods`` replaces an unset method list, plus each of
+#: ``learned`` whose ``checkpoint`` option is given; ``metrics``, ``subset`` fill those fields;
+#: ``layers`` the layer per backbone name; ``backbone_options`` explainer options per backbone
+#: name; ``needs_data``: refused without ``data``.
 PRESETS: Dict[str, Preset] = {
     "quick": Preset(steps=16, skip_methods=("scorecam",), options={"rise": {"n_masks": 64}},
                     summary="fast demo settings (default without --data)"),
     "full": Preset(summary="every protocol and method at its defaults (default with --data)"),
+    # L-CAM paper, Sec. 4.2-4.3 and Table 1 (Gkartzonika et al., ECCV 2022 Workshops)
+    "lcam-table1": Preset(
+        summary="the L-CAM paper's Table 1: its 2,000 ImageNet-val images, top-1 class, AD/IC at "
+                "100/50/15 %, Grad-CAM, Grad-CAM++, Score-CAM (all channels), RISE (4,000 masks on "
+                "VGG-16, 8,000 on ResNet-50), L-CAM heads when their checkpoints are given",
+        methods=("gradcam", "gradcam++", "scorecam", "rise"), learned=("lcam-fm", "lcam-img"),
+        metrics="lcam", subset="lcam-2000", layers={"vgg16": "conv5", "resnet50": "layer4"},
+        options={"scorecam": {"variant": "official"}, "rise": {"n_masks": 4000}},
+        backbone_options={"resnet50": {"rise": {"n_masks": 8000}}}, needs_data=True),
 }
 FULL_HINT = ("full protocol: camzoo bench --data DIR [--labels FILE] --limit 2000 (or --preset full "
              "on the sample photos): 224 insertion/deletion steps, every method incl. scorecam at its "
-             "defaults (e.g. --opt rise.n_masks=8000 for ResNet-50 as in the L-CAM paper)")
+             "defaults; the L-CAM paper's Table 1: --data IMAGENET_VAL --preset lcam-table1")
 
 
 @dataclass
@@ -74,9 +94,15 @@ class BenchConfig:
             False``, plus learned ones given ``options[m]["checkpoint"]``.
         options: per-method explainer options, ``{"rise": {"n_masks": 8000}}``.
         metrics: ``"all"`` (every protocol with ``in_all``), protocol names, or both
-            (``"all,road"``: all of those plus ``road``).
+            (``"all,road"``: all of those plus ``road``); None = the preset's, else ``"all"``.
         metric_options: per-protocol options, ``{"lcam": {"nus": [1.0, 0.5]}}``.
         data, labels: see :func:`camzoo.data.open_dataset` (``None`` = the sample photos).
+        devkit: the ImageNet devkit (folder or ``ILSVRC2012_devkit_t12.tar.gz``) that maps the
+            devkit's ground-truth file (``labels``) to class indices.
+        subset: a published image list (``"lcam-2000"``) or a list file (``FILE LABEL`` lines):
+            evaluate exactly those images of ``data``, with the list's labels.
+        allow_missing: run a ``subset`` whose images are not all under ``data`` (refused
+            otherwise, before anything is written).
         limit, seed: deterministic subset of the data (see :func:`camzoo.data.subset`).
         steps: insertion/deletion steps (``rise`` protocol); None = the preset's, else 224.
         batch_size: images per engine batch (maps are made per batch); None = 16 on CPU, on
@@ -94,7 +120,8 @@ class BenchConfig:
         progress: show tqdm bars (one per method).
         tune_malloc: on CPU, keep freed memory in glibc's heap
             (:func:`camzoo.engine.timing.tune_cpu_allocator`).
-        preset: ``"quick"``, ``"full"`` or None (``quick`` without ``data``, else ``full``).
+        preset: ``"quick"``, ``"full"``, ``"lcam-table1"`` or None (``quick`` without
+            ``data``, else ``full``); see :data:`PRESETS`.
         max_failed_batches: a method whose first N batches all fail (raise, or give only
             invalid maps) is stopped for the rest of the run; its remaining images are recorded
             as skipped (``--resume`` retries them).
@@ -118,10 +145,13 @@ class BenchConfig:
     layer: Optional[str] = None
     methods: Union[None, str, Sequence[str]] = None
     options: Dict[str, Dict[str, Any]] = field(default_factory=dict)
-    metrics: Union[str, Sequence[str]] = "all"
+    metrics: Union[None, str, Sequence[str]] = None
     metric_options: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     data: Optional[str] = None
     labels: Optional[str] = None
+    devkit: Optional[str] = None
+    subset: Optional[str] = None
+    allow_missing: bool = False
     limit: Optional[int] = None
     seed: int = 0
     steps: Optional[int] = None
@@ -207,11 +237,11 @@ def resolve_methods(methods: Union[None, str, Sequence[str]],
     return names
 
 
-def resolve_protocols(metrics: Union[str, Sequence[str]]) -> List[str]:
-    """Protocol names of a config, validated, in table order. ``"all"`` stands for
+def resolve_protocols(metrics: Union[None, str, Sequence[str]]) -> List[str]:
+    """Protocol names of a config, validated, in table order. ``"all"`` (or None) stands for
     :func:`~camzoo.metrics.all_protocols` (the protocols with ``in_all``) and may be combined
     with others: ``"all,road"`` = all of those plus ``road``."""
-    names = split_names(metrics)
+    names = split_names("all" if metrics is None else metrics)
     if not names:
         raise ValueError(f"no metrics given; valid: all, {', '.join(PROTOCOLS.names())}")
     expanded: List[str] = []
@@ -256,20 +286,38 @@ def apply_preset(config: BenchConfig) -> Tuple[BenchConfig, List[str]]:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
     p = PRESETS[name]
+    if p.needs_data and config.data is None:
+        raise ValueError(f"preset {name} needs --data: a folder of ImageNet validation images (any "
+                         "layout of docs/bench.md, e.g. torchvision's ImageNet(root, split='val'))")
     options = {m: dict(o) for m, o in config.options.items()}
     changes: Dict[str, Any] = {"preset": name}
     picked: List[str] = []
-    if config.steps is None and p.steps is not None:
-        changes["steps"] = p.steps
-        picked.append(f"--steps {p.steps}")
-    names = resolve_methods(config.methods, options)
-    if config.methods is None:
+
+    def fill(fld: str, value: Any, flag: str) -> None:
+        if getattr(config, fld) is None and value is not None:
+            changes[fld] = value
+            picked.append(f"{flag} {value}")
+
+    fill("steps", p.steps, "--steps")
+    fill("metrics", p.metrics, "--metrics")
+    fill("subset", p.subset, "--subset")
+    bb_name = config.backbone if isinstance(config.backbone, str) else config.backbone.name
+    fill("layer", p.layers.get(bb_name), "--layer")
+    if config.methods is None and p.methods:
+        names = list(p.methods) + [m for m in p.learned if options.get(m, {}).get("checkpoint")]
+        changes["methods"] = ",".join(names)
+        picked.append(f"--methods {changes['methods']}")
+    names = resolve_methods(changes.get("methods", config.methods), options)
+    if config.methods is None and not p.methods:
         skipped = [m for m in names if m in p.skip_methods and m not in options]
         names = [m for m in names if m not in skipped]
         changes["methods"] = ",".join(names)
         if skipped:
             picked.append(f"--methods {changes['methods']} (skipped: {', '.join(skipped)})")
-    for m, o in p.options.items():
+    per_backbone = p.backbone_options.get(bb_name, {})
+    preset_options = {m: {**p.options.get(m, {}), **per_backbone.get(m, {})}
+                      for m in dict.fromkeys([*p.options, *per_backbone])}
+    for m, o in preset_options.items():
         if m in names:
             for k, v in o.items():
                 if k not in options.get(m, {}):
@@ -318,7 +366,7 @@ def absolute_paths(d: Dict[str, Any], out: str) -> Dict[str, Any]:
     resumed from any directory)."""
     d = dict(d)
     d["out"] = os.path.abspath(out)
-    for k in ("data", "labels", "weights"):
+    for k in ("data", "labels", "weights", "devkit", "subset"):
         if isinstance(d.get(k), str) and os.path.exists(d[k]):
             d[k] = os.path.abspath(d[k])
     return d

@@ -14,6 +14,7 @@ import torch
 from ..data import Dataset, files_dataset, open_dataset
 from ..data.datasets import read_labels_csv
 from ..models import load_backbone
+from ..models.weights import backbone_label
 from ..results.plots import explanation_grid
 from ..utils import atomic_write
 from .maps import MAIN_VIEW, iterate_maps, make_methods
@@ -117,7 +118,7 @@ def explain_files(
             os.makedirs(os.path.join(out_dir, item.image_id), exist_ok=True)
             x01 = batch.x01[MAIN_VIEW][0].permute(1, 2, 0).cpu().numpy()
             explanation_grid(x01, maps, titles, os.path.join(out_dir, f"{item.image_id}.png"),
-                             suptitle=f"{item.image_id} — {bb.name}")
+                             suptitle=f"{item.image_id} — {backbone_label(bb.name, bb.weights_id)}")
             n_ok += 1
             if bar:
                 bar.update(1 + len(batch.errors))

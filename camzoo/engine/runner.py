@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import sqlite3
+import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from ..data import Dataset, open_dataset
 from ..metrics.protocol import PROTOCOLS, MetricInputs
 from ..metrics.scorer import Scorer
 from ..models import Backbone, load_backbone
+from ..models.weights import backbone_label, is_random
 from ..explainers.base import describe_invalid, valid_maps
 from ..results.run import CONFIG_NAME, MANIFEST_NAME, Run, RunLock, RunLockedError, map_path
 from ..results.store import DB_NAME, ResultStore
@@ -113,7 +115,11 @@ def _config_json(plan_parts: Dict[str, Any], config: BenchConfig, malloc_tuned: 
     bb, ds, device = plan_parts["backbone"], plan_parts["dataset"], plan_parts["device"]
     methods, protocols, popts = plan_parts["methods"], plan_parts["protocols"], plan_parts["popts"]
     values, curves = _columns(protocols, popts)
+    label = backbone_label(bb.name if isinstance(config.backbone, Backbone) else config.backbone, bb.weights_id)
     return {
+        "summary": (f"{label}: {', '.join(m.name for m in methods)} x {len(ds)} images"
+                    f"{' of ' + ds.subset if ds.subset else ''}; {', '.join(protocols)}; explaining "
+                    f"{'the ground-truth class' if config.target == 'gt' else 'the top-1 class'}"),
         "camzoo_version": __version__,
         "torch_version": torch.__version__,
         "python": platform.python_version(),
@@ -126,6 +132,7 @@ def _config_json(plan_parts: Dict[str, Any], config: BenchConfig, malloc_tuned: 
         "backbone": {
             "name": bb.name if isinstance(config.backbone, Backbone) else config.backbone,
             "weights": config.weights, "weights_id": bb.weights_id,
+            "random_weights": is_random(bb.weights_id), "label": label,
             "layer": config.layer or bb.default_layer, "default_layer": bb.default_layer,
             "input_size": bb.input_size, "num_classes": bb.num_classes,
             "mean": bb.mean.tolist(), "std": bb.std.tolist(),
@@ -146,6 +153,8 @@ def _config_json(plan_parts: Dict[str, Any], config: BenchConfig, malloc_tuned: 
         "seed": config.seed,
         "data": {
             "root": ds.root, "layout": ds.layout, "labels_file": ds.labels_file,
+            "devkit": config.devkit, "subset": ds.subset, "subset_listed": ds.subset_listed,
+            "subset_missing": len(ds.subset_missing),
             "limit": config.limit, "seed": config.seed, "n_images": len(ds),
             "manifest": MANIFEST_NAME, "manifest_hash": ds.manifest_hash(),
         },
@@ -204,12 +213,19 @@ def prepare(config: BenchConfig, echo: Echo = print, shard: Optional[Shard] = No
     if int(config.max_failed_batches) < 1:
         raise ValueError(f"max_failed_batches must be >= 1; got {config.max_failed_batches}")
 
-    ds = open_dataset(config.data, config.labels, config.limit, config.seed)
+    ds = open_dataset(config.data, config.labels, config.limit, config.seed, devkit=config.devkit,
+                      subset=config.subset, allow_missing=config.allow_missing)
+    if ds.subset and shard.rank == 0:
+        echo(_subset_line(ds))
     if config.target == "gt" and not ds.has_labels:
         raise ValueError(f"target 'gt' needs ground-truth labels; data layout {ds.layout!r} has none "
                          "(use a folder with labels.csv, wnid sub-folders, or --labels FILE)")
 
     bb = load_backbone(config.backbone, config.weights, device)
+    if is_random(bb.weights_id) and shard.rank == 0:
+        sys.stderr.write(f"warning: {bb.name} runs on RANDOM weights ({bb.weights_id}): every table "
+                         "and figure of this run is marked 'random weights'; its numbers say nothing "
+                         "about explanations of a trained classifier\n")
     if config.layer is not None:
         bb.layer(config.layer)  # validates, listing the valid layers
     if config.target == "gt":
@@ -273,6 +289,19 @@ def prepare(config: BenchConfig, echo: Echo = print, shard: Optional[Shard] = No
         raise
     workers = int(config.workers) if config.workers is not None else _default_workers(device, shard)
     return Plan(config, device, bb, ds, methods, protocols, popts, out, cfg, lock, shard, bs, ebs, workers)
+
+
+def _subset_line(ds: Dataset) -> str:
+    """What a ``--subset`` selected: found / listed, the first missing names, label conflicts."""
+    found = ds.subset_listed - len(ds.subset_missing)
+    line = f"subset {ds.subset}: {found} of its {ds.subset_listed} images found under {ds.root}"
+    if ds.subset_missing:
+        line += (f"; {len(ds.subset_missing)} missing (--allow-missing), e.g. "
+                 + ", ".join(ds.subset_missing[:5]))
+    if ds.label_conflicts:
+        line += (f"; {ds.label_conflicts} image(s) whose folder's label differs from the list's "
+                 "(the list's label is used)")
+    return line
 
 
 def _batch_sizes(config: BenchConfig, bb: Backbone, device: torch.device, out: str,
@@ -417,7 +446,8 @@ def merge(run_dir: str, echo: Echo = print, *, dataset: Optional[Dataset] = None
     if figures and (dataset is None or backbone is None):
         try:
             if dataset is None:
-                dataset = open_dataset(bc.data, bc.labels, bc.limit, bc.seed)
+                dataset = open_dataset(bc.data, bc.labels, bc.limit, bc.seed, devkit=bc.devkit,
+                                       subset=bc.subset, allow_missing=bc.allow_missing)
             if backbone is None:
                 backbone = load_backbone(bc.backbone, bc.weights, "cpu")
         except Exception as exc:  # the grid needs them; the tables do not

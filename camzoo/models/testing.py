@@ -31,7 +31,11 @@ class TinyCNN(nn.Module):
 
 def tiny_backbone(num_classes: int = 10, channels: int = 16, seed: int = 0,
                   model: TinyCNN = None, input_size: int = 32) -> Backbone:
-    """A :class:`Backbone` around a (seeded, random unless ``model`` given) :class:`TinyCNN`."""
+    """A :class:`Backbone` around a (seeded, random unless ``model`` given) :class:`TinyCNN`.
+
+    Its ``weights_id`` is ``"random:seed<seed>"`` unless ``model`` is given (``"module"``): by
+    name (``py:camzoo.models.testing:tiny_backbone``) it loads only with ``--weights random``."""
+    wid = "module" if model is not None else f"random:seed{seed}"
     if model is None:
         g = torch.Generator().manual_seed(seed)
         model = TinyCNN(num_classes, channels)
@@ -41,6 +45,7 @@ def tiny_backbone(num_classes: int = 10, channels: int = 16, seed: int = 0,
     return backbone_from_module(
         model, {"features": model.body}, name="tiny", default_layer="features",
         heads={"features": model.head}, num_classes=num_classes, input_size=input_size,
+        weights_id=wid,
     )
 
 
@@ -52,7 +57,7 @@ def _tiny_timm(arch: str, name: str, weights, seed: int, **kwargs) -> Backbone:
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
-        bb = _build_timm(arch, weights, **kwargs)
+        bb = _build_timm(arch, "random" if weights is None else weights, **kwargs)
         if weights in (None, "random"):
             # timm's init (std 0.02) makes near-uniform softmax outputs; variance-preserving
             # linear layers (and a wider classifier) keep the probabilities informative

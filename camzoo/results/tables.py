@@ -28,6 +28,7 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple
 import numpy as np
 import pandas as pd
 
+from ..models.weights import RANDOM_MARK, backbone_label, is_random
 from ..utils import atomic_write
 from . import stats
 
@@ -72,6 +73,9 @@ class Table:
     alpha: float = stats.ALPHA
     show_ci: bool = True
     unmarked: Set = field(default_factory=set)
+    #: the backbone as tables name it (``"vgg16"``, ``"tiny (random weights)"``); a one-run
+    #: table's CSV carries it as its first column (a compare table has it in its index)
+    backbone: str = ""
 
     def to(self, fmt: str) -> str:
         """Render as ``"csv"``, ``"markdown"`` or ``"latex"``."""
@@ -123,16 +127,19 @@ def summary(run, ci: bool = True, n_resamples: int = stats.DEFAULT_RESAMPLES,
     ns = sorted({int(counts.get(m, 0)) for m in methods})
     target = "ground-truth class" if run.config.get("target") == "gt" else "the classifier's top-1 class"
     n_txt = f"{ns[0]}" if len(ns) == 1 else f"{ns[0]}-{ns[-1]}"
-    bbn = run.config["backbone"]["name"]
+    bbn = run_backbone_label(run)
     notes = [f"{bbn}: means over {n_txt} images per method, explaining {target}; "
              f"{len(errors)} unreadable image(s) skipped."]
+    if is_random(run.config["backbone"].get("weights_id")):
+        notes.insert(0, f"{RANDOM_MARK.upper()}: {run.config['backbone']['name']} was run untrained "
+                        "(--weights random); these numbers say nothing about a trained classifier.")
     for m in methods:
         clf = run.config["methods"][m].get("classifier", {})
         if clf.get("key", "backbone") != "backbone":
             notes.append(f"{m}: evaluated on its own classifier {clf.get('name')} "
                          f"({clf.get('weights_id')}), not on {bbn}.")
     fail_notes, unmarked = failure_notes(run)
-    table = Table(df, better, notes + fail_notes, alpha=alpha, unmarked=unmarked)
+    table = Table(df, better, notes + fail_notes, alpha=alpha, unmarked=unmarked, backbone=bbn)
     if not (ci or tests) or not specs:
         return table
     mats = {f"{s.column}{s.arrow}": s.scale * stats.per_image_matrix(rows, s.key, methods) for s in specs}
@@ -146,6 +153,13 @@ def summary(run, ci: bool = True, n_resamples: int = stats.DEFAULT_RESAMPLES,
     if tests:
         table.p_best = near_best_tests(table, mats)
     return table
+
+
+def run_backbone_label(run) -> str:
+    """The run's backbone as tables and figures name it, ``"(random weights)"`` appended when
+    its weights were random."""
+    b = run.config["backbone"]
+    return backbone_label(b["name"], b.get("weights_id"))
 
 
 def failure_notes(run) -> Tuple[List[str], Set[str]]:
@@ -238,7 +252,7 @@ def compare(runs: Sequence, **options) -> Table:
     frames = []
     names = []
     for r, t in zip(runs, tables):
-        name = r.config["backbone"]["name"]
+        name = run_backbone_label(r)
         base, k = name, 2
         while name in names:
             name, k = f"{base} ({k})", k + 1
@@ -392,8 +406,11 @@ def to_csv(table: Table) -> str:
                 df[f"{c}_lo"], df[f"{c}_hi"] = table.lo[c], table.hi[c]
                 cols += [f"{c}_lo", f"{c}_hi"]
         df = df[cols]
+    df = df.reset_index()
+    if table.backbone and BACKBONE_COL not in df.columns:
+        df.insert(0, BACKBONE_COL, table.backbone)
     buf = io.StringIO()
-    df.reset_index().to_csv(buf, index=False, float_format="%.6g")
+    df.to_csv(buf, index=False, float_format="%.6g")
     return buf.getvalue()
 
 

@@ -392,7 +392,10 @@ def fit(
 
         write_log(rows, files.log)
         if figure:
-            title = f"{task.name}: {meta.get('explainer', task.name)} on {meta.get('backbone', '?')}"
+            from ..models.weights import backbone_label
+
+            on = backbone_label(str(meta.get("backbone", "?")), meta.get("weights_id"))
+            title = f"{task.name}: {meta.get('explainer', task.name)} on {on}"
             atomic_write(files.plot, lambda tmp: training_curves(rows, tmp, title=title))
 
     for epoch in range(start_epoch, epochs):
