@@ -130,6 +130,12 @@ def summary(run, ci: bool = True, n_resamples: int = stats.DEFAULT_RESAMPLES,
     bbn = run_backbone_label(run)
     notes = [f"{bbn}: means over {n_txt} images per method, explaining {target}; "
              f"{len(errors)} unreadable image(s) skipped."]
+    d = run.config.get("data", {})
+    if d.get("subset"):
+        missing = int(d.get("subset_missing") or 0)
+        notes.append(f"images: the list {os.path.basename(str(d['subset']))} ({int(d.get('subset_listed', 0)) - missing} "
+                     f"of its {d.get('subset_listed')} images found" + (f"; {missing} missing, run with "
+                     "--allow-missing" if missing else "") + ").")
     if is_random(run.config["backbone"].get("weights_id")):
         notes.insert(0, f"{RANDOM_MARK.upper()}: {run.config['backbone']['name']} was run untrained "
                         "(--weights random); these numbers say nothing about a trained classifier.")

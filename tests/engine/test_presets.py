@@ -53,6 +53,7 @@ def test_subset_lcam_2000_over_imagenette_then_compare_with_the_paper(tmp_path):
     r = runner.invoke(main, base + ["--allow-missing"])
     assert r.exit_code == 0, r.output
     assert "subset lcam-2000: 7 of its 2000 images found" in r.output
+    assert "the list lcam-2000 (7 of its 2000 images found; 1993 missing" in (out / "table.md").read_text()
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["data"]["n_images"] == 7 and cfg["data"]["subset"] == "lcam-2000"
     assert cfg["data"]["subset_listed"] == 2000 and cfg["data"]["subset_missing"] == 1993
