@@ -364,11 +364,11 @@ def test_a_locked_run_is_refused_and_a_dead_holders_lock_is_not_stale(tmp_path):
     assert _bench("--methods", "fakecam", "--metrics", "lcam", "--limit", "2", "--out", str(out)).exit_code == 0
     with RunLock(str(out)):
         res = _bench("--resume", "--out", str(out))
-    assert res.exit_code == 1 and "is in use by another camzoo process (pid" in res.output, res.output
+    assert res.exit_code == 1 and "is in use by another camzoo process (it holds" in res.output, res.output
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import time
         from camzoo.results import RunLock
-        RunLock({str(out)!r}).acquire()
+        lock = RunLock({str(out)!r}).acquire()
         print("locked", flush=True)
         time.sleep(60)
         """)], stdout=subprocess.PIPE, text=True, cwd=REPO,

@@ -28,10 +28,9 @@ class RunLockedError(UserError):
 class RunLock:
     """An exclusive lock on a run directory, held while a process writes to it.
 
-    ``flock`` on ``<dir>/.lock``: the kernel releases it when the holder exits, however it
-    exits (a ``SIGKILL`` included), so a stale lock file never blocks a later ``--resume``.
-    The file holds the holder's pid for the message. Where ``fcntl`` does not exist
-    (Windows), the lock is a no-op.
+    A :class:`filelock.FileLock` on ``<dir>/<name>`` (an OS lock: ``flock`` on POSIX,
+    ``msvcrt`` on Windows), so the OS releases it when the holder exits, however it exits (a
+    ``SIGKILL`` included), and a stale lock file never blocks a later ``--resume``.
 
     Args:
         run_dir: the run directory.
@@ -43,35 +42,27 @@ class RunLock:
     """
 
     def __init__(self, run_dir: str, name: str = LOCK_NAME, wait: bool = False) -> None:
+        import filelock
+
         self.path = os.path.join(run_dir, name)
-        self.wait = wait
-        self._fd: Optional[int] = None
+        self._lock = filelock.FileLock(self.path, timeout=-1 if wait else 0)
 
     def acquire(self) -> "RunLock":
         """Take the lock; with ``wait=False`` (the default) a held lock raises
-        :class:`RunLockedError` naming the holder, with ``wait=True`` it blocks until free."""
+        :class:`RunLockedError` naming the run directory, with ``wait=True`` it blocks until free."""
+        import filelock
+
         try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX
-            return self
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
-        except OSError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
-            os.close(fd)
+            self._lock.acquire()
+        except filelock.Timeout:
             raise RunLockedError(
-                f"{os.path.dirname(self.path)} is in use by another camzoo process (pid {holder}); "
-                "wait for it to finish, or stop it, before writing to this run") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self._fd = fd
+                f"{os.path.dirname(self.path)} is in use by another camzoo process (it holds "
+                f"{self.path}); wait for it to finish, or stop it, before writing to this run") from None
         return self
 
     def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor releases the flock
-            self._fd = None
+        if self._lock.is_locked:
+            self._lock.release(force=True)
 
     def __enter__(self) -> "RunLock":
         return self.acquire()
