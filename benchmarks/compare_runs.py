@@ -1,6 +1,6 @@
 """Are two bench runs the same? Compare their per-image rows, column by column.
 
-    python benchmarks/compare_runs.py RUN_A RUN_B [--atol 0]
+    python -m benchmarks.compare_runs RUN_A RUN_B [--atol 0]     # from the repository root
 
 Reads both ``rows.sqlite`` stores directly (no camzoo import, so RUN_A may come from another
 version of the code), matches rows by (method, image_id), and prints for every column the

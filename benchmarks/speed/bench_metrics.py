@@ -20,15 +20,18 @@ protocol call as the engine makes it.
 
 Usage::
 
-    python benchmarks/bench_metrics.py                           # Lite0, 2 photos, steps 64
-    python benchmarks/bench_metrics.py --images 4 --steps 224 --eval-batch-size 64
+    python -m benchmarks.speed.bench_metrics                     # Lite0, 2 photos, steps 64
+    python -m benchmarks.speed.bench_metrics --images 4 --steps 224 --eval-batch-size 64
+
+(from the repository root).
 """
 from __future__ import annotations
 
-import argparse
-import time
 
 import torch
+
+from benchmarks._common import (add_threads, add_tune_malloc, best_of, machine, parser, set_threads,
+                                tune_malloc)
 
 
 class _Null(torch.nn.Module):
@@ -39,22 +42,18 @@ class _Null(torch.nn.Module):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--backbone", default="efficientnet_lite0")
     ap.add_argument("--images", type=int, default=2)
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--eval-batch-size", type=int, default=64)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
+    add_threads(ap)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=3, help="timed calls per measurement (best kept)")
-    ap.add_argument("--no-tune-malloc", action="store_true", help="keep glibc's default mmap behaviour")
+    add_tune_malloc(ap)
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.device == "cpu" and not args.no_tune_malloc:
-        from camzoo.engine.timing import tune_cpu_allocator
-
-        tune_cpu_allocator()  # as camzoo bench does on CPU
+    set_threads(args.threads)
+    tune_malloc(args.device, args)  # as camzoo bench does on CPU
 
     import camzoo
     from camzoo.data.images import sample_photos
@@ -65,7 +64,6 @@ def main() -> None:
     photos = sample_photos()
     x = torch.stack([bb.preprocess(photos[i % len(photos)][1]) for i in range(args.images)]).to(dev)
     B, bs = x.shape[0], args.eval_batch_size
-    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     with torch.inference_mode():
         probs = torch.softmax(bb.model(x.contiguous(memory_format=torch.channels_last)).float(), 1)
     c = probs.argmax(1)
@@ -74,28 +72,12 @@ def main() -> None:
 
     # best per-image forward time at eval_batch_size
     xb = torch.randn(bs, 3, *x.shape[2:], device=dev).contiguous(memory_format=torch.channels_last)
-    best, best_cpu = float("inf"), float("inf")
     with torch.inference_mode():
-        bb.model(xb)
-        for _ in range(max(3, args.repeats)):
-            sync()
-            t, tc = time.perf_counter(), time.process_time()
-            bb.model(xb)
-            sync()
-            best = min(best, (time.perf_counter() - t) / bs)
-            best_cpu = min(best_cpu, (time.process_time() - tc) / bs)
+        best, best_cpu = (t / bs for t in best_of(lambda: bb.model(xb), max(3, args.repeats), dev))
 
     def timed(fn):
         """(wall, cpu) seconds of fn(): best of ``--repeats`` calls after one warm-up call."""
-        fn()
-        best_w = best_c = float("inf")
-        for _ in range(args.repeats):
-            sync()
-            t, tc = time.perf_counter(), time.process_time()
-            fn()
-            sync()
-            best_w, best_c = min(best_w, time.perf_counter() - t), min(best_c, time.process_time() - tc)
-        return best_w, best_c
+        return best_of(fn, args.repeats, dev)
 
     calls = 1 + args.repeats  # timed() calls fn this often; forwards per call = count / calls
     rows = []
@@ -124,6 +106,7 @@ def main() -> None:
 
     print(f"backbone {args.backbone}, {B} images {tuple(x.shape[2:])}, steps {args.steps}, "
           f"eval batch {bs}, device {dev}, threads {torch.get_num_threads()}")
+    print(f"machine: {machine(dev)}")
     print(f"best forward: {best * 1e3:.2f} ms/image wall, {best_cpu * 1e3:.2f} ms/image CPU, "
           f"at batch {bs}")
     print(f"{'family':<10} {'forwards':>8} {'wall s':>8} {'ratio':>6} {'CPU s':>8} {'CPU ratio':>9}")

@@ -2,7 +2,7 @@
 GPUs make each an overnight job -- an ESTIMATE unless a GPU check has been run.
 
 Model: the engine's time per image = (forwards per image of the protocol) x (time of one forward
-at the best batch size) x (engine overhead), as ``benchmarks/bench_engine.py`` measures it.
+at the best batch size) x (engine overhead), as ``benchmarks.speed.bench_engine`` measures it.
 
 - Forwards per image are counted exactly from camzoo itself: each method's ``forward_passes``
   on the real backbone (Score-CAM: K + 1 with K the channels of the default layer; RISE: its
@@ -21,23 +21,21 @@ at the best batch size) x (engine overhead), as ``benchmarks/bench_engine.py`` m
 
 Usage::
 
-    python benchmarks/capacity_plan.py                      # measures the CPU forwards (minutes)
-    python benchmarks/capacity_plan.py --cpu-rates vgg16=1.2,resnet50=5.1,...   # no measuring
-    python benchmarks/capacity_plan.py --gpu-json results/gpu_check/throughput.json
+    python -m benchmarks.speed.capacity_plan                # measures the CPU forwards (minutes)
+    python -m benchmarks.speed.capacity_plan --cpu-rates vgg16=1.2,resnet50=5.1,...   # no measuring
+    python -m benchmarks.speed.capacity_plan --gpu-json results/gpu_check/throughput.json
+
+(from the repository root).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import os
 import sys
-import time
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+from benchmarks._common import add_threads, forward_rate, int_list, load_average, load_seeded, machine, parser
 
 #: timm's RTX 4090 inference benchmark (AMP, NHWC, batch 512, PyTorch 2.4.0 / CUDA 12.4), images/s
 TIMM_4090_NHWC_AMP = {"efficientnet_lite0": 11509.61, "resnet18": 18247.43, "resnet50": 5088.39,
@@ -72,30 +70,20 @@ def forwards_per_image(bb, name: str, steps: int) -> dict:
 
 def cpu_rate(bb, sizes, reps) -> float:
     """Best images/s of an fp32 forward (+ softmax) on CPU over ``sizes``."""
-    best = 0.0
-    for bs in sizes:
-        x = torch.randn(bs, 3, 224, 224).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            torch.softmax(bb.model(x), 1)
-            t = time.perf_counter()
-            for _ in range(reps):
-                torch.softmax(bb.model(x), 1)
-        best = max(best, bs * reps / (time.perf_counter() - t))
-    return best
+    return max(forward_rate(bb.model, bs, 224, "cpu", reps=reps, warmup=1) for bs in sizes)
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--backbones", default="vgg16,resnet50,resnet18,resnet101,resnext50_32x4d,efficientnet_lite0")
     ap.add_argument("--steps", type=int, default=224)
-    ap.add_argument("--threads", type=int, default=2)
+    add_threads(ap, default=2, help="torch threads for the CPU forwards")
     ap.add_argument("--batch-sizes", default="8,16")
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--cpu-rates", default=None, help="name=img/s,... measured before (skips measuring)")
     ap.add_argument("--gpu-json", default=None, help="throughput.json of benchmarks/gpu_check.sh")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    import camzoo
     from camzoo.engine.timing import tune_cpu_allocator
 
     tune_cpu_allocator()
@@ -106,12 +94,13 @@ def main() -> int:
             g = json.load(f)
         gpu_meas = {k: v["forward"]["bf16"]["best"] for k, v in g["backbones"].items()}
         print(f"GPU forward rates measured by the GPU check: {g['device']}")
-    load0 = os.getloadavg()[0]
+    load0 = load_average()[0]
+    print(f"machine: {machine('cpu')}")
     rows = []
     for name in a.backbones.split(","):
-        bb = camzoo.load_backbone(name, weights=None if name == "efficientnet_lite0" else "random", device="cpu")
+        bb, _ = load_seeded(name, "cpu")
         fw = forwards_per_image(bb, name, a.steps)
-        cpu = float(given[name]) if name in given else cpu_rate(bb, [int(s) for s in a.batch_sizes.split(",")], a.reps)
+        cpu = float(given[name]) if name in given else cpu_rate(bb, int_list(a.batch_sizes), a.reps)
         gpu = gpu_meas.get(name, TIMM_4090_NHWC_AMP[name])
         cpu_s = fw["total"] / cpu * OVERHEAD  # the engine's seconds per image on this CPU
         gpu_s = cpu_s / (gpu / cpu)  # scaled by the GPU/CPU forward ratio

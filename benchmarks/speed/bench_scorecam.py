@@ -9,10 +9,12 @@ Same backbone, layer, images and target classes for both; prints, measured in on
 
 Usage::
 
-    python benchmarks/bench_scorecam.py                       # resnet18, random weights, 2 photos
-    python benchmarks/bench_scorecam.py --backbone efficientnet_lite0 --batch-sizes 32
-    python benchmarks/bench_scorecam.py --same-object                       # one process, one nn.Module
-    python benchmarks/bench_scorecam.py --same-object --backbone resnet50 --device cuda --amp bf16
+    python -m benchmarks.speed.bench_scorecam                 # resnet18, random weights, 2 photos
+    python -m benchmarks.speed.bench_scorecam --backbone efficientnet_lite0 --batch-sizes 32
+    python -m benchmarks.speed.bench_scorecam --same-object                 # one process, one nn.Module
+    python -m benchmarks.speed.bench_scorecam --same-object --backbone resnet50 --device cuda --amp bf16
+
+(from the repository root; each worker subprocess runs this module the same way).
 
 ``--same-object``: both sides get the *identical* ``nn.Module`` (one ``load_backbone`` in one
 process; ``--layout channels_last`` (default) or ``contiguous`` converts it for both). Each side
@@ -54,11 +56,11 @@ import resource
 import subprocess
 import sys
 import tempfile
-import time
 
 import torch
 
-HERE = os.path.abspath(__file__)
+from benchmarks._common import (REPO, Clock, add_amp, add_threads, int_list, load_average, load_seeded,
+                                machine, parser, set_threads)
 
 
 # -- memory / time probes --------------------------------------------------------------------
@@ -79,9 +81,17 @@ def _reset_peak() -> bool:
         return False
 
 
-def _cpu_s() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+def pytorch_grad_cam_scorecam(model, layer, x, y, bs: int) -> torch.Tensor:
+    """pytorch-grad-cam's ``ScoreCAM`` maps of ``x`` for classes ``y``, ``bs`` masked images a batch."""
+    from pytorch_grad_cam import ScoreCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    cam = ScoreCAM(model, [layer])
+    cam.batch_size = bs
+    try:
+        return torch.from_numpy(cam(x, [ClassifierOutputTarget(int(c)) for c in y]))
+    finally:
+        cam.activations_and_grads.release()
 
 
 # -- worker: one method, one batch size, in its own process ----------------------------------
@@ -91,8 +101,7 @@ def worker(side: str, bs: int, workdir: str) -> None:
     import camzoo
 
     cfg = json.load(open(os.path.join(workdir, "config.json")))
-    if cfg["threads"]:
-        torch.set_num_threads(cfg["threads"])
+    set_threads(cfg["threads"])
     bb = camzoo.load_backbone(cfg["backbone"], weights=cfg["weights"], device="cpu",
                               channels_last=(side == "ours"))
     x, y = torch.load(os.path.join(workdir, "inputs.pt"))
@@ -107,20 +116,12 @@ def worker(side: str, bs: int, workdir: str) -> None:
     exact = _reset_peak()
     base = _status_kib("VmRSS")
     ru0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    t0, c0 = time.perf_counter(), _cpu_s()
-    if side == "ours":
-        maps = camzoo.explain("scorecam", bb, x, y, layer=cfg["layer"], variant="grad-cam", batch_size=bs)
-    else:
-        from pytorch_grad_cam import ScoreCAM
-        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-        cam = ScoreCAM(bb.model, [layer])
-        cam.batch_size = bs
-        try:
-            maps = torch.from_numpy(cam(x, [ClassifierOutputTarget(int(c)) for c in y]))
-        finally:
-            cam.activations_and_grads.release()
-    wall, cpu = time.perf_counter() - t0, _cpu_s() - c0
+    with Clock() as t:  # wall: perf_counter; CPU: process_time (user + sys)
+        if side == "ours":
+            maps = camzoo.explain("scorecam", bb, x, y, layer=cfg["layer"], variant="grad-cam", batch_size=bs)
+        else:
+            maps = pytorch_grad_cam_scorecam(bb.model, layer, x, y, bs)
+    wall, cpu = t.wall, t.cpu
     peak = _status_kib("VmHWM") if exact else max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, ru0)
     torch.save(maps.float(), os.path.join(workdir, f"map_{side}_{bs}.pt"))
     print(json.dumps({"side": side, "bs": bs, "wall_s": wall, "cpu_s": cpu,
@@ -129,8 +130,8 @@ def worker(side: str, bs: int, workdir: str) -> None:
 
 def _run_worker(side: str, bs: int, workdir: str) -> dict:
     env = dict(os.environ, TQDM_DISABLE="1")
-    p = subprocess.run([sys.executable, HERE, "--worker", side, "--bs", str(bs), "--workdir", workdir],
-                       capture_output=True, text=True, env=env)
+    p = subprocess.run([sys.executable, "-m", __spec__.name, "--worker", side, "--bs", str(bs),
+                        "--workdir", workdir], cwd=REPO, capture_output=True, text=True, env=env)
     if p.returncode != 0:
         raise RuntimeError(f"worker {side} bs={bs} failed:\n{p.stderr[-3000:]}")
     return json.loads(p.stdout.strip().splitlines()[-1])
@@ -143,19 +144,10 @@ def same_object(a) -> None:
     from camzoo.data.images import sample_photos
     from camzoo.explainers import minmax
     from camzoo.utils import resolve_device
-    from pytorch_grad_cam import ScoreCAM
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    set_threads(a.threads)
     device = resolve_device(a.device)
-    weights = None if a.backbone == "efficientnet_lite0" else "random"  # py: tiny models: seeded random
-    bb = camzoo.load_backbone(a.backbone, weights=weights, device=device)
-    if weights == "random":
-        torch.manual_seed(0)  # benchmark script, not library code: seeded random init
-        for m in bb.model.modules():
-            if hasattr(m, "reset_parameters"):
-                m.reset_parameters()
+    bb, weights = load_seeded(a.backbone, device)  # py: tiny models: seeded random
     if a.layout == "contiguous":
         bb.model.to(memory_format=torch.contiguous_format)
     model = bb.model  # the one object both sides get
@@ -165,17 +157,11 @@ def same_object(a) -> None:
     x = torch.stack([bb.preprocess(im) for _, im in photos]).to(device)
     with torch.inference_mode():
         y = model(x).argmax(1)
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    bs = int(a.batch_sizes.split(",")[-1])
+    bs = int_list(a.batch_sizes)[-1]
     K = bb.channels(layer_name)
 
     def theirs():
-        cam = ScoreCAM(model, [layer])
-        cam.batch_size = bs
-        try:
-            return torch.from_numpy(cam(x, [ClassifierOutputTarget(int(c)) for c in y]))
-        finally:
-            cam.activations_and_grads.release()
+        return pytorch_grad_cam_scorecam(model, layer, x, y, bs)
 
     def ours(fuse_bn, amp):
         return lambda: camzoo.explain("scorecam", bb, x, y, layer=layer_name, variant="grad-cam",
@@ -194,18 +180,15 @@ def same_object(a) -> None:
         for k, f in sides.items():
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            sync()
-            t = time.perf_counter()
-            f()
-            sync()
-            times[k].append(time.perf_counter() - t)
+            with Clock(device) as t:
+                f()
+            times[k].append(t.wall)
             if device.type == "cuda":
                 peaks[k] = torch.cuda.max_memory_allocated(device) / 2 ** 20
-    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform_cpu())
     print(f"same nn.Module for both sides: {a.backbone} ({'random' if weights else 'embedded'} weights), "
           f"layout {a.layout}, layer {layer_name} (K={K}), {a.images} images, batch {bs}, {K + 1} "
-          f"forwards per image; {device} {dev_name}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; best of {a.reps}")
+          f"forwards per image; best of {a.reps}")
+    print(f"machine: {machine(device)}")
     ref_name = "pytorch-grad-cam ScoreCAM (fp32)"
     t_ref = min(times[ref_name])
     print(f"{'side':<40}{'s/img':>10}{'theirs/ours':>13}{'max map diff':>14}" + ("   peak MiB" if peaks else ""))
@@ -216,28 +199,22 @@ def same_object(a) -> None:
               + (f"{peaks[k]:>11.0f}" if peaks else ""))
 
 
-def platform_cpu() -> str:
-    import platform
-
-    return platform.processor() or platform.machine()
-
-
 # -- main ------------------------------------------------------------------------------------
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = parser(__doc__)
     ap.add_argument("--backbone", default="resnet18",
                     help="resnet18 (random weights, saved to a temp file; any torchvision name works) "
                          "or efficientnet_lite0 (embedded weights)")
     ap.add_argument("--layer", default=None, help="explanation layer (default: the backbone's default)")
     ap.add_argument("--images", type=int, default=2, help="number of sample photos (max 6)")
     ap.add_argument("--batch-sizes", default="16,32", help="batch sizes tried for each side (comma-separated)")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads per worker (0 = torch default)")
+    add_threads(ap, help="torch threads per worker (0 = torch default)")
     ap.add_argument("--rank-by", choices=("cpu", "wall"), default="cpu",
                     help="pick each side's best batch size by CPU time or wall time")
     ap.add_argument("--same-object", action="store_true",
                     help="one process, the identical nn.Module for both sides (see the docstring)")
     ap.add_argument("--device", default="cpu", help="--same-object: cpu or cuda")
-    ap.add_argument("--amp", default=None, choices=("bf16", "fp16"), help="--same-object: camzoo's autocast")
+    add_amp(ap, help="--same-object: camzoo's autocast")
     ap.add_argument("--layout", default="channels_last", choices=("channels_last", "contiguous"),
                     help="--same-object: the shared module's memory format")
     ap.add_argument("--reps", type=int, default=2, help="--same-object: timed calls per side")
@@ -254,15 +231,10 @@ def main() -> None:
     from camzoo.explainers import minmax
     from camzoo.data.images import sample_photos
 
-    sizes = [int(s) for s in a.batch_sizes.split(",") if s.strip()]
+    sizes = int_list(a.batch_sizes)
     with tempfile.TemporaryDirectory(prefix="bench_scorecam_") as work:
-        weights = None
-        if a.backbone != "efficientnet_lite0":
-            bb = camzoo.load_backbone(a.backbone, weights="random", device="cpu")
-            torch.manual_seed(0)  # benchmark script, not library code: seeded random init
-            for m in bb.model.modules():
-                if hasattr(m, "reset_parameters"):
-                    m.reset_parameters()
+        bb, weights = load_seeded(a.backbone, "cpu")
+        if weights == "random":  # the workers load the same seeded weights from a file
             weights = os.path.join(work, "weights.pt")
             torch.save(bb.model.state_dict(), weights)
         bb = camzoo.load_backbone(a.backbone, weights=weights, device="cpu")
@@ -278,7 +250,8 @@ def main() -> None:
         print(f"backbone {a.backbone} ({'random weights' if weights else 'embedded weights'}), layer {layer} "
               f"(K={K}), {len(photos)} images {tuple(x.shape[-2:])}: {', '.join(n for n, _ in photos)}; "
               f"{K + 1} forwards per image on each side; torch threads per worker: "
-              f"{a.threads or torch.get_num_threads()}; load average before: {os.getloadavg()[0]:.2f}")
+              f"{a.threads or torch.get_num_threads()}; load average before: {load_average()[0]:.2f}")
+        print(f"machine: {machine()}")
         print(f"{'method':<28}{'batch':>6}{'wall s':>9}{'CPU s':>9}{'peak MiB':>10}")
         runs = []
         for bs in sizes:  # interleaved, so load changes on a shared machine hit both sides alike
@@ -295,7 +268,7 @@ def main() -> None:
         theirs_map = torch.load(os.path.join(work, f"map_theirs_{t['bs']}.pt"))
         diff = (minmax(ours_map) - theirs_map).abs().max().item()
         print(f"best batch size (by {a.rank_by} time): camzoo {o['bs']}, pytorch-grad-cam {t['bs']}; "
-              f"load average after: {os.getloadavg()[0]:.2f}")
+              f"load average after: {load_average()[0]:.2f}")
         print(f"time ratio theirs/ours, wall:     {t['wall_s'] / o['wall_s']:.2f}x")
         print(f"time ratio theirs/ours, CPU time: {t['cpu_s'] / o['cpu_s']:.2f}x")
         print(f"peak-memory ratio ours/theirs:    {o['peak_mib'] / t['peak_mib']:.3f} "

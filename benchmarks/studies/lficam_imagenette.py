@@ -11,14 +11,14 @@
    Grad-CAM++, L-CAM-Img and LFI-CAM with camzoo.bench.run on the held-out images.
 3. Inference cost of LFI-CAM vs one plain forward of its classifier (ratio, this run).
 
-Paper recipe (GPU-sized)::
+Paper recipe (GPU-sized), from the repository root::
 
-    python benchmarks/lficam_imagenette.py --epochs 300 --image-size 224 --batch-size 128 \\
+    python -m benchmarks.studies.lficam_imagenette --epochs 300 --image-size 224 --batch-size 128 \\
         --seeds 0,1,2 --out results/lficam_imagenette_full
 
 CPU-sized configuration (what runs on 2 shared cores; minutes per model)::
 
-    python benchmarks/lficam_imagenette.py --limit 300 --image-size 96 --epochs 3 \\
+    python -m benchmarks.studies.lficam_imagenette --limit 300 --image-size 96 --epochs 3 \\
         --batch-size 32 --seeds 0,1,2 --frozen-limit 200 --frozen-epochs 1 \\
         --eval-limit 24 --out results/lficam_imagenette_cpu
 
@@ -27,29 +27,20 @@ Everything printed is also written to OUT/report.md.
 """
 from __future__ import annotations
 
-import argparse
 import os
-import platform
 import statistics
-import sys
 import time
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-SHARED = os.path.normpath(os.path.join(REPO, "..", "shared", "data"))
+import camzoo
+from benchmarks._common import (IMAGENETTE, REPO, Report, command, echo, machine, parser, ratio_table, tagged,
+                                top1, versus_forward, write_labels)
+from camzoo.train.lficam import lficam_data, train_lficam
+from camzoo.train.loop import load_checkpoint
 
-import camzoo  # noqa: E402
-from camzoo.train.lficam import lficam_data, train_lficam  # noqa: E402
-from camzoo.train.loop import load_checkpoint  # noqa: E402
-
-LINES = []
-
-
-def say(s: str = "") -> None:
-    print(s, flush=True)
-    LINES.append(s)
+REPORT = Report()
+say = REPORT.say
 
 
 def _ms(vals):
@@ -68,22 +59,13 @@ def train_one(bb, tr, va, info, a, *, mode, init, lr, seed, path, epochs, labels
         ck = load_checkpoint(path)
         if ck["epoch"] >= epochs:
             return ck, sum(h["seconds"] for h in ck["history"])
-    tag = os.path.basename(path)
     res = train_lficam(bb, tr, va, mode=mode, labels=labels, num_classes=num_classes,
                        class_map=info.get("class_map"), class_names=info.get("class_names"),
                        init=init, image_size=tr.size, epochs=epochs, batch_size=a.batch_size,
                        lr=lr, out=path, resume=True, seed=seed, num_workers=a.workers,
                        device=bb.device, progress=False,
-                       log=lambda s: print(f"[{tag}] {s}", flush=True))
+                       log=tagged(os.path.basename(path)))
     return res, sum(h["seconds"] for h in res["history"])
-
-
-def heldout_labels(va, data: str, path: str) -> str:
-    with open(path, "w") as f:
-        f.write("file,class_index\n")
-        for it in va.items:
-            f.write(f"{os.path.relpath(it.path, data)},{it.label}\n")
-    return path
 
 
 def end_to_end(a, data: str) -> None:
@@ -114,7 +96,7 @@ def end_to_end(a, data: str) -> None:
                 secs[mode].append(s)
                 if mode == "end-to-end":
                     paths.append(path)
-        lab = heldout_labels(va, data, os.path.join(a.out, "heldout_labels.csv"))
+        lab = write_labels(va.items, data, os.path.join(a.out, "heldout_labels.csv"))
         st = None
         if len(paths) >= 2:
             srcs = sources_from_checkpoints(paths, device=bb.device)
@@ -180,18 +162,18 @@ def frozen(a, data: str) -> None:
         lva = TrainImages(va.items, bb, augment=False, seed=0, root=va.root)
         train_lcam(bb, ltr, lva, variant="img", epochs=a.frozen_epochs, batch_size=a.batch_size,
                    lr=a.lcam_lr, out=lpath, resume=True, seed=0, num_workers=a.workers,
-                   progress=False, log=lambda s: print(f"[lcam-img] {s}", flush=True))
+                   progress=False, log=tagged("lcam-img"))
         say(f"L-CAM-Img head trained the same way ({a.frozen_epochs} epoch(s), lr {a.lcam_lr}, "
             f"{time.perf_counter() - t:.0f} s).")
     say("")
-    lab = heldout_labels(va, data, os.path.join(a.out, "heldout_labels_frozen.csv"))
+    lab = write_labels(va.items, data, os.path.join(a.out, "heldout_labels_frozen.csv"))
     cfg = BenchConfig(backbone=bb, methods=["gradcam", "gradcam++", "lcam-img", "lficam"],
                       options={"lcam-img": {"checkpoint": lpath}, "lficam": {"checkpoint": fpath}},
                       metrics=a.metrics, data=data, labels=lab, limit=a.eval_limit, seed=0,
                       steps=a.steps, device=str(bb.device), out=os.path.join(a.out, "bench_frozen"),
                       resume=True, progress=False, figures=False)
     t = time.perf_counter()
-    r = run(cfg, echo=lambda s: print(s, flush=True))
+    r = run(cfg, echo=echo)
     say(f"camzoo.bench.run on the held-out images ({time.perf_counter() - t:.0f} s); every "
         "method explains the same frozen Lite0:")
     say("")
@@ -205,40 +187,17 @@ def timing(a, bb, ckpt: str, va) -> None:
     n = min(a.timing_batch, len(va))
     x = torch.stack([va[i][0] for i in range(n)]).to(bb.device)
     ex = camzoo.get_explainer("lficam", checkpoint=ckpt)
-    with torch.inference_mode():
-        y = bb.model(x).argmax(1)
-
-    def plain():
-        with torch.inference_mode():
-            bb.model(x)
-
-    fns = {"forward": plain, "lficam map": lambda: ex.explain(bb, x, y),
-           "gradcam map": lambda: camzoo.explain("gradcam", bb, x, y)}
-    for f in fns.values():
-        f()
-    wall = {k: [] for k in fns}
-    cpu = {k: [] for k in fns}
-    for _ in range(a.timing_reps):
-        for k, f in fns.items():
-            t, c = time.perf_counter(), time.process_time()
-            f()
-            wall[k].append(time.perf_counter() - t)
-            cpu[k].append(time.process_time() - c)
-    mw = {k: statistics.median(v) for k, v in wall.items()}
-    mc = {k: statistics.median(v) for k, v in cpu.items()}
-    say(f"## 3. Inference cost, frozen Lite0 + FIN at conv_head (1280 channels), batch {n}, "
-        f"{a.timing_reps} interleaved repetitions (median)")
-    say("")
-    say("| | wall s / batch | wall ratio to forward | CPU s / batch | CPU ratio to forward |")
-    say("|---|---|---|---|---|")
-    for k in fns:
-        say(f"| {k} | {mw[k]:.4f} | {mw[k] / mw['forward']:.2f} | {mc[k]:.4f} | {mc[k] / mc['forward']:.2f} |")
-    say("")
+    y = top1(bb.model, x)
+    mw, mc = versus_forward(bb.model, x, {"lficam map": lambda: ex.explain(bb, x, y),
+                                          "gradcam map": lambda: camzoo.explain("gradcam", bb, x, y)},
+                            a.timing_reps, bb.device)
+    REPORT.section(f"## 3. Inference cost, frozen Lite0 + FIN at conv_head (1280 channels), batch {n}, "
+                   f"{a.timing_reps} interleaved repetitions (median)", ratio_table(mw, mc, digits=2))
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=os.path.join(SHARED, "imagenette-224"))
+    ap = parser(__doc__, full=True)
+    ap.add_argument("--data", default=IMAGENETTE)
     ap.add_argument("--limit", type=int, default=None, help="images used for part 1 (before the split)")
     ap.add_argument("--val-fraction", type=float, default=0.2)
     ap.add_argument("--split-seed", type=int, default=0)
@@ -273,11 +232,8 @@ def main() -> None:
     dev = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     say("# LFI-CAM on imagenette")
     say("")
-    say(f"hardware: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU threads, "
-        f"torch {torch.__version__}, device {dev}"
-        + (f" ({torch.cuda.get_device_name(dev)})" if dev.startswith("cuda") else "")
-        + f", torch threads {torch.get_num_threads()}")
-    say(f"command: python {' '.join(sys.argv)}")
+    say(f"machine: {machine(dev)}")
+    say(f"command: {command()}")
     say("")
     t0 = time.perf_counter()
     if not a.skip_end_to_end:
@@ -285,9 +241,7 @@ def main() -> None:
     if not a.skip_frozen:
         frozen(a, data)
     say(f"total wall time {time.perf_counter() - t0:.0f} s")
-    with open(os.path.join(a.out, "report.md"), "w") as f:
-        f.write("\n".join(LINES) + "\n")
-    print(f"wrote {os.path.join(a.out, 'report.md')}")
+    REPORT.write(os.path.join(a.out, "report.md"))
 
 
 if __name__ == "__main__":

@@ -44,16 +44,17 @@ process-CPU ratios are printed, and the load average before and after. Target: <
 
 Usage::
 
-    python benchmarks/bench_engine.py                       # Lite0, 16 images, steps 16
-    python benchmarks/bench_engine.py --images 32 --rounds 5
-    python benchmarks/bench_engine.py --images 16 --steps 32 --device cuda
-    python benchmarks/bench_engine.py --device cuda --amp bf16 --images 64 --batch-sizes 64,128,256
+    python -m benchmarks.speed.bench_engine                 # Lite0, 16 images, steps 16
+    python -m benchmarks.speed.bench_engine --images 32 --rounds 5
+    python -m benchmarks.speed.bench_engine --images 16 --steps 32 --device cuda
+    python -m benchmarks.speed.bench_engine --device cuda --amp bf16 --images 64 --batch-sizes 64,128,256
+
+(from the repository root).
 
 On GPU (``--amp bf16``) the target is <= 1.2 (the issue's bar for the GPU check).
 """
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -62,9 +63,8 @@ import time
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-SAMPLES = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data", "imagenet-samples"))
-
+from benchmarks._common import (add_amp, add_threads, add_tune_malloc, default_data, int_list, load_average,
+                                machine, parser, quiet, set_threads, sync, tune_malloc)
 
 AMP = None  # --amp: the reference forwards run under the same autocast as the engine's
 
@@ -77,17 +77,16 @@ def timed_forwards(bb, x, bs, n, device):
     """
     from camzoo.utils import autocast
 
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     xx = x[torch.arange(bs) % x.shape[0]].contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(), autocast(device, AMP):
         bb.model(xx)
-        sync()
+        sync(device)
         best_w = best_c = float("inf")
         t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(n):
             t, c = time.perf_counter(), time.process_time()
             torch.softmax(bb.model(xx).float(), 1)
-            sync()
+            sync(device)
             best_w = min(best_w, (time.perf_counter() - t) / bs)
             best_c = min(best_c, (time.process_time() - c) / bs)
         mean = ((time.perf_counter() - t0) / (n * bs), (time.process_time() - c0) / (n * bs))
@@ -105,7 +104,7 @@ def sweep(bb, x, batch_sizes, repeats, device):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--backbone", default="efficientnet_lite0")
     ap.add_argument("--methods", default="fakecam,gradcam")
     ap.add_argument("--images", type=int, default=16)
@@ -116,33 +115,30 @@ def main() -> None:
                     help="consecutive forwards of the paired reference before and after each run")
     ap.add_argument("--rounds", type=int, default=3, help="measured engine runs")
     ap.add_argument("--device", default=None)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
-    ap.add_argument("--no-tune-malloc", action="store_true", help="keep glibc's default mmap behaviour")
-    ap.add_argument("--amp", default=None, choices=("bf16", "fp16"),
-                    help="every forward (engine and reference) under autocast")
+    add_threads(ap)
+    add_tune_malloc(ap)
+    add_amp(ap, help="every forward (engine and reference) under autocast")
     ap.add_argument("--weights", default=None, help="'random' for a backbone without weights here")
-    ap.add_argument("--data", default=SAMPLES if os.path.isdir(SAMPLES) else None,
+    ap.add_argument("--data", default=default_data(),
                     help="image folder (default ../shared/data/imagenet-samples, else the 6 sample photos)")
     args = ap.parse_args()
     global AMP
     AMP = args.amp
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
 
     import camzoo
     from camzoo.bench import BenchConfig, run
-    from camzoo.engine.timing import tune_cpu_allocator
     from camzoo.utils import resolve_device
     from camzoo.data import open_dataset
 
     device = resolve_device(args.device)
-    tuned = device.type == "cpu" and not args.no_tune_malloc and tune_cpu_allocator()
+    tuned = tune_malloc(device, args)
     bb = camzoo.load_backbone(args.backbone, weights=args.weights, device=device)
     data = args.data
     ds = open_dataset(data, limit=args.images, seed=0)
     x = torch.stack([bb.preprocess(ds.load(it)) for it in ds.items]).to(device)
-    sizes = [int(b) for b in args.batch_sizes.split(",")]
-    load_before = os.getloadavg()
+    sizes = int_list(args.batch_sizes)
+    load_before = load_average()
     table = sweep(bb, x, sizes, args.repeats, device)
     bs_best = min(table, key=lambda b: table[b][0])
     engine_bs = len(ds)  # one engine batch: no background decoding during timed families
@@ -169,7 +165,7 @@ def main() -> None:
                                    seed=0, steps=args.steps, batch_size=engine_bs, eval_batch_size=bs_best,
                                    out=os.path.join(tmp, name), progress=False, figures=False,
                                    tune_malloc=not args.no_tune_malloc, amp=args.amp),
-                       echo=lambda s: None)
+                       echo=quiet)
 
         # the first run pays one-time costs (oneDNN primitives for each new batch shape, lazy
         # imports); a long run amortizes them, so it is not measured
@@ -200,13 +196,12 @@ def main() -> None:
     t_cpu = min(min_c, min(c for _, c in table.values()))
 
     print(f"camzoo bench engine overhead: {args.backbone} on {device} "
-          f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else ''} "
-          f"({torch.get_num_threads()} threads, malloc tuned: {tuned}, amp {args.amp or 'fp32'}, "
-          f"torch {torch.__version__}), {len(ds)} images, "
+          f"(malloc tuned: {tuned}, amp {args.amp or 'fp32'}), {len(ds)} images, "
           f"methods {args.methods}, steps {args.steps}, batch_size {engine_bs}, "
           f"eval_batch_size {bs_best}, {args.rounds} measured runs")
+    print(f"machine: {machine(device)}")
     print("load average (1, 5, 15 min) before: {:.2f} {:.2f} {:.2f}, after: {:.2f} {:.2f} {:.2f}".format(
-        *load_before, *os.getloadavg()))
+        *load_before, *load_average()))
     print("min per-image forward time by batch size, sweeps (wall / cpu, ms): " + ", ".join(
         f"{b}: {1e3 * w:.1f}/{1e3 * c:.1f}" for b, (w, c) in table.items()))
     print(f"strict t_fwd = {1e3 * t_wall:.2f} ms wall, {1e3 * t_cpu:.2f} ms cpu per image "

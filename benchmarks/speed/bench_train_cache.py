@@ -17,46 +17,30 @@ Wall and process-CPU seconds are printed for every run (the machine is shared: w
 measures the neighbours too). Nothing is evaluated (``val_set=None``) and no checkpoint is
 written, so only the training loop is timed.
 
-    python benchmarks/bench_train_cache.py                       # 256 images, 3 epochs
-    python benchmarks/bench_train_cache.py --images 512 --epochs 4 --skip-lficam
+    python -m benchmarks.speed.bench_train_cache                 # 256 images, 3 epochs
+    python -m benchmarks.speed.bench_train_cache --images 512 --epochs 4 --skip-lficam
+
+(from the repository root).
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
-import datetime
 import os
-import platform
 import shutil
-import sys
 import tempfile
-import time
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.path.insert(0, REPO)
-SHARED = os.path.normpath(os.path.join(REPO, "..", "shared", "data"))
+import camzoo
+import camzoo.explainers.learned.lcam as lcam_mod
+from benchmarks._common import (IMAGENETTE, Clock, add_threads, command, load_average, machine, parser, quiet,
+                                set_threads)
+from camzoo.train.cache import FixedViews, cached_training_set
+from camzoo.train.data import training_data
+from camzoo.train.lcam import train_lcam
+from camzoo.train.lficam import lficam_data, train_lficam
 
-import camzoo  # noqa: E402
-import camzoo.explainers.learned.lcam as lcam_mod  # noqa: E402
-from camzoo.train.cache import FixedViews, cached_training_set  # noqa: E402
-from camzoo.train.data import training_data  # noqa: E402
-from camzoo.train.lcam import train_lcam  # noqa: E402
-from camzoo.train.lficam import lficam_data, train_lficam  # noqa: E402
-
-QUIET = dict(progress=False, log=lambda s: None)
-
-
-class Clock:
-    def __enter__(self):
-        self.w, self.c = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *a):
-        self.wall = time.perf_counter() - self.w
-        self.cpu = time.process_time() - self.c
+QUIET = dict(progress=False, log=quiet)
 
 
 def epoch_losses(res) -> list:
@@ -86,8 +70,8 @@ def masked_input_format(fmt):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=os.path.join(SHARED, "imagenette-224"))
+    ap = parser(__doc__, full=True)
+    ap.add_argument("--data", default=IMAGENETTE)
     ap.add_argument("--images", type=int, default=256)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=32)
@@ -95,20 +79,15 @@ def main() -> None:
     ap.add_argument("--lficam-layer", default="conv_head")
     ap.add_argument("--skip-lficam", action="store_true")
     ap.add_argument("--skip-img", action="store_true")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    add_threads(ap)
     ap.add_argument("--workdir", default=None, help="cache folder (default: a temporary one)")
     a = ap.parse_args()
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    set_threads(a.threads)
     work = a.workdir or tempfile.mkdtemp(prefix="camzoo-cache-bench-")
     bb = camzoo.load_backbone("efficientnet_lite0", device="cpu")
-    print(f"# bench_train_cache ({datetime.date.today()}, {platform.machine()}, {os.cpu_count()} CPUs, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads)")
-    print(f"command: python {' '.join(sys.argv)}")
-    try:
-        print(f"load average at start: {os.getloadavg()}")
-    except OSError:
-        pass
+    print(f"# bench_train_cache ({machine()})")
+    print(f"command: {command()}")
+    print(f"load average at start: {load_average()}")
     tr, _ = training_data(a.data, bb, val_fraction=0.0, limit=a.images, seed=0)
     E, B = a.epochs, a.batch_size
     kw = dict(epochs=E, batch_size=B, seed=0, **QUIET)

@@ -26,9 +26,10 @@ Stages (``--stages``, each resumable: a finished stage is skipped on the next ru
 4. ``report``: ``OUT/report.md``: the training summary (epochs, time, held-out curves per
    epoch), the combined table and which rows of the claim hold.
 
-One command (2 CPU cores: several hours; see benchmarks/README.md for the measured times)::
+One command from the repository root (2 CPU cores: several hours; see benchmarks/README.md for
+the measured times)::
 
-    nice -n 10 python benchmarks/learned_imagenette.py --out results/learned_imagenette
+    nice -n 10 python -m benchmarks.studies.learned_imagenette --out results/learned_imagenette
 
 Each bench run is a plain ``camzoo bench``; e.g. the Score-CAM one (the script resumes it
 when OUT/bench_scorecam exists)::
@@ -38,28 +39,17 @@ when OUT/bench_scorecam exists)::
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import os
-import platform
-import sys
 import time
 
-import torch
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.path.insert(0, REPO)
-sys.path.insert(0, HERE)
-SHARED = os.path.normpath(os.path.join(REPO, "..", "shared", "data"))
-
-import camzoo  # noqa: E402
-from lcam_lite0 import LCAMFmCE, LCAMImgCE  # noqa: E402,F401  (registers lcam-fm-ce, lcam-img-ce)
-from camzoo.train.data import training_data  # noqa: E402
-from camzoo.train.lcam import train_lcam  # noqa: E402
-from camzoo.train.lficam import lficam_data, train_lficam  # noqa: E402
-from camzoo.train.loop import load_checkpoint  # noqa: E402
-from camzoo.train.records import read_log, run_files  # noqa: E402
+import camzoo
+from benchmarks._common import IMAGENETTE, REPO, Report, command, echo, machine, parser, register_ce_ablations
+from camzoo.train.data import training_data
+from camzoo.train.lcam import train_lcam
+from camzoo.train.lficam import lficam_data, train_lficam
+from camzoo.train.loop import load_checkpoint
+from camzoo.train.records import read_log, run_files
 
 #: method name in the bench -> (kind, variant/mode, ce_only)
 HEADS = {
@@ -78,12 +68,8 @@ BASELINE_RUNS = {"gradcam": ["gradcam", "gradcam++", "xgradcam"], "scorecam": ["
 #: runs of hundreds of forwards per image: on ``--subset`` of the test photos only
 SUBSET_RUNS = ("scorecam", "rise")
 
-LINES = []
-
-
-def say(s: str = "") -> None:
-    print(s, flush=True)
-    LINES.append(s)
+REPORT = Report()
+say = REPORT.say
 
 
 def split(a) -> None:
@@ -117,7 +103,7 @@ def trained_cpu_minutes(path: str) -> float:
 
 def train(a, bb, names) -> None:
     labels = os.path.join(a.out, "train_labels.csv")
-    log = lambda s: print(s, flush=True)  # noqa: E731
+    log = echo
     for name in names:
         kind, variant, ce_only = HEADS[name]
         out = head_path(a, name)
@@ -165,7 +151,7 @@ def bench(a, bb, names):
         runs[name] = run(BenchConfig(methods=methods, out=out, resume=os.path.isdir(out),
                                      limit=limit, seed=0,
                                      options={m: opts[m] for m in methods if m in opts}, **common),
-                         echo=lambda s: print(s, flush=True))
+                         echo=echo)
     if "learned" in a.bench:
         out = os.path.join(a.out, "bench_learned")
         paths = {n: (run_files(head_path(a, n)).best if a.checkpoint == "best" else head_path(a, n))
@@ -173,7 +159,7 @@ def bench(a, bb, names):
         runs["learned"] = run(BenchConfig(methods=list(names),
                                           options={n: {"checkpoint": p} for n, p in paths.items()},
                                           out=out, resume=os.path.isdir(out), **common),
-                              echo=lambda s: print(s, flush=True))
+                              echo=echo)
     return runs
 
 
@@ -209,8 +195,7 @@ def report(a, names) -> None:
 
     say("# L-CAM's claim on Imagenette, embedded EfficientNet-Lite0")
     say("")
-    say(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}; "
-        f"command: python {' '.join(sys.argv)}")
+    say(f"machine: {machine()}; command: {command()}")
     say("")
     say("## Training (held-out validation split of the training photos)")
     say("")
@@ -287,8 +272,8 @@ def report(a, names) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=os.path.join(SHARED, "imagenette-224"))
+    ap = parser(__doc__, full=True)
+    ap.add_argument("--data", default=IMAGENETTE)
     ap.add_argument("--out", default=os.path.join(REPO, "results", "learned_imagenette"))
     ap.add_argument("--stages", default="split,train,bench,report")
     ap.add_argument("--heads", default=",".join(HEADS), help="subset of " + ",".join(HEADS))
@@ -325,6 +310,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args()
+    register_ce_ablations()  # lcam-fm-ce, lcam-img-ce: the CE-only heads in the learned bench run
     os.makedirs(a.out, exist_ok=True)
     a.cache = a.cache or os.path.join(a.out, "heads", "feature_cache")
     names = [n.strip() for n in a.heads.split(",") if n.strip()]
@@ -343,9 +329,7 @@ def main() -> None:
         bench(a, bb, names)
     if "report" in stages:
         report(a, names)
-        with open(os.path.join(a.out, "report.md"), "w") as f:
-            f.write("\n".join(LINES) + "\n")
-        print(f"wrote {os.path.join(a.out, 'report.md')}")
+        REPORT.write(os.path.join(a.out, "report.md"))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""Paper-reproduction studies: ``python -m benchmarks.studies.<script> --help``."""
