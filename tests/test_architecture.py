@@ -199,7 +199,8 @@ def test_the_api_applies_the_same_preset_as_the_cli():
     assert full.preset == "full" and full.steps is None and not picked and "rise" not in full.options
     explicit, _ = apply_preset(BenchConfig(methods="all", steps=8, options={"rise": {"n_masks": 9}}))
     assert explicit.methods == "all" and explicit.steps == 8 and explicit.options["rise"] == {"n_masks": 9}
-    cli = BenchConfig.from_cli({"backbone": TINY}, ["rise.n_masks=5"], ["lcam.nus=1,0.5"])
+    cli = BenchConfig.from_cli({"backbone": TINY, "options": ("rise.n_masks=5",),
+                                "metric_options": ("lcam.nus=1,0.5",)})
     assert cli == BenchConfig(backbone=TINY, options={"rise": {"n_masks": 5}},
                               metric_options={"lcam": {"nus": [1, 0.5]}})
 

@@ -459,18 +459,29 @@ def small_run(tmp_path_factory):
     return str(out)
 
 
-@pytest.mark.parametrize("change,key", [
+#: one change per BenchConfig field declared part of the run identity (tests/engine/test_config.py
+#: checks that every such field is here), and the key the refusal must name
+IDENTITY_CHANGES = [
+    ({"backbone": "py:camzoo.models.testing:tiny_backbone"}, "backbone.name"),
+    ({"weights": "TINY1000_FILE"}, "backbone.weights_id"),  # trained weights instead of random ones
+    ({"layer": "nope"}, None),  # refused by the backbone before the identity check
+    ({"methods": "gradcam,fakecam,gradcam++"}, "not in the stored run"),
     ({"limit": 2}, "data.manifest_hash"),
     ({"seed": 2}, "data.manifest_hash"),
     ({"data": os.path.join(os.path.dirname(SAMPLES), "imagenette-224")}, "data.manifest_hash"),
+    ({"labels": "LABELS_FILE"}, "data.manifest_hash"),
+    ({"devkit": "NO_DEVKIT"}, None),  # refused by the data layer: no such devkit
+    ({"subset": "SUBSET_FILE"}, "data.manifest_hash"),
     ({"target": "gt"}, "target"),
-    ({"weights": "TINY1000_FILE"}, "backbone.weights_id"),  # trained weights instead of random ones
     ({"options": {"gradcam": {"layer": "nope"}}}, None),
     ({"metric_options": {"lcam": {"nus": [0.5]}}}, "protocols.lcam.nus"),
     ({"metrics": "lcam"}, "protocols"),
     ({"steps": 5}, "protocols.rise.steps"),
     ({"amp": "bf16"}, "  amp: stored None, now 'bf16'"),  # the engine's own forwards
-])
+]
+
+
+@pytest.mark.parametrize("change,key", IDENTITY_CHANGES)
 def test_the_resume_identity_covers_every_key(small_run, change, key, tmp_path):
     if "data" in change and not os.path.isdir(change["data"]):
         pytest.skip("../shared/data/imagenette-224 is not here")
@@ -481,8 +492,24 @@ def test_the_resume_identity_covers_every_key(small_run, change, key, tmp_path):
 
         change = {"weights": str(tmp_path / "tiny1000.pt")}
         torch.save(tiny1000().model.state_dict(), change["weights"])
+    elif change.get("labels") == "LABELS_FILE":  # the same photos with other labels
+        with open(os.path.join(SAMPLES, "labels.csv")) as f:
+            rows = f.read().splitlines()
+        (tmp_path / "labels.csv").write_text("\n".join([rows[0]] + [
+            ",".join([r.split(",")[0], str((int(r.split(",")[1]) + 1) % 1000)]) for r in rows[1:]]) + "\n")
+        change = {"labels": str(tmp_path / "labels.csv")}
+    elif change.get("devkit") == "NO_DEVKIT":
+        change = {"devkit": str(tmp_path / "no-devkit")}
+    elif change.get("subset") == "SUBSET_FILE":  # two of the run's three images
+        with Run(small_run) as r:
+            keep = sorted(r.rows().image_id.unique())[:2]
+        lines = [f"{os.path.basename(i)}.JPEG {int(r0.split(',')[1])}" for i in keep
+                 for r0 in open(os.path.join(SAMPLES, "labels.csv")).read().splitlines()[1:]
+                 if r0.split(",")[0].startswith(os.path.basename(i))]
+        (tmp_path / "list.txt").write_text("\n".join(lines) + "\n")
+        change = {"subset": str(tmp_path / "list.txt")}
     cfg = resume_config(small_run, change)
-    with pytest.raises(ValueError) as e:
+    with pytest.raises((ValueError, FileNotFoundError)) as e:
         run(cfg, echo=lambda s: None)
     if key is not None:
         assert "cannot resume" in str(e.value) and key in str(e.value), str(e.value)

@@ -310,7 +310,7 @@ def test_cli_cache_options(photos, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["a.best.pt", "a.pt", "a.train_log.csv",
                                             "a.training.png", "feature_cache"]
     assert os.listdir(tmp_path / "feature_cache")[0].startswith("tiny-features-random_2-")
-    r = CliRunner().invoke(main, ["train", "lficam", "--mode", "end-to-end", *base, "--labels", "gt",
+    r = CliRunner().invoke(main, ["train", "lficam", "--mode", "end-to-end", *base, "--target", "gt",
                                   "--num-classes", "4", "--cache", str(tmp_path / "c"),
                                   "--out", str(tmp_path / "e.pt")])
     assert r.exit_code == 1 and "--cache needs --mode frozen" in r.output

@@ -16,7 +16,7 @@ from .options import names, user_errors
 @click.option("--max-figures", default=24, show_default=True, type=int,
               help="misclassified images that get a figure")
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="[default: RUN_DIR/analysis]")
-@click.option("--batch-size", default=16, show_default=True, type=int)
+@click.option("--batch-size", default=16, show_default=True, type=int, help="images per batch")
 @click.option("--device", default=None, help="cpu, cuda, ... (default: auto)")
 def analyze_cmd(run_dir, methods, top, related_iou, max_figures, out, batch_size, device) -> None:
     """Misclassification and class-bias analysis of a bench run made with ground-truth labels

@@ -15,7 +15,8 @@ from .options import WEIGHTS_HELP, method_options, names, user_errors
 @click.option("--weights", default=None, help=WEIGHTS_HELP)
 @click.option("--methods", default="gradcam,gradcam++,scorecam", show_default=True,
               help="comma-separated explainer names")
-@click.option("--out", "out_dir", default="out/explain", show_default=True, type=click.Path())
+@click.option("--out", "out_dir", default="out/explain", show_default=True, type=click.Path(),
+              help="folder for one PNG per image and the maps as <image>/<method>.npy")
 @click.option("--target", default="pred", show_default=True,
               help="pred (top-1), gt (from a labels.csv next to the images) or a class index")
 @click.option("--layer", default=None, help="explanation layer (default: the backbone's)")

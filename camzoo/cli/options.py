@@ -7,17 +7,12 @@ from typing import Any, Dict, Iterator, Optional, Sequence
 import click
 from click.core import ParameterSource
 
+from ..engine.config import WEIGHTS_HELP  # noqa: F401  (one --weights help for every command)
 from ..utils import UserError, parse_dotted, split_names
 
 #: exceptions that are the user's (bad names, options, files): shown as one message, no traceback
 USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, NotImplementedError,
                UserError)
-
-
-#: ``--weights`` of every command that loads a backbone
-WEIGHTS_HELP = ("default: the backbone's pretrained weights (camzoo list; downloaded into torch's / "
-                "timm's cache when missing); a torchvision weights tag (IMAGENET1K_V2, DEFAULT); a "
-                "state_dict file; or 'random' (smoke tests, marked in every output)")
 
 
 @contextlib.contextmanager

@@ -29,7 +29,7 @@ from .options import WEIGHTS_HELP, method_options, user_errors
 @click.option("--out", default="results/sanity", show_default=True, type=click.Path(file_okay=False),
               help="folder for sanity.csv and the figures")
 @click.option("--grid-images", default=2, show_default=True, type=int, help="images in the cascade grid")
-@click.option("--batch-size", default=16, show_default=True, type=int)
+@click.option("--batch-size", default=16, show_default=True, type=int, help="images per batch")
 @click.option("--device", default=None, help="cpu, cuda, ... (default: auto)")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
 def sanity_cmd(backbone, weights, methods, data, labels, limit, seed, layer, opts, mode, max_blocks,

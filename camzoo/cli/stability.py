@@ -13,7 +13,8 @@ from .options import WEIGHTS_HELP, method_options, user_errors
 @click.argument("checkpoints", nargs=-1, type=click.Path(exists=True, dir_okay=False))
 @click.option("--data", "data", default=None, type=click.Path(exists=True, file_okay=False),
               help="image folder (default: the sample photos)")
-@click.option("--labels-file", default=None, type=click.Path(exists=True, dir_okay=False))
+@click.option("--labels", "labels_file", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="ground-truth file for a flat --data folder (see docs/bench.md)")
 @click.option("--limit", type=int, default=None, help="a deterministic subset of N images")
 @click.option("--seed", type=int, default=0, show_default=True, help="seed of --limit")
 @click.option("--methods", default=None,
@@ -29,7 +30,7 @@ from .options import WEIGHTS_HELP, method_options, user_errors
 @click.option("--measure-accuracy", is_flag=True,
               help="measure each model's top-1 on --data (needs labels) instead of reading it "
                    "from the checkpoints")
-@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--batch-size", type=int, default=16, show_default=True, help="images per batch")
 @click.option("--device", default=None, help="cpu, cuda, ... (default: auto)")
 @click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False),
               help="also write the result as JSON")

@@ -16,7 +16,8 @@ from .options import emit, names, user_errors
 @click.option("--agreement", is_flag=True,
               help="instead: how far the metrics agree on the ranking of the methods (Spearman, "
                    "Kendall, Kendall's W) and agreement.png in the run directory")
-@click.option("--format", "fmt", default="markdown", show_default=True, type=click.Choice(["markdown", "csv"]))
+@click.option("--format", "fmt", default="markdown", show_default=True, type=click.Choice(["markdown", "csv"]),
+              help="output format")
 @click.option("--resamples", default=None, type=click.IntRange(min=2),
               help="bootstrap resamples of the intervals [default: 10000]")
 @click.option("--ci-seed", default=None, type=int, help="seed of the bootstrap resamples [default: 0]")

@@ -55,7 +55,8 @@ def _process_and_cache_options(scope: str):
 
 
 @train.command("lcam")
-@click.option("--backbone", default="efficientnet_lite0", show_default=True)
+@click.option("--backbone", default="efficientnet_lite0", show_default=True,
+              help="backbone name (camzoo list), timm:<model>, or py:module:function")
 @click.option("--weights", default=None, help=WEIGHTS_HELP)
 @click.option("--variant", type=click.Choice(["fm", "img"]), required=True,
               help="fm: mask the feature maps; img: mask the image (paper: Img is better)")
@@ -64,25 +65,26 @@ def _process_and_cache_options(scope: str):
 @click.option("--ce-only", is_flag=True, help="ablation L-CAM-Fm* / L-CAM-Img*: cross-entropy only")
 @click.option("--data", "data", required=True, type=click.Path(exists=True, file_okay=False),
               help="image folder (labels.csv, wnid folders or plain images)")
-@click.option("--labels", type=click.Choice(["model", "gt"]), default="model", show_default=True,
-              help="train on the frozen model's top-1 (paper) or on the ground truth")
-@click.option("--labels-file", default=None, type=click.Path(exists=True, dir_okay=False),
+@click.option("--target", "labels", type=click.Choice(["pred", "gt"]), default="pred", show_default=True,
+              help="train to explain the frozen model's top-1 class (paper) or the ground-truth class")
+@click.option("--labels", "labels_file", default=None, type=click.Path(exists=True, dir_okay=False),
               help="ground-truth file for a flat folder (see docs/bench.md)")
 @click.option("--epochs", type=int, default=None,
               help="default: 7 for vgg16, 25 otherwise (paper: ResNet-50)")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="global batch size")
-@click.option("--lr", type=float, default=1e-4, show_default=True)
+@click.option("--lr", type=float, default=1e-4, show_default=True, help="SGD learning rate (paper: 1e-4)")
 @click.option("--lr-decay", type=float, default=None,
               help="lr factor per epoch; default 0.75 for vgg16, 0.95 otherwise")
-@click.option("--momentum", type=float, default=0.9, show_default=True)
-@click.option("--weight-decay", type=float, default=5e-4, show_default=True)
+@click.option("--momentum", type=float, default=0.9, show_default=True, help="SGD momentum (Nesterov)")
+@click.option("--weight-decay", type=float, default=5e-4, show_default=True, help="SGD weight decay")
 @click.option("--val-fraction", type=float, default=0.2, show_default=True,
               help="images held out (by image) for per-epoch loss and AD/IC(100%)")
 @click.option("--limit", type=int, default=None, help="use a deterministic subset of N images")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="checkpoint (.pt)")
 @click.option("--resume", is_flag=True, help="continue from --out")
 @click.option("--overwrite", is_flag=True, help="replace an existing --out")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="seed of the head's initialization, the split and the data order")
 @_process_and_cache_options("")
 @click.option("--amp", type=click.Choice(["auto", "bf16", "none"]), default="auto",
               show_default=True, help="autocast of the classifier's forwards (auto: bf16 on CUDA)")
@@ -106,6 +108,7 @@ def lcam_cmd(backbone, weights, variant, layer, ce_only, data, labels, labels_fi
     from ..train.lcam import train_lcam
     from ..train.loop import distributed, rank_and_world
 
+    labels = "model" if labels == "pred" else labels  # the training tasks' name of --target pred
     cache = _cache_arg(cache_dir, no_cache, views)
     with user_errors():
         with distributed(device) as dev:
@@ -130,7 +133,8 @@ def lcam_cmd(backbone, weights, variant, layer, ce_only, data, labels, labels_fi
 
 
 @train.command("lficam")
-@click.option("--backbone", default="efficientnet_lite0", show_default=True)
+@click.option("--backbone", default="efficientnet_lite0", show_default=True,
+              help="backbone name (camzoo list), timm:<model>, or py:module:function")
 @click.option("--weights", default=None, help=WEIGHTS_HELP + "; --init random needs none")
 @click.option("--mode", type=click.Choice(["end-to-end", "frozen", "baseline"]), default="frozen",
               show_default=True,
@@ -145,16 +149,16 @@ def lcam_cmd(backbone, weights, variant, layer, ce_only, data, labels, labels_fi
 @click.option("--layer", default=None, help="explanation layer (default: the backbone's)")
 @click.option("--data", "data", required=True, type=click.Path(exists=True, file_okay=False),
               help="image folder (labels.csv, wnid folders or plain images)")
-@click.option("--labels", type=click.Choice(["model", "gt"]), default=None,
-              help="frozen mode: the frozen model's top-1 (default) or the ground truth; "
+@click.option("--target", "labels", type=click.Choice(["pred", "gt"]), default=None,
+              help="frozen mode: train on the frozen model's top-1 class (default) or the ground truth; "
                    "end-to-end / baseline always use the ground truth")
-@click.option("--labels-file", default=None, type=click.Path(exists=True, dir_okay=False),
+@click.option("--labels", "labels_file", default=None, type=click.Path(exists=True, dir_okay=False),
               help="ground-truth file for a flat folder (see docs/bench.md)")
 @click.option("--epochs", type=int, default=10, show_default=True,
               help="lr divided by 10 after 50 % and 75 % of them (paper: 300 small datasets, 90 ImageNet)")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="global batch size")
-@click.option("--lr", type=float, default=0.1, show_default=True)
-@click.option("--momentum", type=float, default=0.9, show_default=True)
+@click.option("--lr", type=float, default=0.1, show_default=True, help="SGD learning rate (paper: 0.1)")
+@click.option("--momentum", type=float, default=0.9, show_default=True, help="SGD momentum")
 @click.option("--weight-decay", type=float, default=None,
               help="default 1e-4, 5e-4 for small images (--image-size <= 64)")
 @click.option("--image-size", type=int, default=None,
@@ -193,7 +197,7 @@ def lficam_cmd(backbone, weights, mode, init, num_classes, layer, data, labels, 
             echo = click.echo if rank == 0 else (lambda *a, **k: None)
             w = "random" if weights is None and init == "random" else weights
             bb = load_backbone(backbone, weights=w, device=dev)
-            lab = labels or ("model" if mode == "frozen" else "gt")
+            lab = {"pred": "model", None: "model" if mode == "frozen" else "gt"}.get(labels, labels)
             if mode != "frozen" and cache_dir:
                 raise ValueError(f"--cache needs --mode frozen: mode {mode!r} trains the backbone, "
                                  "so its features change every step")

@@ -78,100 +78,131 @@ FULL_HINT = ("full protocol: camzoo bench --data DIR [--labels FILE] --limit 200
              "defaults; the L-CAM paper's Table 1: --data IMAGENET_VAL --preset lcam-table1")
 
 
+#: ``--weights`` of every command that loads a backbone
+WEIGHTS_HELP = ("default: the backbone's pretrained weights (camzoo list; downloaded into torch's / "
+                "timm's cache when missing); a torchvision weights tag (IMAGENET1K_V2, DEFAULT); a "
+                "state_dict file; or 'random' (smoke tests, marked in every output)")
+
+
+def option(default: Any = None, help: str = "", *, identity: Optional[str] = None, kind: type = str,
+           flag: Optional[str] = None, choices: Optional[Sequence[str]] = None, metavar: Optional[str] = None,
+           factory: Optional[Any] = None) -> Any:
+    """A :class:`BenchConfig` field and its one declaration.
+
+    The CLI option (:func:`camzoo.cli.bench` builds ``camzoo bench``'s options from these),
+    ``config.json``'s ``bench_config`` (:meth:`BenchConfig.to_dict`) and the option table of
+    docs/bench.md (:func:`options_table`) all come from it.
+
+    Args:
+        default: the default value (``factory`` for a mutable one).
+        help: one line for ``--help`` and the docs.
+        identity: where the field enters a run's identity (:func:`config_identity`: a resumed run
+            may not change it), e.g. ``"data.manifest_hash"``; None for fields that change how a
+            run runs, not what it computes.
+        kind: the CLI value type: ``str``, ``int``, ``bool`` (a flag; ``--x/--no-x`` when the
+            default is True), ``"path"``, or ``"dotted"`` (repeatable ``NAME.OPTION=VALUE``).
+        flag: the CLI flag when not ``--<name with dashes>``.
+        choices, metavar: the CLI's valid values / placeholder.
+    """
+    meta = {"help": help, "identity": identity, "kind": kind, "flag": flag, "choices": choices,
+            "metavar": metavar}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+MANIFEST = "data.manifest_hash"
+
+
 @dataclass
 class BenchConfig:
-    """Everything a bench run depends on (the CLI maps its options onto these fields).
+    """Everything a bench run depends on: one field per ``camzoo bench`` option.
 
-    Attributes:
-        backbone: backbone name (``camzoo list``), ``timm:<model>``, ``py:module:function``
-            (a callable returning a :class:`~camzoo.Backbone`, e.g.
-            ``py:camzoo.models.testing:tiny_backbone``), or a Backbone object (Python API
-            only; config.json then records its ``name`` and ``weights_id``).
-        weights: state_dict file, ``"random"``, or ``None`` (the backbone's default weights).
-        layer: explanation layer for every method with a ``layer`` option (None = default).
-        methods: ``"all"`` or names; ``None`` = ``"all"`` less the preset's skipped methods.
-            ``"all"`` = every registered explainer whose class has ``needs_checkpoint ==
-            False``, plus learned ones given ``options[m]["checkpoint"]``.
-        options: per-method explainer options, ``{"rise": {"n_masks": 8000}}``.
-        metrics: ``"all"`` (every protocol with ``in_all``), protocol names, or both
-            (``"all,road"``: all of those plus ``road``); None = the preset's, else ``"all"``.
-        metric_options: per-protocol options, ``{"lcam": {"nus": [1.0, 0.5]}}``.
-        data, labels: see :func:`camzoo.data.open_dataset` (``None`` = the sample photos).
-        devkit: the ImageNet devkit (folder or ``ILSVRC2012_devkit_t12.tar.gz``) that maps the
-            devkit's ground-truth file (``labels``) to class indices.
-        subset: a published image list (``"lcam-2000"``) or a list file (``FILE LABEL`` lines):
-            evaluate exactly those images of ``data``, with the list's labels.
-        allow_missing: run a ``subset`` whose images are not all under ``data`` (refused
-            otherwise, before anything is written).
-        limit, seed: deterministic subset of the data (see :func:`camzoo.data.subset`).
-        steps: insertion/deletion steps (``rise`` protocol); None = the preset's, else 224.
-        batch_size: images per engine batch (maps are made per batch); None = 16 on CPU, on
-            CUDA the largest that fits (:func:`camzoo.engine.accel.auto_batch_size`).
-        eval_batch_size: perturbed images per metric forward; None = 64 on CPU, on CUDA the
-            largest that fits.
-        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; None = CUDA when available (under
-            torchrun: ``cuda:LOCAL_RANK``).
-        out: run directory; None = ``results/<backbone>-<timestamp>``.
-        resume: continue an existing run directory (skip stored (method, image) pairs).
-        save_maps: also write ``maps/<method>/<image_id>.npy`` (float32 ``[H,W]``).
-        target: ``"pred"`` (the classifier's top-1) or ``"gt"`` (the data's labels).
-        grid_images: images shown in the overlay grid figure.
-        figures: write the figures at the end.
-        progress: show tqdm bars (one per method).
-        tune_malloc: on CPU, keep freed memory in glibc's heap
-            (:func:`camzoo.engine.timing.tune_cpu_allocator`).
-        preset: ``"quick"``, ``"full"``, ``"lcam-table1"`` or None (``quick`` without
-            ``data``, else ``full``); see :data:`PRESETS`.
-        max_failed_batches: a method whose first N batches all fail (raise, or give only
-            invalid maps) is stopped for the rest of the run; its remaining images are recorded
-            as skipped (``--resume`` retries them).
-        amp: None (fp32), ``"bf16"`` or ``"fp16"``: every forward of the engine under
-            autocast (the clean forward, the metric forwards, and the explainers with an
-            ``amp`` option, which it sets unless given per method); softmax, map arithmetic
-            and stored values stay float32. Part of the run identity.
-        compile: ``torch.compile`` the classifier's forward for the clean and metric
-            forwards (not part of the identity: same rows to float rounding); True = the
-            default backend (inductor), or a backend name (``"aot_eager"``).
-        shard: ``"I/N"``: evaluate only shard I of N (manifest indexes ``i % N == I``) into
-            its own store ``rows.rank-I-of-N.sqlite``, for job arrays without
-            torch.distributed; merged by :func:`camzoo.engine.runner.merge`. Under torchrun
-            the shard comes from ``RANK`` / ``WORLD_SIZE`` instead.
-        workers: image-decoding worker processes; None = 0 on CPU (a background thread),
-            ``min(8, cores per process - 1)`` on CUDA.
+    Each field is declared once, with its default, help, CLI flag and place in the run identity
+    (:func:`option`); ``camzoo bench --help`` and docs/bench.md's option table
+    (:func:`options_table`) show them. In Python, ``backbone`` may also be a
+    :class:`~camzoo.Backbone` object (``config.json`` then records its ``name`` and
+    ``weights_id``), ``methods`` / ``metrics`` lists, and ``options`` / ``metric_options``
+    nested dicts (``{"rise": {"n_masks": 8000}}``, ``{"lcam": {"nus": [1.0, 0.5]}}``).
     """
 
-    backbone: Union[str, Backbone] = "efficientnet_lite0"
-    weights: Optional[str] = None
-    layer: Optional[str] = None
-    methods: Union[None, str, Sequence[str]] = None
-    options: Dict[str, Dict[str, Any]] = field(default_factory=dict)
-    metrics: Union[None, str, Sequence[str]] = None
-    metric_options: Dict[str, Dict[str, Any]] = field(default_factory=dict)
-    data: Optional[str] = None
-    labels: Optional[str] = None
-    devkit: Optional[str] = None
-    subset: Optional[str] = None
-    allow_missing: bool = False
-    limit: Optional[int] = None
-    seed: int = 0
-    steps: Optional[int] = None
-    batch_size: Optional[int] = None
-    eval_batch_size: Optional[int] = None
-    device: Optional[str] = None
-    out: Optional[str] = None
-    resume: bool = False
-    save_maps: bool = False
-    target: str = "pred"
-    grid_images: int = 4
-    figures: bool = True
-    progress: bool = True
-    tune_malloc: bool = True
-    preset: Optional[str] = None
-    max_failed_batches: int = 3
-    amp: Optional[str] = None
-    compile: Union[bool, str] = False
-    shard: Optional[str] = None
-    workers: Optional[int] = None
+    backbone: Union[str, Backbone] = option(
+        "efficientnet_lite0", "backbone name (camzoo list), timm:<model>, or py:module:function",
+        identity="backbone.name")
+    weights: Optional[str] = option(None, WEIGHTS_HELP, identity="backbone.weights_id")
+    layer: Optional[str] = option(
+        None, "explanation layer for every method with a layer option [default: the backbone's]",
+        identity="backbone.layer")
+    methods: Union[None, str, Sequence[str]] = option(
+        None, "'all' (every explainer needing no checkpoint, plus learned ones given a checkpoint) or "
+              "comma-separated names [default: all less the preset's skipped ones]", identity="methods")
+    options: Dict[str, Dict[str, Any]] = option(
+        help="METHOD.OPTION=VALUE, repeatable (e.g. rise.n_masks=8000)", identity="methods.<m>.options",
+        kind="dotted", flag="--opt", metavar="METHOD.OPTION=VALUE", factory=dict)
+    metrics: Union[None, str, Sequence[str]] = option(
+        None, "'all' (lcam,rise,adcc and plugins) and/or comma-separated protocol names (camzoo list), "
+              "e.g. road, or all,road [default: the preset's, else all]", identity="protocols")
+    metric_options: Dict[str, Dict[str, Any]] = option(
+        help="PROTOCOL.OPTION=VALUE, repeatable; commas make lists (e.g. lcam.nus=1,0.5,0.15)",
+        identity="protocols.<p>", kind="dotted", flag="--metric-opt", metavar="PROTOCOL.OPTION=VALUE",
+        factory=dict)
+    data: Optional[str] = option(
+        None, "image folder (layouts: docs/bench.md) [default: the six sample photos]", identity=MANIFEST,
+        kind="path")
+    labels: Optional[str] = option(
+        None, "ground-truth file for a flat --data folder: FILE,LABEL rows, Kaggle's LOC_val_solution.csv, "
+              "or the devkit's ILSVRC2012_validation_ground_truth.txt (with --devkit)", identity=MANIFEST,
+        kind="path")
+    devkit: Optional[str] = option(
+        None, "ImageNet devkit folder or ILSVRC2012_devkit_t12.tar.gz (maps the devkit's 1-based "
+              "ILSVRC2012_IDs to class indices through its meta.mat)", identity=MANIFEST, kind="path")
+    subset: Optional[str] = option(
+        None, "evaluate exactly the images of a list found under --data, with the list's labels: "
+              "lcam-2000 (the L-CAM paper's 2,000 val images) or a file of 'FILE LABEL' lines",
+        identity=MANIFEST)
+    allow_missing: bool = option(
+        False, "run a --subset whose images are not all under --data (refused otherwise)", kind=bool)
+    limit: Optional[int] = option(None, "a deterministic subset of N images", identity=MANIFEST, kind=int)
+    seed: int = option(0, "seed of the --limit subset", identity=MANIFEST, kind=int)
+    steps: Optional[int] = option(
+        None, "insertion/deletion steps of the rise protocol [default: the preset's, else 224]",
+        identity="protocols.rise.steps", kind=int)
+    batch_size: Optional[int] = option(
+        None, "images per engine batch [default: 16 on CPU; on CUDA the largest that fits]", kind=int)
+    eval_batch_size: Optional[int] = option(
+        None, "perturbed images per metric forward [default: 64 on CPU; on CUDA the largest that fits]",
+        kind=int)
+    device: Optional[str] = option(
+        None, "cpu, cuda, cuda:1 ... [default: CUDA when available; under torchrun cuda:LOCAL_RANK]")
+    out: Optional[str] = option(None, "run directory [default: results/<backbone>-<time>]", kind="path")
+    resume: bool = option(False, "continue the run in --out (options not given are read from it)", kind=bool)
+    save_maps: bool = option(False, "also write maps/<method>/<image_id>.npy (float32 [H,W])", kind=bool)
+    target: str = option("pred", "explain and score the model's top-1 class or the ground-truth class",
+                         identity="target", choices=("pred", "gt"))
+    grid_images: int = option(4, "images in the overlay grid figure", kind=int)
+    figures: bool = option(True, "write the figures at the end", kind=bool)
+    progress: bool = option(True, "show progress bars", kind=bool)
+    tune_malloc: bool = option(
+        True, "on CPU, keep freed memory in glibc's heap (camzoo.engine.timing.tune_cpu_allocator)",
+        kind=bool)
+    preset: Optional[str] = option(
+        None, "quick: fast demo settings (default without --data); full: protocol defaults (default "
+              "with --data); lcam-table1: the L-CAM paper's Table 1 protocol (needs --data)",
+        choices=("quick", "full", "lcam-table1"))
+    max_failed_batches: int = option(
+        3, "stop a method whose first N batches all fail (its other images are recorded as skipped; "
+           "--resume retries them)", kind=int)
+    amp: Optional[str] = option(
+        None, "every forward of the engine under autocast in this precision; maps, softmax and stored "
+              "values stay float32 [default: fp32]", identity="amp", choices=("bf16", "fp16"))
+    compile: Union[bool, str] = option(
+        False, "torch.compile the classifier's clean and metric forwards (Python: a backend name too)",
+        kind=bool)
+    shard: Optional[str] = option(
+        None, "evaluate shard I (0-based) of N only, into its own store; then camzoo merge RUN (job "
+              "arrays; under torchrun the shard is the process's rank)", metavar="I/N")
+    workers: Optional[int] = option(
+        None, "image-decoding worker processes [default: 0 on CPU, up to 8 on CUDA]", kind=int)
 
     def to_dict(self) -> Dict[str, Any]:
         """The fields as JSON values (a Backbone object becomes ``"<object:NAME>"``)."""
@@ -189,15 +220,14 @@ class BenchConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
     @classmethod
-    def from_cli(cls, given: Mapping[str, Any], opts: Sequence[str] = (),
-                 metric_opts: Sequence[str] = ()) -> "BenchConfig":
+    def from_cli(cls, given: Mapping[str, Any]) -> "BenchConfig":
         """The config of ``camzoo bench``: only the options given on the command line.
 
         Args:
             given: field -> value for every option the user gave (not the CLI's defaults);
-                with ``resume=True`` the others come from the stored run (:func:`resume_config`).
-            opts: ``METHOD.OPTION=VALUE`` strings (``--opt``).
-            metric_opts: ``PROTOCOL.OPTION=VALUE`` strings (``--metric-opt``; commas make lists).
+                ``options`` / ``metric_options`` as ``NAME.OPTION=VALUE`` strings (``--opt``,
+                ``--metric-opt``; commas make lists in the latter). With ``resume=True`` the
+                other fields come from the stored run (:func:`resume_config`).
         Raises:
             ValueError for a malformed option or an unknown field.
         """
@@ -205,15 +235,37 @@ class BenchConfig:
         unknown = set(fields) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"unknown bench option(s): {', '.join(sorted(unknown))}")
-        options = parse_dotted(opts, "METHOD")
-        metric_options = parse_dotted(metric_opts, "PROTOCOL", lists=True)
-        if options:
-            fields["options"] = options
-        if metric_options:
-            fields["metric_options"] = metric_options
+        for name, what, lists in (("options", "METHOD", False), ("metric_options", "PROTOCOL", True)):
+            if name in fields:
+                parsed = parse_dotted(fields.pop(name), what, lists=lists)
+                if parsed:
+                    fields[name] = parsed
         if fields.get("resume"):
             return resume_config(fields.get("out"), fields)
         return cls(**fields)
+
+
+def cli_flag(f: dataclasses.Field) -> str:
+    """The ``camzoo bench`` flag of a :class:`BenchConfig` field."""
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def options_table() -> str:
+    """docs/bench.md's option table of ``camzoo bench``, made from the field declarations."""
+    rows = ["| option | default | run identity | what |", "|---|---|---|---|"]
+    for f in dataclasses.fields(BenchConfig):
+        m = f.metadata
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        flag = cli_flag(f)
+        if m["kind"] is bool and default is True:
+            flag = f"--{f.name.replace('_', '-')} / --no-{f.name.replace('_', '-')}"
+        elif m["kind"] is not bool:
+            flag += " " + (m["metavar"] or ("{" + ",".join(m["choices"]) + "}" if m["choices"] else
+                                            "N" if m["kind"] is int else f.name.upper()))
+        shown = "" if default is None or (isinstance(default, dict) and not default) else f"`{default}`"
+        ident = f"`{m['identity']}`" if m["identity"] else ""
+        rows.append(f"| `{flag}` | {shown} | {ident} | {m['help'].replace('|', '/')} |")
+    return "\n".join(rows) + "\n"
 
 
 # -- names ------------------------------------------------------------------------------------

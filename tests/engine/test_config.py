@@ -1,0 +1,55 @@
+"""One declaration per option: every BenchConfig field is a `camzoo bench` option (and vice versa),
+the docs' option table is made from the declarations, and every field declared part of the run
+identity is refused when a resume changes it (tests/test_robustness.py covers each key)."""
+import dataclasses
+import os
+import re
+
+from camzoo.cli import main
+from camzoo.engine.config import BenchConfig, cli_flag, options_table
+from tests.conftest import REPO
+
+
+def test_every_field_is_a_bench_option_and_every_option_a_field():
+    fields = {f.name: f for f in dataclasses.fields(BenchConfig)}
+    params = {p.name: p for p in main.commands["bench"].params}
+    assert set(params) == set(fields)
+    for name, f in fields.items():
+        assert cli_flag(f) in params[name].opts or f"--{name.replace('_', '-')}" in params[name].opts
+        assert f.metadata["help"] and params[name].help == f.metadata["help"]
+        if f.metadata["choices"]:
+            assert list(params[name].type.choices) == list(f.metadata["choices"])
+
+
+def test_every_option_of_every_command_has_help():
+    def walk(cmd):
+        for sub in getattr(cmd, "commands", {}).values():
+            yield from walk(sub)
+        yield cmd
+
+    missing = [f"{c.name} {p.opts[0]}" for c in walk(main) for p in c.params
+               if p.param_type_name == "option" and not p.help]
+    assert not missing, missing
+
+
+def test_the_docs_option_table_is_the_declarations():
+    text = open(os.path.join(REPO, "docs", "bench.md")).read()
+    m = re.search(r"<!-- options-table: begin -->\n(.*?)<!-- options-table: end -->", text, re.S)
+    assert m and m.group(1) == options_table(), (
+        "docs/bench.md's option table is out of date: paste camzoo.engine.config.options_table()")
+
+
+def test_preset_choices_are_the_presets():
+    from camzoo.engine.config import PRESETS
+
+    f = {f.name: f for f in dataclasses.fields(BenchConfig)}["preset"]
+    assert list(f.metadata["choices"]) == list(PRESETS)
+
+
+def test_every_identity_field_is_covered_by_the_resume_test():
+    from tests.test_robustness import IDENTITY_CHANGES
+
+    declared = {f.name for f in dataclasses.fields(BenchConfig) if f.metadata["identity"]}
+    covered = {k for change, _ in IDENTITY_CHANGES for k in change}
+    assert declared == covered, f"declared but not tested: {declared - covered}; tested but not declared: " \
+                                f"{covered - declared}"
