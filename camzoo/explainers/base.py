@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..registry import EXPLAINER_ENTRY_POINT_GROUP, Registry
-from ..utils import check_options
+from ..utils import check_amp, check_options
 
 EXPLAINERS: Registry[type] = Registry("explainer", EXPLAINER_ENTRY_POINT_GROUP)
 
@@ -117,8 +117,11 @@ class Explainer:
     summary: ClassVar[str] = ""
 
     def __init__(self, **options: Any) -> None:
-        # unknown names and values of the wrong type are refused, naming the option
+        # unknown names and values of the wrong type are refused, naming the option; options
+        # shared by several explainers are checked here, once (an explainer checks its own)
         self.options: Dict[str, Any] = check_options(f"explainer {self.name!r}", self.defaults, options)
+        if "amp" in self.options:
+            check_amp(self.options["amp"], f"{self.name}: amp")
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..utils import autocast, check_amp, make_generator
+from ..utils import autocast, make_generator
 from .base import Explainer, cam_to_map, register_explainer
 
 
@@ -83,10 +83,6 @@ class _PGCExplainer(Explainer):
     pgc_class_name: ClassVar[str] = ""
     uses_gradients = True
     defaults = {"layer": None, "amp": None}
-
-    def __init__(self, **options) -> None:
-        super().__init__(**options)
-        check_amp(self.options["amp"], f"{self.name}: amp")
 
     @classmethod
     def pgc_class(cls):

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from ..utils import make_generator
 from .base import Explainer, minmax, register_explainer
-from .perturb import AMP_DTYPES, autocast_context, default_batch_size, inference_model
+from .perturb import autocast_context, default_batch_size, inference_model
 
 
 def rise_grids(n: int, s: int, p1: float, size: Tuple[int, int],
@@ -105,8 +105,6 @@ class RISE(Explainer):
                              f"s={o['s']!r}, batch_size={o['batch_size']!r}")
         if not 0.0 < float(o["p1"]) <= 1.0:
             raise ValueError(f"rise: p1 must be in (0, 1], got {o['p1']!r}")
-        if o["amp"] not in AMP_DTYPES:
-            raise ValueError(f"rise: amp={o['amp']!r} is not valid; valid: None, 'fp16', 'bf16'")
 
     def forward_passes(self, model) -> int:
         return int(self.options["n_masks"])

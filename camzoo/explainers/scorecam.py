@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import Explainer, cam_to_map, minmax, register_explainer
-from .perturb import AMP_DTYPES, autocast_context, default_batch_size, inference_model
+from .perturb import autocast_context, default_batch_size, inference_model
 
 VARIANTS = ("official", "grad-cam")
 
@@ -74,8 +74,6 @@ class ScoreCAM(Explainer):
                              f"valid: {', '.join(VARIANTS)}")
         if self.options["batch_size"] is not None and int(self.options["batch_size"]) < 1:
             raise ValueError(f"scorecam: batch_size must be >= 1, got {self.options['batch_size']!r}")
-        if self.options["amp"] not in AMP_DTYPES:
-            raise ValueError(f"scorecam: amp={self.options['amp']!r} is not valid; valid: None, 'fp16', 'bf16'")
 
     def forward_passes(self, model) -> int:
         return model.channels(self.options["layer"]) + 1
