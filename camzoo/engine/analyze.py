@@ -102,7 +102,7 @@ def per_class_table(run: Run, names: Sequence[str]) -> pd.DataFrame:
         mine = rows[rows.method == m]
         for s in specs:
             col = pd.to_numeric(mine[s.key], errors="coerce").groupby(mine["label"]).mean()
-            out[f"{m}:{s.column}{s.arrow}"] = s.scale * out["class"].map(col).to_numpy(np.float64)
+            out[f"{m}:{s.header}"] = s.scale * out["class"].map(col).to_numpy(np.float64)
     return out
 
 
@@ -331,12 +331,12 @@ def _report(res: Analysis, r: Run, names, top: float, related_iou: float, worst:
         specs = run_specs(r)
         key = next((s for s in specs if s.column == "ADCC"), specs[0] if specs else None)
         if key is not None:
-            L.append(f"Worst classes per method by {key.column}{key.arrow} (up to {worst}):")
+            L.append(f"Worst classes per method by {key.header} (up to {worst}):")
             L.append("")
             L.append("| method | classes (value) |")
             L.append("|:---|:---|")
             for m in names:
-                col = f"{m}:{key.column}{key.arrow}"
+                col = f"{m}:{key.header}"
                 if col not in pc:
                     continue
                 w = pc.dropna(subset=[col]).sort_values(col, ascending=key.higher_is_better).head(worst)

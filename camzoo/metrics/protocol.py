@@ -48,6 +48,11 @@ class MetricSpec:
     def arrow(self) -> str:
         return "\u2191" if self.higher_is_better else "\u2193"
 
+    @property
+    def header(self) -> str:
+        """The table header: ``column`` and its direction arrow, ``"AD(100%)↓"``."""
+        return f"{self.column}{self.arrow}"
+
 
 @dataclass
 class MetricInputs:

@@ -75,11 +75,26 @@ def per_image_matrix(rows: pd.DataFrame, key: str, methods: Sequence[str]) -> pd
     return wide.reindex(index=order, columns=list(methods)).astype(float)
 
 
-def spec_matrices(run, specs) -> Dict[str, pd.DataFrame]:
-    """``{spec.key: scale * per_image_matrix}`` for the table specs of a run (methods in config
-    order)."""
-    rows = run.rows()
-    return {s.key: s.scale * per_image_matrix(rows, s.key, run.methods) for s in specs}
+def table_matrices(rows: pd.DataFrame, specs, methods: Sequence[str]) -> Dict[str, pd.DataFrame]:
+    """``{spec.header: images x methods}`` per-image values in table units (``spec.scale``
+    applied), in ``specs`` order, methods in the given order."""
+    return {s.header: s.scale * per_image_matrix(rows, s.key, methods) for s in specs}
+
+
+def cell_intervals(mats: Dict[str, pd.DataFrame], n_resamples: int = DEFAULT_RESAMPLES,
+                   seed: int = DEFAULT_SEED, level: float = LEVEL,
+                   ci_method: str = "bca") -> Tuple[pd.DataFrame, pd.DataFrame]:
+    """``(lo, hi)``: the bootstrap interval of every (method, column) cell of ``mats``
+    (:func:`table_matrices`), DataFrames indexed by method with one column per matrix; one
+    bootstrap over all columns at once, so every cell uses the same resampled images."""
+    cols = list(mats)
+    if not cols:
+        return pd.DataFrame(), pd.DataFrame()
+    methods = list(mats[cols[0]].columns)
+    allX = np.concatenate([mats[c].to_numpy(np.float64) for c in cols], axis=1)
+    lo, hi = bootstrap_ci(allX, n_resamples, seed, level, ci_method)
+    shape = lambda v: pd.DataFrame(v.reshape(len(cols), len(methods)).T, index=methods, columns=cols)  # noqa: E731
+    return shape(lo), shape(hi)
 
 
 # -- bootstrap -------------------------------------------------------------------------------
@@ -356,7 +371,7 @@ def _specs(run, metrics: Optional[Sequence[str]] = None):
     out = []
     for name in metrics:
         low = name.strip().lower()
-        hit = [s for s in specs if low in (s.column.lower(), f"{s.column}{s.arrow}".lower(), s.key.lower())]
+        hit = [s for s in specs if low in (s.column.lower(), s.header.lower(), s.key.lower())]
         if not hit:
             raise ValueError(f"the run has no metric {name!r}; metrics: "
                              + ", ".join(s.column for s in specs))
@@ -376,7 +391,7 @@ def pairwise(run, metrics: Optional[Sequence[str]] = None, n_resamples: int = DE
     for s in _specs(run, metrics):
         X = s.scale * per_image_matrix(rows, s.key, run.methods)
         df = pairwise_tests(X, s.higher_is_better, n_resamples, seed, level, alpha, power, ci_method)
-        df.insert(0, "metric", f"{s.column}{s.arrow}")
+        df.insert(0, "metric", s.header)
         frames.append(df)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
@@ -385,21 +400,18 @@ def intervals(run, metrics: Optional[Sequence[str]] = None, n_resamples: int = D
               seed: int = DEFAULT_SEED, level: float = LEVEL, ci_method: str = "bca") -> pd.DataFrame:
     """Mean and bootstrap interval of every (metric, method) of a run, in table units: columns
     ``metric, method, n, mean, lo, hi`` (the same resampled images for every cell)."""
-    rows = run.rows()
-    specs = _specs(run, metrics)
-    mats = [s.scale * per_image_matrix(rows, s.key, run.methods) for s in specs]
+    mats = table_matrices(run.rows(), _specs(run, metrics), run.methods)
     if not mats:
         return pd.DataFrame(columns=["metric", "method", "n", "mean", "lo", "hi"])
-    allX = np.concatenate([m.to_numpy(np.float64) for m in mats], axis=1)
-    lo, hi = bootstrap_ci(allX, n_resamples, seed, level, ci_method)
-    recs, k = [], 0
-    for s, M in zip(specs, mats):
+    lo, hi = cell_intervals(mats, n_resamples, seed, level, ci_method)
+    recs = []
+    for col, M in mats.items():
         for m in run.methods:
             v = M[m].to_numpy(np.float64)
             v = v[np.isfinite(v)]
-            recs.append({"metric": f"{s.column}{s.arrow}", "method": m, "n": int(len(v)),
-                         "mean": float(v.mean()) if len(v) else float("nan"), "lo": lo[k], "hi": hi[k]})
-            k += 1
+            recs.append({"metric": col, "method": m, "n": int(len(v)),
+                         "mean": float(v.mean()) if len(v) else float("nan"),
+                         "lo": lo.loc[m, col], "hi": hi.loc[m, col]})
     return pd.DataFrame(recs)
 
 
@@ -553,8 +565,8 @@ def agreement(run, metrics: Optional[Sequence[str]] = None) -> Agreement:
     if len(run.methods) < 2:
         raise ValueError("agreement ranks methods; the run has only one")
     rows = run.rows()
-    mats = {f"{s.column}{s.arrow}": per_image_matrix(rows, s.key, run.methods) for s in specs}
-    return agreement_of(mats, {f"{s.column}{s.arrow}": s.higher_is_better for s in specs})
+    mats = {s.header: per_image_matrix(rows, s.key, run.methods) for s in specs}
+    return agreement_of(mats, {s.header: s.higher_is_better for s in specs})
 
 
 # -- rendering -------------------------------------------------------------------------------

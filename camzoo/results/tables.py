@@ -111,7 +111,7 @@ def summary(run, ci: bool = True, n_resamples: int = stats.DEFAULT_RESAMPLES,
     better: Dict[str, bool] = {}
     grouped = rows.groupby("method", sort=False)
     for s in specs:
-        col = f"{s.column}{s.arrow}"
+        col = s.header
         better[col] = s.higher_is_better
         vals = []
         for m in methods:
@@ -148,9 +148,10 @@ def summary(run, ci: bool = True, n_resamples: int = stats.DEFAULT_RESAMPLES,
     table = Table(df, better, notes + fail_notes, alpha=alpha, unmarked=unmarked, backbone=bbn)
     if not (ci or tests) or not specs:
         return table
-    mats = {f"{s.column}{s.arrow}": s.scale * stats.per_image_matrix(rows, s.key, methods) for s in specs}
+    mats = stats.table_matrices(rows, specs, methods)
     if ci:
-        table.lo, table.hi = _intervals(mats, df, n_resamples, seed, level, ci_method)
+        lo, hi = stats.cell_intervals(mats, n_resamples, seed, level, ci_method)
+        table.lo, table.hi = lo.set_axis(df.index), hi.set_axis(df.index)
         kind = {"bca": "BCa", "percentile": "percentile"}[ci_method]
         table.ci_note = (f"\u00b1: half-width of the {100 * level:g} % {kind} bootstrap interval over "
                          f"images ({n_resamples:,} resamples, seed {seed}, the same resampled images "
@@ -194,17 +195,6 @@ def failure_notes(run) -> Tuple[List[str], Set[str]]:
         notes.append(f"{m}: " + "; ".join(parts) + f" (see `camzoo errors {run.dir}`).")
     return notes, unmarked
 
-
-
-def _intervals(mats: Dict[str, pd.DataFrame], df: pd.DataFrame, n_resamples: int, seed: int,
-               level: float, ci_method: str):
-    """``(lo, hi)`` DataFrames of every metric cell, one bootstrap over all columns at once."""
-    cols = list(mats)
-    allX = np.concatenate([mats[c].to_numpy(np.float64) for c in cols], axis=1)
-    lo, hi = stats.bootstrap_ci(allX, n_resamples, seed, level, ci_method)
-    m = df.shape[0]
-    shape = lambda v: pd.DataFrame(v.reshape(len(cols), m).T, index=df.index, columns=cols)
-    return shape(lo), shape(hi)
 
 
 def near_best_tests(table: Table, mats: Dict[str, pd.DataFrame]) -> pd.DataFrame:
