@@ -7,8 +7,6 @@ fractions (10 %, ..., 90 %, MoRF and LeRF) on both sides. Prints, per image:
   and the share spent imputing;
 - the forward-pass limit: the same number of forwards (``2 * P`` per image) timed alone at the
   protocol's batch size (best of ``--repeats``), and camzoo / limit;
-- with ``--compare-torch``: camzoo again on its torch operators (``kernels=False``) instead of
-  the compiled CPU kernels, and the ratio of the two;
 - pytorch-grad-cam ``ROADCombined(percentiles=10..90)`` on the normalized tensor (as its docs
   use it: noise 0.01 in normalized space, per-image scipy ``spsolve``, one forward batch per
   percentile), and its time / camzoo's.
@@ -60,10 +58,6 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2,
                     help="rounds of camzoo, forward limit and pytorch-grad-cam in turn (best kept)")
     ap.add_argument("--skip-theirs", action="store_true", help="do not run pytorch-grad-cam")
-    ap.add_argument("--kernels", choices=("auto", "c", "torch"), default="auto",
-                    help="the imputation's solver path (the protocol's option kernels)")
-    ap.add_argument("--compare-torch", action="store_true",
-                    help="also time camzoo on its torch operators in each round")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -75,7 +69,7 @@ def main() -> None:
     import camzoo
     from camzoo.data.images import sample_photos
     from camzoo.metrics import Scorer
-    from camzoo.metrics.road import DEFAULT_FRACTIONS, DEFAULT_TOL, road_scores, use_kernels
+    from camzoo.metrics.road import DEFAULT_FRACTIONS, DEFAULT_TOL, road_scores
 
     bb = camzoo.load_backbone(args.backbone, weights=args.weights, device=args.device)
     photos = [img for _, img in sample_photos()]
@@ -87,16 +81,13 @@ def main() -> None:
     x01 = bb.denormalize(x).clamp(0, 1)
     P = len(DEFAULT_FRACTIONS)
     tol = DEFAULT_TOL if args.tol is None else args.tol
-    kernels = use_kernels(bb.device, {"auto": None, "c": True, "torch": False}[args.kernels])
     print(f"backbone {bb.name}, {n} image(s) {tuple(x.shape[-2:])}, {P} fractions x 2 orders, "
           f"eval batch {args.eval_batch_size}, {torch.get_num_threads()} thread(s), device {bb.device}, "
-          f"imputation tol {tol:g}, solver on {'the compiled kernels' if kernels else 'torch'}")
+          f"imputation tol {tol:g}")
 
-    # warm-up (allocator, kernels)
-    for k in {kernels, False} if args.compare_torch else {kernels}:
-        road_scores(Scorer(bb.model, args.eval_batch_size), x01[:1], V[:1], c[:1], bb.normalize,
-                    fractions=DEFAULT_FRACTIONS[:2], solve_batch=args.solve_batch, tol=tol,
-                    kernels=k)
+    # warm-up (allocator, oneDNN / cuDNN plans)
+    road_scores(Scorer(bb.model, args.eval_batch_size), x01[:1], V[:1], c[:1], bb.normalize,
+                fractions=DEFAULT_FRACTIONS[:2], solve_batch=args.solve_batch, tol=tol)
     xb = x.repeat((args.eval_batch_size + n - 1) // n, 1, 1, 1)[:args.eval_batch_size]
     xb = xb.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
@@ -114,24 +105,16 @@ def main() -> None:
         metric = pgc.ROADCombined(percentiles=[round(100 * p) for p in DEFAULT_FRACTIONS])
 
     # the three measurements take turns in each round (this VM's speed drifts); best kept
-    best = {k: (float("inf"), float("inf")) for k in ("ours", "imp", "lim", "theirs", "torch",
-                                                      "imp_torch")}
+    best = {k: (float("inf"), float("inf")) for k in ("ours", "imp", "lim", "theirs")}
     nfw = 2 * P * n
     for rnd in range(args.rounds):
         timing: dict = {}
         sc = Scorer(bb.model, args.eval_batch_size)
         t = _clock()
         ours = road_scores(sc, x01, V, c, bb.normalize, solve_batch=args.solve_batch, tol=tol,
-                           timing=timing, kernels=kernels)
+                           timing=timing)
         got = {"ours": _since(t), "imp": (timing["impute"], timing["impute_cpu"])}
         assert sc.counts["road"] == nfw, sc.counts
-        if args.compare_torch:
-            timing = {}
-            t = _clock()
-            road_scores(Scorer(bb.model, args.eval_batch_size), x01, V, c, bb.normalize,
-                        solve_batch=args.solve_batch, tol=tol, timing=timing, kernels=False)
-            got["torch"] = _since(t)
-            got["imp_torch"] = (timing["impute"], timing["impute_cpu"])
         # the forward-pass limit: the same number of forwards alone, at the same batch size
         lim = (float("inf"), float("inf"))
         with torch.inference_mode():
@@ -150,9 +133,6 @@ def main() -> None:
         if metric is not None:
             line += (f", pytorch-grad-cam {got['theirs'][0] / n:.3f}, theirs / camzoo "
                      f"{got['theirs'][0] / got['ours'][0]:.1f}x")
-        if args.compare_torch:
-            line += (f", torch operators {got['torch'][0] / n:.3f} (imputation "
-                     f"{got['imp_torch'][0] / got['imp'][0]:.2f}x the kernels')")
         print(line)
         for k, (w, cc) in got.items():
             best[k] = (min(best[k][0], w), min(best[k][1], cc))
@@ -167,11 +147,6 @@ def main() -> None:
           f"imputation / forwards = {imp / lim_w:.2f} wall, {imp_c / lim_c:.2f} CPU")
     print(f"camzoo ROAD-MoRF {ours['road_morf'].mean():.4f} ROAD-LeRF {ours['road_lerf'].mean():.4f} "
           f"ROAD {ours['road'].mean():.4f}")
-    if args.compare_torch:
-        (w_t, c_t), (iw_t, ic_t) = best["torch"], best["imp_torch"]
-        print(f"camzoo on torch  : {w_t / n:8.3f} s/img wall  {c_t / n:8.3f} s/img CPU  "
-              f"(imputation {iw_t / n:.3f} s/img wall, {ic_t / n:.3f} CPU) -> imputation on "
-              f"torch / on the kernels = {iw_t / imp:.2f} wall, {ic_t / imp_c:.2f} CPU")
     if metric is not None:
         w_th, c_th = best["theirs"]
         print(f"pytorch-grad-cam : {w_th / n:8.3f} s/img wall  {c_th / n:8.3f} s/img CPU  "

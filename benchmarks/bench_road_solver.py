@@ -2,19 +2,18 @@
 
 The systems are the protocol's own: Grad-CAM maps (Lite0, default layer) of ``--images``
 sample photos at 224x224, MoRF and LeRF at 10..90 % (18 systems per image), solved in chunks of
-``--solve-batch``, on each solver path of ``--paths`` (``c``: the compiled CPU kernels, ``torch``:
-the torch operators). The reference is the same solver run on float64 input to ``tol = 1e-12``
-(a float64 iterative refinement; tests/test_road.py checks the solver against scipy's exact
-``spsolve``). The (path, tolerance) settings take turns within each of ``--repeats`` passes
-(best pass kept). Prints, per setting: CPU ms per system, CG iterations per chunk, the largest
-|imputed - reference| over all pixels and the ratio of CPU time to the first path's at the
-default tolerance.
+``--solve-batch`` by the torch solver (the only one). The reference is the same solver run on
+float64 input to ``tol = 1e-12`` (a float64 iterative refinement; tests/metrics/test_road.py
+checks the solver against scipy's exact ``spsolve``). The tolerances take turns within each of
+``--repeats`` passes (best pass kept). Prints, per tolerance: CPU ms per system, CG iterations
+per chunk, the largest |imputed - reference| over all pixels and the ratio of CPU time to the
+default tolerance's.
 
 Usage::
 
     python benchmarks/bench_road_solver.py                 # 4 photos, 72 systems, 1 thread
     python benchmarks/bench_road_solver.py --tols 1e-5,1e-6,1e-7
-    python benchmarks/bench_road_solver.py --paths c --tols 1e-6 --solve-batch 4
+    python benchmarks/bench_road_solver.py --tols 1e-6 --solve-batch 4 --threads 2
 """
 from __future__ import annotations
 
@@ -31,8 +30,6 @@ def main() -> None:
     ap.add_argument("--tols", default="1e-5,3e-6,1e-6")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3, help="timed passes (best kept)")
-    ap.add_argument("--paths", default="c,torch",
-                    help="solver paths: c (compiled kernels, where available), torch")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from camzoo.engine.timing import tune_cpu_allocator
@@ -40,7 +37,6 @@ def main() -> None:
     tune_cpu_allocator()
     import camzoo
     from camzoo.data.images import sample_photos
-    from camzoo.metrics import road_kernels
     from camzoo.metrics.road import (DEFAULT_FRACTIONS, DEFAULT_TOL, ORDERS, impute,
                                      random_fields, removal_masks)
 
@@ -64,32 +60,28 @@ def main() -> None:
     print(f"{len(masks)} systems ({n} photos x {P} fractions x 2 orders), {H}x{W}, chunks of {ch}, "
           f"{torch.get_num_threads()} thread(s); default tol {DEFAULT_TOL:g}")
     tols = [float(t) for t in args.tols.split(",")]
-    paths = [p for p in args.paths.split(",") if p != "c" or road_kernels.available()]
-    if "c" in args.paths.split(",") and "c" not in paths:
-        print(f"(no compiled kernels here: {road_kernels.error()})")
-    settings = [(p, tol) for p in paths for tol in tols]
-    for p, tol in settings:
-        impute(*chunks[0], tol=tol, kernels=p == "c")  # warm-up
-    # the settings take turns within each pass (this VM's speed drifts between passes)
-    best = {s: float("inf") for s in settings}
+    for tol in tols:
+        impute(*chunks[0], tol=tol)  # warm-up
+    # the tolerances take turns within each pass (this VM's speed drifts between passes)
+    best = {tol: float("inf") for tol in tols}
     its: dict = {}
     errs: dict = {}
     for _ in range(args.repeats):
-        for s in settings:
-            p, tol = s
-            t0, out, its[s] = time.process_time(), [], []
+        for tol in tols:
+            t0, out, its[tol] = time.process_time(), [], []
             for xx, rr in chunks:
                 info: dict = {}
-                out.append(impute(xx, rr, tol=tol, info=info, kernels=p == "c"))
-                its[s].append(info["inner"])
-            best[s] = min(best[s], time.process_time() - t0)
-            errs[s] = float((torch.cat(out).double() - ref).abs().max())
-    rows = [(s, best[s] / len(masks) * 1e3, sum(its[s]) / len(its[s]), errs[s]) for s in settings]
-    base = next((r[1] for r in rows if r[0][1] == DEFAULT_TOL), rows[0][1])
-    print(f"{'path':>6} {'tol':>8} {'ms/system (CPU)':>16} {'CG its/chunk':>13} {'max |err|':>10} "
-          f"{'time / first':>13}")
-    for (p, tol), ms, it, err in rows:
-        print(f"{p:>6} {tol:8.0e} {ms:16.1f} {it:13.1f} {err:10.2e} {ms / base:13.2f}")
+                out.append(impute(xx, rr, tol=tol, info=info))
+                its[tol].append(info["inner"])
+            best[tol] = min(best[tol], time.process_time() - t0)
+            errs[tol] = float((torch.cat(out).double() - ref).abs().max())
+    rows = [(tol, best[tol] / len(masks) * 1e3, sum(its[tol]) / len(its[tol]), errs[tol])
+            for tol in tols]
+    base = next((r[1] for r in rows if r[0] == DEFAULT_TOL), rows[0][1])
+    print(f"{'tol':>8} {'ms/system (CPU)':>16} {'CG its/chunk':>13} {'max |err|':>10} "
+          f"{'time / default':>15}")
+    for tol, ms, it, err in rows:
+        print(f"{tol:8.0e} {ms:16.1f} {it:13.1f} {err:10.2e} {ms / base:15.2f}")
 
 
 if __name__ == "__main__":

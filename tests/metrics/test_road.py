@@ -1,4 +1,11 @@
-"""Protocol ``road``: imputation vs an independent scipy solve, pytorch-grad-cam's ROAD, CLI."""
+"""Protocol ``road``: the imputation vs an independent scipy solve, the multigrid's Galerkin
+operators and SPD V-cycle, pytorch-grad-cam's ROAD, the protocol and its CLI (resuming runs
+stored with the retired option ``kernels``), and no compiled code in the package."""
+import ast
+import json
+import os
+import sqlite3
+
 import numpy as np
 import pytest
 import torch
@@ -7,16 +14,15 @@ from torch import nn
 
 import camzoo
 from camzoo.engine.config import resolve_protocols
-from camzoo.metrics import PROTOCOLS, MetricInputs, Scorer, road_kernels, table_metrics
+from camzoo.metrics import PROTOCOLS, MetricInputs, Scorer, table_metrics
 from camzoo.metrics.road import (DEFAULT_FRACTIONS, DEFAULT_TOL, NEIGHBOUR_WEIGHTS, impute,
                                  random_fields, removal_masks, removed_count, road_curves)
 from camzoo.models.testing import tiny_backbone
 
-from .conftest import SAMPLES
+from ..conftest import SAMPLES
 
-#: both solver paths: torch operators, and the compiled CPU kernels where a compiler works
-KERNELS = [False, pytest.param(True, marks=pytest.mark.skipif(
-    not road_kernels.available(), reason=f"no ROAD kernels: {road_kernels.error()}"))]
+PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                       "camzoo")
 
 
 def scipy_impute(img: np.ndarray, removed: np.ndarray) -> np.ndarray:
@@ -64,9 +70,8 @@ def _maps(B, H, W, seed=0, smooth=True):
 
 
 # -- imputation ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("H,W", [(19, 27), (40, 40)])
-def test_imputation_equals_an_independent_scipy_solve(H, W, kernels):
+def test_imputation_equals_an_independent_scipy_solve(H, W):
     g = torch.Generator().manual_seed(1)
     x = torch.rand(2, 3, H, W, generator=g)
     V = _maps(2, H, W)
@@ -78,8 +83,8 @@ def test_imputation_equals_an_independent_scipy_solve(H, W, kernels):
     rem = torch.cat([rem, scattered, border])
     xx = x[torch.arange(len(rem)) % 2]
     info = {}
-    out = impute(xx, rem, info=info, kernels=kernels)
-    assert info["kernels"] is kernels
+    out = impute(xx, rem, info=info)
+    assert set(info) == {"outer", "inner", "residual"}
     assert info["residual"] <= DEFAULT_TOL and info["outer"] >= 1  # the default tolerance
     assert info["inner"] <= 20  # the multigrid preconditioner works (plain CG needs > 40 here)
     for i in range(len(rem)):
@@ -88,19 +93,16 @@ def test_imputation_equals_an_independent_scipy_solve(H, W, kernels):
         keep = ~rem[i]
         assert torch.equal(out[i][:, keep], xx[i][:, keep])  # kept pixels untouched
     # each image converges on its own: the same values whatever else is in the batch
-    torch.testing.assert_close(impute(xx[3:6], rem[3:6], kernels=kernels), out[3:6], atol=1e-7,
-                               rtol=0)
+    torch.testing.assert_close(impute(xx[3:6], rem[3:6]), out[3:6], atol=1e-7, rtol=0)
     # a constant image stays constant (weights sum to 1 over the in-image neighbours)
     # (at a tolerance below float32's reach: the float64 refinement gets there)
     info = {}
-    c = impute(torch.full((1, 3, H, W), 0.25, dtype=torch.float64), rem[:1], tol=1e-10, info=info,
-               kernels=kernels)
+    c = impute(torch.full((1, 3, H, W), 0.25, dtype=torch.float64), rem[:1], tol=1e-10, info=info)
     assert info["outer"] >= 2
     torch.testing.assert_close(c, torch.full_like(c, 0.25), atol=1e-9, rtol=0)
 
 
-@pytest.mark.parametrize("kernels", KERNELS)
-def test_imputation_at_224_px_on_cam_like_maps_is_within_1e_4_of_scipy(kernels):
+def test_imputation_at_224_px_on_cam_like_maps_is_within_1e_4_of_scipy():
     """The protocol's size: real photos, CAM-shaped maps (7x7 upsampled, ReLU zeros broken by
     the authors' tie noise), the fractions with the largest removed regions."""
     from camzoo.data.images import sample_photos
@@ -117,8 +119,7 @@ def test_imputation_at_224_px_on_cam_like_maps_is_within_1e_4_of_scipy(kernels):
     rem = torch.cat([removal_masks(V, fr, o, ties).reshape(-1, H, W) for o in ("morf", "lerf")])
     xx = x[torch.arange(len(rem)) // len(fr) % 2]
     info = {}
-    out = impute(xx, rem, info=info, kernels=kernels)
-    assert info["kernels"] is kernels
+    out = impute(xx, rem, info=info)
     assert info["inner"] <= 12  # the bilinear multigrid (the 2x2-aggregation V-cycle took 15)
     err = [float(np.abs(out[i].double().numpy() - scipy_impute(xx[i].double().numpy(),
                                                               rem[i].numpy())).max())
@@ -137,30 +138,27 @@ def _dense(op, shape, dtype=torch.float64):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_channels_last_transfers_equal_the_sliced_ones(h, w, dtype):
     """The fine grid's convolution transfers (``P^T = Q D``, ``P = D Q^T``) equal the slices."""
-    from camzoo.metrics.road import _interp, _interp_cl, _restrict, _restrict_cl_
+    from camzoo.metrics.road.multigrid import interp, interp_cl, restrict, restrict_cl_
 
     g = torch.Generator().manual_seed(h * 1000 + w)
     r = torch.randn(2, 3, h, w, generator=g, dtype=dtype).contiguous(memory_format=torch.channels_last)
-    want = _restrict(r)
-    got = _restrict_cl_(r.clone())
+    want = restrict(r)
+    got = restrict_cl_(r.clone())
     assert got.shape == want.shape == (2, 3, (h + 1) // 2, (w + 1) // 2) and got.is_contiguous()
     tol = 1e-5 if dtype == torch.float32 else 1e-12
     torch.testing.assert_close(got, want, atol=tol, rtol=0)
     uc = torch.randn(2, 3, (h + 1) // 2, (w + 1) // 2, generator=g, dtype=dtype)
-    got = _interp_cl(uc, h, w)
+    got = interp_cl(uc, h, w)
     assert got.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(got, _interp(uc, h, w), atol=tol, rtol=0)
+    torch.testing.assert_close(got, interp(uc, h, w), atol=tol, rtol=0)
 
 
-@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("H,W,kind", [(10, 13, "random"), (9, 8, "random"), (21, 20, "random"),
                                       (21, 20, "isolated")])
-def test_multigrid_levels_are_exact_galerkin_operators_and_the_v_cycle_is_spd(H, W, kind, kernels):
-    from camzoo.metrics.road import (_FineOperator, _interp, _KernelFineOperator, _Multigrid,
-                                     _OFFSETS, _restrict)
+def test_multigrid_levels_are_exact_galerkin_operators_and_the_v_cycle_is_spd(H, W, kind):
+    from camzoo.metrics.road.multigrid import Multigrid, interp, restrict
+    from camzoo.metrics.road.operators import OFFSETS, FineOperator
 
-    Op = _KernelFineOperator if kernels else _FineOperator
-    fmt = torch.contiguous_format if kernels else torch.channels_last
 
     g = torch.Generator().manual_seed(H * W)
     if kind == "random":
@@ -169,15 +167,14 @@ def test_multigrid_levels_are_exact_galerkin_operators_and_the_v_cycle_is_spd(H,
     else:  # lone pixels between 4 coarse points that see nothing else: P loses rank
         rem = torch.zeros(1, H, W, dtype=torch.bool)
         rem[0, 1::4, 1::4] = True
-    fine = Op(rem, torch.float64, 1)
-    mg = _Multigrid(fine, coarse_size=2)
-    assert mg.kernels is kernels
+    fine = FineOperator(rem, torch.float64, 1)
+    mg = Multigrid(fine, coarse_size=2)
     assert len(mg.ops) >= 3  # several coarse levels
     n = H * W
 
     def fine_apply(E):  # E [n,1,H,W]: the fine operator of this one mask on n fields
-        f = Op(rem.expand(E.shape[0], H, W), torch.float64, 1)
-        return f.apply((E * f.m1).contiguous(memory_format=fmt))
+        f = FineOperator(rem.expand(E.shape[0], H, W), torch.float64, 1)
+        return f.apply((E * f.m1).contiguous(memory_format=torch.channels_last))
 
     A = _dense(fine_apply, (H, W))
     sup = rem.reshape(n).double()
@@ -185,13 +182,13 @@ def test_multigrid_levels_are_exact_galerkin_operators_and_the_v_cycle_is_spd(H,
         h, w = mg.sizes[lvl - 1]
         hc, wc = mg.sizes[lvl]
         # P: bilinear from the coarse points, onto the unknowns of the finer level; R = P^T
-        P = _dense(lambda E: _interp(E, h, w), (hc, wc)) * sup[:, None]
-        R = _dense(lambda E: _restrict(E * sup.view(1, 1, h, w)), (h, w))  # on the unknowns
+        P = _dense(lambda E: interp(E, h, w), (hc, wc)) * sup[:, None]
+        R = _dense(lambda E: restrict(E * sup.view(1, 1, h, w)), (h, w))  # on the unknowns
         np.testing.assert_allclose(R.numpy(), P.T.numpy(), atol=1e-12)
         Ac = P.T @ A @ P
         S = torch.cat(mg.ops[lvl].S, 1)[0]  # [9, hc, wc]
         dense = torch.zeros(hc * wc, hc * wc, dtype=torch.float64)
-        for k, (dy, dx) in enumerate(_OFFSETS):
+        for k, (dy, dx) in enumerate(OFFSETS):
             for iy in range(hc):
                 for ix in range(wc):
                     jy, jx = iy + dy, ix + dx
@@ -204,7 +201,7 @@ def test_multigrid_levels_are_exact_galerkin_operators_and_the_v_cycle_is_spd(H,
             lam = torch.linalg.eigvals(mg.dinv[lvl].reshape(-1)[on, None] * A[on][:, on]).real
             assert float(lam.max()) < 1.9, (lvl, float(lam.max()))
     # the preconditioner: symmetric and positive definite on the fine unknowns
-    B = _dense(lambda E: torch.cat([mg(e[None].contiguous(memory_format=fmt))
+    B = _dense(lambda E: torch.cat([mg(e[None].contiguous(memory_format=torch.channels_last))
                                     for e in E * fine.m1]), (H, W))
     keep = rem.reshape(n)
     B = B[keep][:, keep]
@@ -379,14 +376,19 @@ def test_protocol_rows_columns_options_and_all_road():
     assert cols == [("ROAD-MoRF\u2193", 100.0), ("ROAD-LeRF\u2191", 100.0), ("ROAD\u2191", 100.0)]
     with pytest.raises(ValueError, match="has no option.*fractions="):
         proto.options(steps=3)
-    # the solver path: the same rows on torch's operators and (where built) the compiled kernels
-    with pytest.raises(ValueError, match="kernels must be one of auto, c, torch; got 'gpu'"):
+    # the retired option kernels (compiled CPU kernels, removed): any old value is accepted and
+    # changes nothing, so runs stored with it resume and their tables are read
+    with pytest.raises(ValueError, match="kernels .deprecated, no effect. must be one of auto, c, "
+                                         "torch; got 'gpu'"):
         proto.options(kernels="gpu")
+    assert proto.options(kernels="c") == proto.options() and "kernels" not in proto.options()
+    assert "kernels" in proto.runtime_options  # not part of a stored run's identity
+    assert table_metrics(["road"], {"road": {"kernels": "auto"}}) == table_metrics(["road"])
     inputs = MetricInputs(sc, x, V, c, p.max(1).values, bb.normalize, bb.denormalize, x01=x01)
-    for k in ("torch", "c") if road_kernels.available() else ("torch",):
+    for k in ("auto", "c", "torch"):
         again = proto.evaluate(inputs, fractions=(0.25, 0.5), kernels=k)
-        torch.testing.assert_close(again["road_lerf_curve"], rows["road_lerf_curve"], atol=1e-6,
-                                   rtol=0)
+        for key, v in rows.items():
+            assert torch.equal(again[key], v), (k, key)
     # 'all' stays the three papers' protocols; 'all,road' adds ROAD, in table order
     assert resolve_protocols("all") == ["lcam", "rise", "adcc"]
     assert resolve_protocols("all,road") == ["lcam", "rise", "adcc", "road"]
@@ -442,23 +444,26 @@ def test_cli_bench_tiny_vit_weights_all_and_road(tmp_path):
     assert int(fw[(fw.method == "gradcam") & (fw.family == "road")].forwards.sum()) == 2 * 18
     run.close()
 
-    # a run stored before the option `kernels` existed, with another chunking, resumes (runtime
-    # options are not part of a run's identity) and gets the rows it would have had
-    import json
-    import sqlite3
-
+    # a run stored when ROAD had compiled CPU kernels: the option kernels among its protocol's
+    # options and in its bench_config's metric options (and, as if it predated it, no runtime
+    # option solve_batch). Its table is read, and it resumes with another chunking (retired and
+    # runtime options are no part of a run's identity) with the rows it would have had
     out = tmp_path / "road"
     cfg = json.loads((out / "config.json").read_text())
     opts = cfg["protocols"]["road"]["options"]
-    assert opts["kernels"] == "auto" and opts["solve_batch"] is None
-    del opts["kernels"]
-    opts["solve_batch"] = 3
+    assert "kernels" not in opts and opts["solve_batch"] is None
+    opts["kernels"] = "auto"
+    del opts["solve_batch"]
+    cfg["bench_config"]["metric_options"] = {"road": {"kernels": "c"}}
     (out / "config.json").write_text(json.dumps(cfg))
+    res = runner.invoke(main, ["table", str(out)])
+    assert res.exit_code == 0 and "ROAD-MoRF↓" in res.output, res.output
     con = sqlite3.connect(out / "rows.sqlite")
     con.execute("DELETE FROM rows WHERE idx >= 1")
     con.commit()
     con.close()
-    res = runner.invoke(main, ["bench", "--resume", "--out", str(out), "--no-progress"])
+    res = runner.invoke(main, ["bench", "--resume", "--out", str(out), "--no-progress",
+                               "--metric-opt", "road.solve_batch=3"])
     assert res.exit_code == 0, res.output
     assert "1 image(s) to do (1 done" in res.output
     with Run(str(out)) as again:
@@ -467,7 +472,66 @@ def test_cli_bench_tiny_vit_weights_all_and_road(tmp_path):
     assert len(new) == len(old) == 6
     for col in ("road_morf", "road_lerf", "road"):
         np.testing.assert_allclose(new[col], old[col], atol=1e-6, rtol=0)
+    for col in ("road_morf_curve", "road_lerf_curve"):
+        np.testing.assert_allclose(np.stack(new[col]), np.stack(old[col]), atol=1e-6, rtol=0)
+    # the resumed run's config drops the retired option from the protocol's options
+    opts = json.loads((out / "config.json").read_text())["protocols"]["road"]["options"]
+    assert "kernels" not in opts and opts["solve_batch"] == 3
     # what changes a row still refuses: another tolerance is another run
     res = runner.invoke(main, ["bench", "--resume", "--out", str(out), "--no-progress",
                                "--metric-opt", "road.tol=1e-5"])
     assert res.exit_code != 0 and "protocols.road.tol" in res.output, res.output
+
+
+# -- no compiled code ------------------------------------------------------------------------------
+#: modules that must not be imported anywhere in camzoo/ (function-level imports included)
+FORBIDDEN_IMPORTS = ("ctypes", "subprocess", "cffi", "torch.utils.cpp_extension")
+#: files allowed one of them, with the reason (no C is compiled, and nothing is loaded from a
+#: folder a user can write to): glibc's mallopt through the system's libc.so.6
+ALLOWED = {os.path.join("engine", "timing.py"): {"ctypes"}}
+#: what C, C++ or a shared library in a string or a file of the package looks like
+C_MARKERS = ("#include", "#pragma omp", "__restrict", 'extern "C"', "-fopenmp")
+C_SUFFIXES = (".c", ".h", ".cc", ".cpp", ".cu", ".so", ".dll", ".dylib", ".pyx")
+
+
+def _forbidden(tree: ast.AST):
+    """``(line, what)`` for each import of a :data:`FORBIDDEN_IMPORTS` module and each
+    ``os.system`` / ``os.popen`` call (a shell-out without subprocess)."""
+    for node in ast.walk(tree):
+        names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                 [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+        for name in names:
+            hit = [m for m in FORBIDDEN_IMPORTS if name == m or name.startswith(m + ".")]
+            if hit:
+                yield node.lineno, hit[0]
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("system", "popen")
+                and getattr(node.func.value, "id", "") == "os"):
+            yield node.lineno, f"os.{node.func.attr}"
+
+
+def test_the_package_holds_no_c_source_nor_loads_compiled_code():
+    """ROAD's imputation ran through C kernels compiled at first use and loaded with ctypes
+    (issue 22: a library planted in the cache folder was run); the package stays pure Python
+    and torch: no C source in a string or a file, no ctypes / subprocess / cffi / cpp_extension."""
+    found = []
+    for dirpath, dirnames, files in os.walk(PACKAGE):
+        dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+        for f in files:
+            path = os.path.join(dirpath, f)
+            rel = os.path.relpath(path, PACKAGE)
+            if f.endswith(C_SUFFIXES):
+                found.append(f"{rel}: a C / compiled file")
+            if not f.endswith(".py"):
+                continue
+            text = open(path, encoding="utf-8").read()
+            tree = ast.parse(text, path)
+            found += [f"{rel}:{line}: {what}" for line, what in _forbidden(tree)
+                      if what not in ALLOWED.get(rel, set())]
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                    hits = [m for m in C_MARKERS if m in node.value]
+                    if hits:
+                        found.append(f"{rel}:{node.lineno}: a string with {hits}")
+    assert not found, "compiled code in camzoo/:\n  " + "\n  ".join(found)
+    assert not os.path.exists(os.path.join(PACKAGE, "metrics", "road_kernels.py"))
