@@ -1,8 +1,7 @@
 """What the benchmark scripts share: timing, CUDA synchronisation, report output, the
 machine line, paths and argument helpers.
 
-One module for both folders (``benchmarks/speed`` and ``benchmarks/studies``, and
-``benchmarks/bench_road*.py`` when they move): the studies time, print and describe the
+One module for both folders (``benchmarks/speed`` and ``benchmarks/studies``): the studies time, print and describe the
 machine exactly as the speed scripts do, so neither folder owns these helpers. The scripts
 run as modules from the repository root and import it through the package path::
 
@@ -282,7 +281,9 @@ def add_tune_malloc(ap: argparse.ArgumentParser) -> None:
 
 
 def tune_malloc(device: Device, args: argparse.Namespace) -> bool:
-    """Tune glibc's allocator on CPU as ``camzoo bench`` does, unless ``--no-tune-malloc``."""
+    """Tune glibc's allocator on CPU as ``camzoo bench --tune-malloc`` does, unless
+    ``--no-tune-malloc`` (the scripts measure camzoo's work, not the page faults of glibc's
+    defaults: ``benchmarks/speed/bench_malloc.py`` measures those)."""
     if torch.device(device or "cpu").type != "cpu" or args.no_tune_malloc:
         return False
     from camzoo.engine.timing import tune_cpu_allocator

@@ -98,7 +98,7 @@ step "engine overhead (bench_engine)" 40 engine.txt \
 step "Score-CAM vs pytorch-grad-cam, same nn.Module" 50 scorecam.txt \
   $py -m benchmarks.speed.bench_scorecam --same-object --device $devname "${amp[@]}" "${sc[@]}"
 step "ROAD on the device (bench_road.py)" 30 road.txt \
-  $py benchmarks/bench_road.py --device $devname --skip-theirs "${road[@]}"
+  $py -m benchmarks.speed.bench_road --device $devname --skip-theirs "${road[@]}"
 step "bf16 vs fp32 agreement (Lite0)" 120 - \
   $py -m benchmarks.speed.gpu_check agreement --out "$out" "${dev[@]}" "${q[@]}" "${photos[@]}"
 { echo; echo "$failed step(s) failed; details in log.txt. throughput.md and agreement.md are"

@@ -183,7 +183,9 @@ class BenchConfig:
     figures: bool = option(True, "write the figures at the end", kind=bool)
     progress: bool = option(True, "show progress bars", kind=bool)
     tune_malloc: bool = option(
-        True, "on CPU, keep freed memory in glibc's heap (camzoo.engine.timing.tune_cpu_allocator)",
+        False, "on CPU, keep freed memory in glibc's heap for the next forward (process-wide; ~1.9x "
+               "faster CPU forwards, benchmarks/speed/bench_malloc.py); the environment variables "
+               "MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=2147483647 do the same",
         kind=bool)
     preset: Optional[str] = option(
         None, "quick: fast demo settings (default without --data); full: protocol defaults (default "

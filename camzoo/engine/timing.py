@@ -1,6 +1,7 @@
 """Engine timing: a wall/CPU clock per named part, and the CPU allocator tuning."""
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections import defaultdict
@@ -11,15 +12,28 @@ import torch
 from ..utils import synchronize
 
 
-def tune_cpu_allocator() -> bool:
-    """Stop glibc from returning large blocks to the OS after every free (Linux only).
+#: glibc's own environment variables with the effect of :func:`tune_cpu_allocator`, set before
+#: the process starts (no code of camzoo's involved)
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "1073741824", "MALLOC_TRIM_THRESHOLD_": "2147483647"}
 
-    By default glibc serves every allocation above its mmap threshold (at most 32 MB) with a
-    fresh ``mmap`` and unmaps it on free, so each CPU forward of a large batch page-faults its
-    activations in again: measured on Lite0 at batch 64, ~20 ms/image of system time on top of
-    ~30 ms/image of compute. Raising ``M_MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD`` keeps the
-    freed memory in the heap for the next forward (peak memory is kept, not returned).
-    Process-wide; :func:`run` calls it for CPU runs (``BenchConfig.tune_malloc``).
+
+def malloc_env_set() -> bool:
+    """True when the environment already tunes glibc's allocator (:data:`MALLOC_ENV`)."""
+    return all(os.environ.get(k) for k in MALLOC_ENV)
+
+
+def tune_cpu_allocator() -> bool:
+    """Stop glibc from returning large blocks to the OS after every free (Linux only); only
+    when asked (``BenchConfig(tune_malloc=True)``, ``camzoo bench --tune-malloc``).
+
+    By default glibc serves every allocation above its mmap threshold with a fresh ``mmap`` and
+    unmaps it on free, so each CPU forward of a large batch page-faults its activations in again:
+    Lite0 at batch 64 spends ~17 ms/image of system time on it and runs ~1.9x slower
+    (``python -m benchmarks.speed.bench_malloc``). Raising ``M_MMAP_THRESHOLD`` and
+    ``M_TRIM_THRESHOLD`` keeps the freed memory in the heap for the next forward (peak memory
+    is kept, not returned). It changes the allocator of the whole process, which is why it is
+    an explicit option, off by default; the environment variables :data:`MALLOC_ENV` do the
+    same without any call (glibc reads them at start-up).
 
     Returns:
         True when both settings were accepted.

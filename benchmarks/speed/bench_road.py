@@ -20,9 +20,9 @@ space and level, percentile thresholds; see docs/metrics.md), so only times are 
 
 Usage::
 
-    python benchmarks/bench_road.py                              # Lite0, 2 photos, 224 px
-    python benchmarks/bench_road.py --backbone resnet50 --images 2
-    python benchmarks/bench_road.py --skip-theirs --images 4     # camzoo only
+    python -m benchmarks.speed.bench_road                              # Lite0, 2 photos, 224 px
+    python -m benchmarks.speed.bench_road --backbone resnet50 --images 2
+    python -m benchmarks.speed.bench_road --skip-theirs --images 4     # camzoo only
 """
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def main() -> None:
     if args.device == "cpu":
         from camzoo.engine.timing import tune_cpu_allocator
 
-        tune_cpu_allocator()  # as camzoo bench does on CPU
+        tune_cpu_allocator()  # camzoo's work, not glibc's page faults (speed/bench_malloc.py)
 
     import camzoo
     from camzoo.data.images import sample_photos

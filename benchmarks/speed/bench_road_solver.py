@@ -11,9 +11,9 @@ default tolerance's.
 
 Usage::
 
-    python benchmarks/bench_road_solver.py                 # 4 photos, 72 systems, 1 thread
-    python benchmarks/bench_road_solver.py --tols 1e-5,1e-6,1e-7
-    python benchmarks/bench_road_solver.py --tols 1e-6 --solve-batch 4 --threads 2
+    python -m benchmarks.speed.bench_road_solver                 # 4 photos, 72 systems, 1 thread
+    python -m benchmarks.speed.bench_road_solver --tols 1e-5,1e-6,1e-7
+    python -m benchmarks.speed.bench_road_solver --tols 1e-6 --solve-batch 4 --threads 2
 """
 from __future__ import annotations
 
