@@ -4,9 +4,10 @@ cache the answer in the run directory).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from typing import Callable, Dict, Optional, Union
+from typing import Callable, Dict, Iterator, Optional, Union
 
 import torch
 from torch import nn
@@ -23,6 +24,23 @@ CPU_EVAL_BATCH_SIZE = 64
 AUTO_START = {"batch_size": 64, "eval_batch_size": 512}
 #: the cache of probed sizes in a run directory
 AUTO_CACHE = "batch_sizes.json"
+
+
+@contextlib.contextmanager
+def ieee_fp32(device: torch.device, amp: Optional[str]) -> Iterator[None]:
+    """On CUDA without ``amp``: TF32 off for cuDNN convolutions and matmuls inside the block (a
+    fp32 run computes in IEEE fp32; PyTorch lets cuDNN round to TF32's 10-bit mantissa by
+    default; speed comes from ``--amp bf16`` instead), the caller's settings restored on exit.
+    Elsewhere nothing changes. The flags are process-wide while the block runs."""
+    if device.type != "cuda" or amp is not None:
+        yield
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def compiled_model(bb: Backbone, backend: Union[bool, str] = True) -> nn.Module:

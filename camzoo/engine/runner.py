@@ -44,7 +44,7 @@ from ..results.run import CONFIG_NAME, MANIFEST_NAME, Run, RunLock, RunLockedErr
 from ..results.store import DB_NAME, ResultStore
 from ..utils import UserError, atomic_write, check_amp, jsonable, resolve_device
 from ..version import __version__
-from .accel import CPU_BATCH_SIZE, CPU_EVAL_BATCH_SIZE, auto_batch_size, compiled_model
+from .accel import CPU_BATCH_SIZE, CPU_EVAL_BATCH_SIZE, auto_batch_size, compiled_model, ieee_fp32
 from .config import (FULL_HINT, BenchConfig, absolute_paths, apply_preset, check_resume,
                      default_out, protocol_options, resolve_methods, resolve_protocols)
 from .maps import MAIN_VIEW, MapBatch, MapMethod, Maps, iterate_maps, make_methods, same_normalization
@@ -128,7 +128,8 @@ def _config_json(plan_parts: Dict[str, Any], config: BenchConfig, malloc_tuned: 
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch_threads": torch.get_num_threads(),
         "malloc_tuned": malloc_tuned,
-        "tf32": device.type == "cuda" and bool(torch.backends.cudnn.allow_tf32),
+        # fp32 runs are IEEE fp32 (ieee_fp32); with --amp the user's TF32 settings stay
+        "tf32": device.type == "cuda" and config.amp is not None and bool(torch.backends.cudnn.allow_tf32),
         "backbone": {
             "name": bb.name if isinstance(config.backbone, Backbone) else config.backbone,
             "weights": config.weights, "weights_id": bb.weights_id,
@@ -198,11 +199,6 @@ def prepare(config: BenchConfig, echo: Echo = print, shard: Optional[Shard] = No
     if device.type == "cpu" and not malloc_tuned and shard.rank == 0:
         echo("tip: on CPU, --tune-malloc (or the environment MALLOC_MMAP_THRESHOLD_=1073741824 "
              "MALLOC_TRIM_THRESHOLD_=2147483647) makes forwards up to ~1.9x faster (docs/bench.md)")
-    if device.type == "cuda" and config.amp is None:
-        # fp32 means IEEE fp32: PyTorch lets cuDNN convolutions round to TF32 (10-bit
-        # mantissa) by default; speed comes from --amp bf16 instead (process-wide setting)
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cuda.matmul.allow_tf32 = False
     protocols = resolve_protocols(config.metrics)
     method_names = resolve_methods(config.methods, config.options)
     unknown_opts = sorted(set(config.options) - set(method_names))
@@ -390,6 +386,13 @@ def _run(config: BenchConfig, echo: Echo, shard: Shard, device: Optional[torch.d
         if shard.distributed and shard.rank != 0:
             config = dataclasses.replace(config, progress=False)  # one set of bars per node's log
     plan = prepare(config, echo, shard, device)
+    with ieee_fp32(plan.device, plan.config.amp):  # fp32 means IEEE fp32; restored afterwards
+        return _evaluate(plan, echo, base, shard)
+
+
+def _evaluate(plan: Plan, echo: Echo, base: Echo, shard: Shard) -> Run:
+    """The prepared run: the loop into this process's store, then the tables (one process) or
+    the shards' barrier and merge (torchrun, job arrays)."""
     try:
         c = plan.cfg["columns"]
         store = _writing(plan.out, "the result store",
