@@ -1,4 +1,4 @@
-"""Helper run by tests/test_lcam.py under ``torchrun --nproc_per_node 2`` (gloo, CPU).
+"""Helper run by tests/train/test_lcam.py under ``torchrun --nproc_per_node 2`` (gloo, CPU).
 
 Usage: python -m torch.distributed.run --standalone --nproc_per_node 2 tests/_lcam_ddp.py OUT
 (also runnable as a single process). Trains an L-CAM-Fm head on a random tiny CNN with the

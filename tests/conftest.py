@@ -1,3 +1,5 @@
+"""Fixtures shared by every test module, and where the tests find the repository and the shared
+data (``REPO``, ``SHARED_DATA``, ``SAMPLES``, ``IMAGENETTE``)."""
 import os
 
 # the tests never reach the Hugging Face hub (timm's weights): a download that a test did not
@@ -34,6 +36,23 @@ def sample_batch(lite0):
     from camzoo.data.images import sample_photos
 
     return torch.stack([lite0.preprocess(im) for _, im in sample_photos()])
+
+
+#: the insertion / deletion steps of ``tiny_run``
+STEPS = 8
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """gradcam + fakecam on the tiny backbone, 6 real images, batches of 4 (one partial)."""
+    from camzoo.bench import BenchConfig, run
+    from tests.helpers import TINY
+
+    out = str(tmp_path_factory.mktemp("bench") / "run")
+    r = run(BenchConfig(backbone=TINY, weights="random", methods="gradcam,fakecam", data=SAMPLES, limit=6, seed=3,
+                        steps=STEPS, batch_size=4, eval_batch_size=7, out=out, progress=False,
+                        grid_images=2), echo=lambda s: None)
+    return r
 
 
 def pytest_configure(config):

@@ -1,12 +1,13 @@
 """``subset=`` (``--subset NAME_OR_FILE``, ``--allow-missing``): exactly the listed images, with
-the list's labels, in any layout; limit after subset."""
+the list's labels, in any layout; limit after subset; ``--limit`` / ``--seed`` subsets are
+deterministic."""
 import filecmp
 import os
 
 import pytest
 
-from camzoo.data import SUBSETS, open_dataset, read_subset, subset
-from tests.conftest import IMAGENETTE, SHARED_DATA
+from camzoo.data import SUBSETS, ImageItem, open_dataset, read_subset, subset
+from tests.conftest import IMAGENETTE, SAMPLES, SHARED_DATA
 
 from .conftest import VAL_CLASSES, jpeg, val_name
 
@@ -135,3 +136,15 @@ def test_subset_name_or_file_must_exist(tmp_path):
         open_dataset(_labelled_folder(tmp_path), subset="lcam-3000")
     with pytest.raises(ValueError, match="--subset needs --data"):
         open_dataset(None, subset="lcam-2000")
+
+
+def test_limit_seed_subsets_are_deterministic():
+    items = [ImageItem(f"i{k:03d}", None, None) for k in range(100)]
+    a = subset(items, 10, seed=0)
+    assert a == subset(items, 10, seed=0)
+    assert a != subset(items, 10, seed=1)
+    assert [it.image_id for it in a] == sorted(it.image_id for it in a)  # original order kept
+    assert set(it.image_id for it in a) <= set(it.image_id for it in subset(items, 20, seed=0))
+    assert subset(items, None) == items and subset(items, 500) == items
+    d1, d2 = open_dataset(SAMPLES, limit=5, seed=7), open_dataset(SAMPLES, limit=5, seed=7)
+    assert d1.manifest_csv() == d2.manifest_csv() and d1.manifest_hash() != open_dataset(SAMPLES, limit=5).manifest_hash()

@@ -1,6 +1,6 @@
 """One declaration per option: every BenchConfig field is a `camzoo bench` option (and vice versa),
 the docs' option table is made from the declarations, and every field declared part of the run
-identity is refused when a resume changes it (tests/test_robustness.py covers each key)."""
+identity is refused when a resume changes it (tests/engine/test_resume.py covers each key)."""
 import dataclasses
 import os
 import re
@@ -47,7 +47,7 @@ def test_preset_choices_are_the_presets():
 
 
 def test_every_identity_field_is_covered_by_the_resume_test():
-    from tests.test_robustness import IDENTITY_CHANGES
+    from tests.engine.test_resume import IDENTITY_CHANGES
 
     declared = {f.name for f in dataclasses.fields(BenchConfig) if f.metadata["identity"]}
     covered = {k for change, _ in IDENTITY_CHANGES for k in change}

@@ -1,5 +1,6 @@
-"""The ``lcam-table1`` preset (the L-CAM paper's Table 1 protocol in one option), ``--subset`` through
-the engine and the CLI, and ``camzoo compare --reference``."""
+"""Presets: ``quick`` / ``full`` applied alike by the API and the CLI, ``lcam-table1`` (the L-CAM
+paper's Table 1 protocol in one option), ``--subset`` through the engine and the CLI, and
+``camzoo compare --reference``."""
 import json
 import os
 
@@ -9,6 +10,7 @@ from click.testing import CliRunner
 from camzoo.cli import main
 from camzoo.engine.config import PRESETS, BenchConfig, apply_preset
 from tests.conftest import IMAGENETTE
+from tests.helpers import TINY
 
 TINY1000 = "py:tests.helpers:tiny1000"  # the tiny CNN with 1000 classes: ImageNet labels fit
 
@@ -72,3 +74,20 @@ def test_subset_lcam_2000_over_imagenette_then_compare_with_the_paper(tmp_path):
     assert "random weights" in r.output and "fakecam" in r.output  # not in the paper: a footnote
     r = runner.invoke(main, ["compare", str(out), "--reference", "lcam-table1"])
     assert r.exit_code == 1 and "vgg16, resnet50" in r.output
+
+
+def test_the_api_applies_the_same_preset_as_the_cli():
+    from camzoo.engine.config import BenchConfig, apply_preset
+
+    cfg, picked = apply_preset(BenchConfig())
+    assert cfg.preset == "quick" and cfg.steps == 16 and cfg.options["rise"] == {"n_masks": 64}
+    assert "scorecam" not in cfg.methods.split(",") and "gradcam" in cfg.methods.split(",")
+    assert apply_preset(cfg)[0] == cfg  # idempotent: a resumed run gets nothing new
+    full, picked = apply_preset(BenchConfig(data="somewhere"))
+    assert full.preset == "full" and full.steps is None and not picked and "rise" not in full.options
+    explicit, _ = apply_preset(BenchConfig(methods="all", steps=8, options={"rise": {"n_masks": 9}}))
+    assert explicit.methods == "all" and explicit.steps == 8 and explicit.options["rise"] == {"n_masks": 9}
+    cli = BenchConfig.from_cli({"backbone": TINY, "options": ("rise.n_masks=5",),
+                                "metric_options": ("lcam.nus=1,0.5",)})
+    assert cli == BenchConfig(backbone=TINY, options={"rise": {"n_masks": 5}},
+                              metric_options={"lcam": {"nus": [1, 0.5]}})

@@ -17,10 +17,8 @@ from camzoo.bench import BenchConfig, run
 from camzoo.cli import main
 from camzoo.results import stats
 from camzoo.results.tables import NEAR, Table, marks, near_best_tests, summary, to_csv, to_latex, to_markdown
-
-from .conftest import SAMPLES
-
-TINY = "py:camzoo.models.testing:tiny_backbone"
+from tests.conftest import SAMPLES
+from tests.helpers import TINY
 
 
 # -- bootstrap intervals ---------------------------------------------------------------------
@@ -185,6 +183,7 @@ def lite0_run(lite0, tmp_path_factory):
                            limit=3, seed=1, out=out, progress=False, figures=False), echo=lambda s: None)
 
 
+@pytest.mark.slow
 def test_on_a_real_run_ad_ranks_fakecam_first_and_adcc_last(lite0_run):
     ag = camzoo.stats.agreement(lite0_run, ["AD(100%)", "ADCC"])
     # per image: AD(100%) ranks Fake-CAM first, ADCC ranks it last -> Spearman -1 on 2 methods
@@ -199,6 +198,7 @@ def test_on_a_real_run_ad_ranks_fakecam_first_and_adcc_last(lite0_run):
     assert os.path.getsize(os.path.join(lite0_run.dir, "agreement.png")) > 0
 
 
+@pytest.mark.slow
 def test_stats_cli_pairwise_and_api(lite0_run):
     df = camzoo.stats.pairwise(lite0_run, ["ADCC"], n_resamples=300)
     rows = lite0_run.rows()
@@ -306,6 +306,7 @@ def test_csv_lo_hi_columns_parse_back():
         assert (back[f"{c}_lo"] <= back[c]).all() and (back[c] <= back[f"{c}_hi"]).all()
 
 
+@pytest.mark.slow
 def test_run_tables_carry_intervals_from_the_stored_rows(lite0_run):
     t = summary(lite0_run, n_resamples=500)
     rows = lite0_run.rows()

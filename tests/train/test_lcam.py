@@ -17,8 +17,7 @@ from camzoo.models.synthetic import ShapesDataset, peak_in_object_rate, train_ti
 from camzoo.models.testing import tiny_backbone
 from camzoo.train.lcam import LCAMTask, train_lcam
 from camzoo.train.loop import load_checkpoint
-
-from .conftest import IMAGENETTE, REPO
+from tests.conftest import IMAGENETTE, REPO
 
 QUIET = dict(progress=False, log=lambda s: None, figure=False)  # no training.png (~1.5 CPU-s per epoch)
 
@@ -150,6 +149,7 @@ def _untrained_rate(bb, held, seed):
     return peak_in_object_rate(upsample(minmax(L), (32, 32)), held.mask)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["img", "fm"])
 def test_lcam_finds_the_object_on_the_synthetic_task(shapes, variant, tmp_path):
     bb, train, held = shapes
@@ -172,6 +172,7 @@ def test_lcam_finds_the_object_on_the_synthetic_task(shapes, variant, tmp_path):
     assert 0 <= val["ad100"] <= 100 and 0 <= val["ic100"] <= 100
 
 
+@pytest.mark.slow
 def test_untrained_heads_fail_the_bar(shapes):
     bb, _, held = shapes
     rates = [_untrained_rate(bb, held, s) for s in range(3)]
@@ -281,6 +282,7 @@ def test_lite0_stays_bit_for_bit_unchanged_by_training(lite0, sample_batch, tmp_
 
 
 # -- the CLI on the embedded backbone, then the bench ---------------------------------------
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir(IMAGENETTE), reason="shared imagenette-224 not present")
 def test_cli_train_on_lite0_then_explain_and_bench(lite0, tmp_path):
     from click.testing import CliRunner
@@ -346,6 +348,7 @@ def test_cli_refuses_fm_at_a_layer_without_head(tmp_path):
 
 
 # -- DistributedDataParallel (gloo) ---------------------------------------------------------
+@pytest.mark.slow
 def test_torchrun_ddp_gloo_matches_single_process(tmp_path):
     script = os.path.join(REPO, "tests", "_lcam_ddp.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}

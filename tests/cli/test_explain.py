@@ -1,39 +1,15 @@
-"""`camzoo explain` and image reading: odd formats, corrupt files, targets, listing."""
+"""``camzoo explain``: odd and corrupt images, the sample photos, ``--target`` (a target-dependent
+map follows it), a ``py:`` backbone, unknown names."""
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
-from PIL import Image
 
+import camzoo
 from camzoo.cli import main
-from camzoo.data.images import ImageReadError, load_image, to_rgb
-
-
-def _write_odd_images(d):
-    rng = np.random.default_rng(0)
-    rgb = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
-    Image.fromarray(rgb[..., 0], "L").save(d / "gray.png")
-    Image.fromarray(np.dstack([rgb, np.full((40, 50), 128, np.uint8)]), "RGBA").save(d / "rgba.png")
-    Image.fromarray(rgb).convert("CMYK").save(d / "cmyk.jpg")
-    Image.fromarray((rng.integers(0, 65536, (40, 50))).astype(np.uint16)).save(d / "deep16.png")
-    Image.fromarray(rgb[:3, :2]).save(d / "tiny.png")
-    Image.fromarray(rgb).convert("P").save(d / "palette.gif")
-    (d / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
-    return ["gray.png", "rgba.png", "cmyk.jpg", "deep16.png", "tiny.png", "palette.gif"]
-
-
-def test_to_rgb_conversions(tmp_path):
-    good = _write_odd_images(tmp_path)
-    for f in good:
-        im = load_image(tmp_path / f)
-        assert im.mode == "RGB"
-    # 16-bit is rescaled, not clipped: 65535 -> 255, 32768 -> 128
-    im16 = Image.fromarray(np.array([[65535, 32768, 0]], dtype=np.uint16))
-    np.testing.assert_array_equal(np.asarray(to_rgb(im16))[0, :, 0], [255, 128, 0])
-    # alpha composited on white
-    rgba = Image.fromarray(np.array([[[0, 0, 0, 0], [0, 0, 0, 255]]], dtype=np.uint8), "RGBA")
-    np.testing.assert_array_equal(np.asarray(to_rgb(rgba))[0], [[255, 255, 255], [0, 0, 0]])
-    with pytest.raises(ImageReadError, match="corrupt.jpg"):
-        load_image(tmp_path / "corrupt.jpg")
+from camzoo.models.testing import tiny_backbone
+from tests.helpers import TINY
+from tests.helpers import write_odd_images as _write_odd_images
 
 
 def test_explain_cli_odd_and_corrupt_images(tmp_path):
@@ -67,8 +43,25 @@ def test_explain_cli_sample_photos_and_targets(tmp_path):
     assert res.exit_code != 0 and "efficientnet_lite0" in res.output
 
 
-def test_list_cli():
-    res = CliRunner().invoke(main, ["list"])
-    assert res.exit_code == 0
-    for word in ("gradcam++", "fakecam", "efficientnet_lite0", "conv_head*", "conv5*, pool5"):
-        assert word in res.output
+@pytest.mark.slow
+def test_explain_cli_target_changes_a_target_dependent_map(tmp_path, lite0):
+    out = tmp_path / "o"
+    res = CliRunner().invoke(main, ["explain", "--methods", "gradcam", "--target", "285", "--out", str(out),
+                                    "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    v = np.load(out / "chelsea" / "gradcam.npy")
+    x = lite0.preprocess(camzoo.data.sample_photos()[0][1])[None]
+    want = camzoo.explain("gradcam", lite0, x, torch.tensor([285]))[0].numpy()
+    top1 = camzoo.explain("gradcam", lite0, x)[0].numpy()
+    np.testing.assert_allclose(v, want, atol=2e-5)
+    assert int(lite0.model(x).argmax()) != 285 and np.abs(want - top1).max() > 0.2
+
+
+def test_explain_takes_a_python_backbone(tmp_path):
+    res = CliRunner().invoke(main, ["explain", "--backbone", TINY, "--weights", "random", "--methods", "gradcam,fakecam",
+                                    "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    v = np.load(tmp_path / "chelsea" / "gradcam.npy")
+    bb = tiny_backbone()
+    x = bb.preprocess(camzoo.data.sample_photos()[0][1])[None]
+    np.testing.assert_allclose(v, camzoo.explain("gradcam", bb, x)[0].numpy(), atol=1e-6)

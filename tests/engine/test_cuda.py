@@ -8,17 +8,16 @@ seeded random weights; images are the six scikit-image sample photos (always ava
 import os
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
 import camzoo
 from camzoo.bench import BenchConfig, run
 from camzoo.data import sample_photos
+from tests.helpers import QUIET
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
-QUIET = dict(progress=False, figures=False)
 METHODS = ["gradcam", "gradcam++", "xgradcam", "smoothgradcam++", "scorecam", "rise", "fakecam"]
 FAST = {"rise": {"n_masks": 256}, "smoothgradcam++": {"n_samples": 2}}
 

@@ -1,4 +1,5 @@
-"""Score-CAM and RISE against independent per-sample reference loops and pytorch-grad-cam."""
+"""Score-CAM and RISE against independent per-sample reference loops and pytorch-grad-cam; their
+autocast, RISE's ``1/(N p1)`` scale, BatchNorm folding."""
 import numpy as np
 import pytest
 import torch
@@ -314,3 +315,30 @@ def test_amp_bf16_close_to_fp32(tiny, method, opts):
     b = camzoo.explain(method, tiny, x, y, amp="bf16", **opts)
     assert b.dtype == torch.float32 and torch.isfinite(b).all()
     assert 0 < (a - b).abs().max() < 0.1
+
+
+@pytest.mark.parametrize("amp,dtype", [("fp16", torch.float16), ("bf16", torch.bfloat16), (None, torch.float32)])
+def test_autocast_context_dtypes(amp, dtype):
+    from camzoo.explainers.perturb import autocast_context
+
+    a, b = torch.randn(4, 4), torch.randn(4, 4)
+    with autocast_context(torch.device("cpu"), amp):
+        assert torch.mm(a, b).dtype == dtype
+    with pytest.raises(ValueError, match="amp='fp8'"):
+        autocast_context(torch.device("cpu"), "fp8")
+
+
+def test_rise_saliency_is_divided_by_n_p1():
+    from camzoo.explainers.rise import rise_grids, rise_masks
+
+    bb = tiny_backbone()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([2, 5])
+    n, s, p1, seed = 16, 4, 0.3, 7
+    ours = camzoo.get_explainer("rise", n_masks=n, s=s, p1=p1, seed=seed).saliency(bb, x, y)
+    grids, shifts = rise_grids(n, s, p1, (32, 32), torch.Generator().manual_seed(seed))
+    masks = rise_masks(grids, shifts, (32, 32))  # [n,H,W]
+    with torch.no_grad():
+        probs = torch.stack([F.softmax(bb.model(x * m[None, None]), 1)[torch.arange(2), y] for m in masks], 1)
+    ref = torch.einsum("bn,nhw->bhw", probs, masks) / (n * p1)
+    torch.testing.assert_close(ours, ref, atol=1e-6, rtol=1e-5)

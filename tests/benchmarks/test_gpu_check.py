@@ -12,10 +12,10 @@ import os
 import subprocess
 
 import pytest
+from tests.conftest import REPO, SAMPLES
 
-from .conftest import REPO, SAMPLES
 
-
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir(SAMPLES), reason="needs ../shared/data/imagenet-samples")
 def test_gpu_check_cpu_parts_run_and_write_every_result(tmp_path):
     out = tmp_path / "check"

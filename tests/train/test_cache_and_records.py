@@ -14,7 +14,7 @@ from camzoo.models.zoo import backbone_from_module
 from camzoo.train.cache import (CacheMismatch, CachedViews, FeatureCache, FixedViews, cache_folder,
                                 cache_key, open_cache, parse_views)
 from camzoo.train.data import TrainImages
-from camzoo.train.lcam import LCAMTask, train_lcam
+from camzoo.train.lcam import train_lcam
 from camzoo.train.lficam import LFICAMImages, train_lficam
 from camzoo.train.loop import TrainTask, fit, load_checkpoint, sgd
 from camzoo.train.records import LEADING_COLUMNS, read_log, run_files

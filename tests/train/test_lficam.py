@@ -13,8 +13,7 @@ from camzoo.explainers.learned.lficam import FIN, LFICAM, attention_map, channel
 from camzoo.metrics.stability import (DEFAULT_THRESHOLD, binarize, iou, map_iou, pick_baseline,
                                       stability_from_maps)
 from camzoo.models.surgery import clone_backbone, replace_classifier
-
-from .conftest import IMAGENETTE
+from tests.conftest import IMAGENETTE
 
 
 # -- pieces ---------------------------------------------------------------------------------

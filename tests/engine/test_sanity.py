@@ -16,10 +16,8 @@ from camzoo.metrics.similarity import (SIMILARITIES, average_ranks, hog_similari
                                        rank_correlation, ssim)
 from camzoo.models.surgery import clone_backbone, randomization_blocks, reinit_backbone, reinit_modules
 from camzoo.models.testing import TinyCNN, tiny_backbone
-
-from .conftest import SAMPLES
-
-TINY = "py:camzoo.models.testing:tiny_backbone"
+from tests.conftest import SAMPLES
+from tests.helpers import TINY
 
 
 def _state(bb):
@@ -137,6 +135,7 @@ def test_explained_class_is_the_trained_models_at_every_step():
         assert g["class"].tolist() == pred, step
 
 
+@pytest.mark.slow
 def test_lite0_gradcam_falls_fakecam_stays(lite0):
     before = _state(lite0)
     # the top three blocks (the head); the whole cascade runs in benchmarks/README.md

@@ -15,8 +15,7 @@ from camzoo.engine.analyze import MULTI, NONE, RELATED, _categories, analyze
 from camzoo.explainers import explain
 from camzoo.metrics.ad_ic import keep_mask
 from camzoo.metrics.stability import iou
-
-from .conftest import SAMPLES
+from tests.conftest import SAMPLES
 
 PHOTOS = {"n01443537_goldfish.JPEG": 1, "n01484850_great_white_shark.JPEG": 2,
           "n01514668_cock.JPEG": 7, "n01518878_ostrich.JPEG": 9}
@@ -37,6 +36,7 @@ def labelled_run(lite0, tmp_path_factory):
                echo=lambda s: None)
 
 
+@pytest.mark.slow
 def test_the_changed_label_gives_a_pair_of_maps_and_a_category(labelled_run, lite0):
     res = analyze(labelled_run, echo=lambda s: None)
     mis = res.misclassified
@@ -74,6 +74,7 @@ def test_the_changed_label_gives_a_pair_of_maps_and_a_category(labelled_run, lit
     assert len(back) == 2 and set(back.category) == {NONE, cat}
 
 
+@pytest.mark.slow
 def test_analyze_cli_and_errors(labelled_run, tmp_path):
     out = str(tmp_path / "a")
     res = CliRunner().invoke(main, ["analyze", labelled_run.dir, "--methods", "gradcam", "--out", out,
