@@ -3,13 +3,17 @@
     python -m benchmarks.compare_runs RUN_A RUN_B [--atol 0]     # from the repository root
 
 Reads both ``rows.sqlite`` stores directly (no camzoo import, so RUN_A may come from another
-version of the code), matches rows by (method, image_id), and prints for every column the
-largest absolute difference (curves element-wise). Timing columns (``seconds``) are skipped.
+version of the code: a store of schema 1 or 2 holds one wide ``rows`` table, one of schema 3
+the bookkeeping in ``rows`` and the values and curves in long form in ``metric_values`` /
+``metric_curves``; both are read as the wide table), matches rows by (method, image_id), and
+prints for every column the largest absolute difference (curves element-wise). Timing columns
+(``seconds``) are skipped.
 Exit status 0 when every column is within ``--atol`` (default 0: bit-identical), 1 otherwise.
 Used to show that the layered-package refactor left every number unchanged
 (benchmarks/README.md).
 """
 import argparse
+import json
 import os
 import sqlite3
 import sys
@@ -19,11 +23,33 @@ import numpy as np
 TIMING = {"seconds"}
 
 
-def load(run: str):
-    con = sqlite3.connect(f"file:{os.path.join(run, 'rows.sqlite')}?mode=ro", uri=True)
+def wide_rows(con: sqlite3.Connection):
+    """``(columns, {(method, image_id): {column: value}})`` of a store of any schema: the wide
+    ``rows`` table as stored (schema 1, 2), or the bookkeeping ``rows`` joined with the long
+    ``metric_values`` / ``metric_curves`` (schema 3; a value a pair lacks is None)."""
     cur = con.execute("SELECT * FROM rows ORDER BY method, image_id")
     cols = [d[0] for d in cur.description]
     rows = {(r[0], r[1]): dict(zip(cols, r)) for r in cur.fetchall()}
+    tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if "metric_values" not in tables:
+        return cols, rows
+    meta = con.execute("SELECT value FROM meta WHERE key='columns'").fetchone()
+    keys = [*json.loads(meta[0])["values"], *json.loads(meta[0])["curves"]] if meta else []
+    for table, column in (("metric_values", "value"), ("metric_curves", "blob")):
+        for m, i, k, v in con.execute(f"SELECT method, image_id, key, {column} FROM {table}"):
+            if k not in keys:
+                keys.append(k)
+            if (m, i) in rows:
+                rows[(m, i)][k] = v
+    for r in rows.values():
+        for k in keys:
+            r.setdefault(k, None)
+    return cols + keys, rows
+
+
+def load(run: str):
+    con = sqlite3.connect(f"file:{os.path.join(run, 'rows.sqlite')}?mode=ro", uri=True)
+    cols, rows = wide_rows(con)
     fw = dict(((m, f), n) for m, f, n in con.execute("SELECT method, family, forwards FROM forwards"))
     con.close()
     return cols, rows, fw

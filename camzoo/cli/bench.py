@@ -53,7 +53,7 @@ def bench_cmd(ctx, **_) -> None:
 
     with user_errors():
         r = run(BenchConfig.from_cli(given(ctx)), echo=click.echo)
-        n_failed = len(r.failures())
+        n_failed = len(r.failures()[["method", "image_id"]].drop_duplicates())
     _exit_status(ctx, r, n_failed)
 
 
@@ -76,7 +76,7 @@ def merge_cmd(ctx, run_dir, no_figures) -> None:
 
     with user_errors():
         r = merge(run_dir, echo=click.echo, figures=not no_figures)
-        n_failed = len(r.failures())
+        n_failed = len(r.failures()[["method", "image_id"]].drop_duplicates())
     _exit_status(ctx, r, n_failed)
 
 

@@ -141,7 +141,8 @@ class BenchConfig:
         kind="dotted", flag="--opt", metavar="METHOD.OPTION=VALUE", factory=dict)
     metrics: Union[None, str, Sequence[str]] = option(
         None, "'all' (lcam,rise,adcc and plugins) and/or comma-separated protocol names (camzoo list), "
-              "e.g. road, or all,road [default: the preset's, else all]", identity="protocols")
+              "e.g. road, or all,road [default: the preset's, else all]; with --resume, +NAME adds "
+              "protocols to the stored run (--metrics +road)", identity="protocols")
     metric_options: Dict[str, Dict[str, Any]] = option(
         help="PROTOCOL.OPTION=VALUE, repeatable; commas make lists (e.g. lcam.nus=1,0.5,0.15)",
         identity="protocols.<p>", kind="dotted", flag="--metric-opt", metavar="PROTOCOL.OPTION=VALUE",
@@ -291,13 +292,25 @@ def resolve_methods(methods: Union[None, str, Sequence[str]],
     return names
 
 
-def resolve_protocols(metrics: Union[None, str, Sequence[str]]) -> List[str]:
+def resolve_protocols(metrics: Union[None, str, Sequence[str]],
+                      stored: Optional[Sequence[str]] = None) -> List[str]:
     """Protocol names of a config, validated, in table order. ``"all"`` (or None) stands for
     :func:`~camzoo.metrics.all_protocols` (the protocols with ``in_all``) and may be combined
-    with others: ``"all,road"`` = all of those plus ``road``."""
+    with others: ``"all,road"`` = all of those plus ``road``.
+
+    A name with a leading ``+`` adds protocols to a stored run: ``"+road"`` (or ``"+road,adcc"``,
+    ``"+road,+adcc"``: with one ``+``, every name is added) is ``stored`` (the resumed run's
+    protocols) plus those; without a stored run it is refused.
+    """
     names = split_names("all" if metrics is None else metrics)
     if not names:
         raise ValueError(f"no metrics given; valid: all, {', '.join(PROTOCOLS.names())}")
+    if any(n.startswith("+") for n in names):
+        if stored is None:
+            raise ValueError(f"--metrics {','.join(names)}: +NAME adds protocols to a stored run "
+                             "(camzoo bench --resume --out RUN --metrics +NAME); a new run names its "
+                             "protocols, e.g. all,road")
+        names = [*stored, *(n[1:] if n.startswith("+") else n for n in names)]
     expanded: List[str] = []
     for n in names:
         expanded += all_protocols() if n == "all" else [n]
@@ -408,6 +421,8 @@ def resume_config(out: Optional[str], given: Mapping[str, Any]) -> BenchConfig:
             fields[k] = merged
         else:
             fields[k] = v
+    if "metrics" not in given:  # the stored protocols, not what "all" means today (plugins)
+        fields["metrics"] = ",".join(stored_config(out).get("protocols", {})) or fields.get("metrics")
     fields["resume"] = True
     fields["out"] = out
     # runs stored before presets were recorded hold their resolved values already
@@ -459,7 +474,9 @@ def check_resume(old: Dict[str, Any], new: Dict[str, Any], out: str) -> Dict[str
     """Check that ``new`` may resume the run stored as ``old``; return the merged methods.
 
     The identity (:func:`config_identity`) must be equal, except that ``new`` may run a
-    subset of the stored methods (``--resume --methods a,b`` finishes those). An explainer
+    subset of the stored methods (``--resume --methods a,b`` finishes those) and may add
+    protocols (``--metrics +road``: computed for the stored images, the stored values kept);
+    every stored protocol must be in ``new``, with the same options. An explainer
     option that names a value equal to its resolved default (``layer`` = the backbone's
     layer) is no difference. Raises ``ValueError`` listing every difference.
 
@@ -472,7 +489,15 @@ def check_resume(old: Dict[str, Any], new: Dict[str, Any], out: str) -> Dict[str
     both = [m for m in b["methods"] if m in a["methods"]]  # the methods this process runs
     a["methods"] = {m: a["methods"][m] for m in both}
     b["methods"] = {m: b["methods"][m] for m in both}
+    dropped = [p for p in a["protocols"] if p not in b["protocols"]]
+    # protocols new adds are no difference; a stored protocol left out is
+    b["protocols"] = {p: o for p, o in b["protocols"].items() if p in a["protocols"]}
+    a["protocols"] = {p: o for p, o in a["protocols"].items() if p in b["protocols"]}
     diffs = dict_diff(a, b)
+    if dropped:
+        diffs.append(f"protocols: {', '.join(dropped)} stored but not in this run (stored: "
+                     f"{', '.join(old['protocols'])}); a resumed run computes every stored protocol "
+                     "and may add some (--metrics +NAME)")
     if extra:
         diffs.append(f"methods: {', '.join(extra)} not in the stored run (stored: "
                      f"{', '.join(old['methods'])}); a resumed run runs the stored methods or "

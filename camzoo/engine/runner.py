@@ -5,10 +5,12 @@
 1. :func:`prepare` resolves the config (preset, names, options, data, backbone, methods) and
    writes or checks ``config.json`` -- everything that can be refused is refused here;
 2. :class:`Runner` loops over the batches of :func:`camzoo.engine.maps.iterate_maps` (one
-   clean forward per classifier, each method's maps once) and evaluates every selected
-   protocol on those maps through one counting :class:`~camzoo.metrics.Scorer` per method;
-   each batch's rows, unreadable images and forward counts go to the run's SQLite store in one
-   transaction (see :mod:`camzoo.results.store`), so a killed run resumes exactly;
+   clean forward per classifier, each method's maps once) and evaluates each selected
+   protocol the store lacks on those maps (one unit per method, protocol and batch, each
+   isolated) through one counting :class:`~camzoo.metrics.Scorer` per method; each batch's
+   values, failures, unreadable images and forward counts go to the run's SQLite store in one
+   transaction (see :mod:`camzoo.results.store`), so a killed run resumes exactly, and a
+   finished one can gain a protocol (``--metrics +NAME``);
 3. :func:`finish` writes the tables (:mod:`camzoo.results.tables`) and figures
    (:mod:`camzoo.results.plots`) into the run directory.
 
@@ -27,6 +29,7 @@ import sqlite3
 import sys
 import time
 import traceback
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -101,20 +104,36 @@ def _mean_std(clf: Backbone) -> Optional[Tuple[Tensor, Tensor]]:
     return (clf.mean, clf.std) if type(clf).normalize is Backbone.normalize else None
 
 
-def _columns(protocols: Sequence[str], popts: Dict[str, Dict[str, Any]]) -> Tuple[List[str], List[str]]:
-    values: List[str] = []
-    curves: List[str] = []
+def _layout(protocols: Sequence[str], popts: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, List[str]]]:
+    """The store's keys by protocol, in table order: ``{protocol: {"values": its row_keys,
+    "curves": its curve_keys}}``. A key is one protocol's (refused, naming both, otherwise)."""
+    layout: Dict[str, Dict[str, List[str]]] = {}
+    owner: Dict[str, str] = {}
     for p in protocols:
         proto = PROTOCOLS.get(p)
-        values += [k for k in proto.row_keys(**popts[p]) if k not in values]
-        curves += [k for k in proto.curve_keys(**popts[p]) if k not in curves]
-    return values, curves
+        layout[p] = {"values": list(proto.row_keys(**popts[p])), "curves": list(proto.curve_keys(**popts[p]))}
+        for k in layout[p]["values"] + layout[p]["curves"]:
+            if k.lower() in owner:
+                raise ValueError(f"protocols {owner[k.lower()]} and {p} both return the per-image value "
+                                 f"{k!r}; a run can store one of them: run them apart")
+            owner[k.lower()] = p
+    return layout
+
+
+def _stored_protocols(config: BenchConfig) -> Optional[List[str]]:
+    """The protocols of the run a resume continues (``--metrics +NAME`` adds to them); None
+    when not resuming or nothing is stored yet."""
+    path = os.path.join(config.out, CONFIG_NAME) if config.resume and config.out else None
+    if not path or not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return list(json.load(f).get("protocols", {}))
 
 
 def _config_json(plan_parts: Dict[str, Any], config: BenchConfig, malloc_tuned: bool) -> Dict[str, Any]:
     bb, ds, device = plan_parts["backbone"], plan_parts["dataset"], plan_parts["device"]
     methods, protocols, popts = plan_parts["methods"], plan_parts["protocols"], plan_parts["popts"]
-    values, curves = _columns(protocols, popts)
+    layout = _layout(protocols, popts)
     label = backbone_label(bb.name if isinstance(config.backbone, Backbone) else config.backbone, bb.weights_id)
     return {
         "summary": (f"{label}: {', '.join(m.name for m in methods)} x {len(ds)} images"
@@ -159,7 +178,8 @@ def _config_json(plan_parts: Dict[str, Any], config: BenchConfig, malloc_tuned: 
             "limit": config.limit, "seed": config.seed, "n_images": len(ds),
             "manifest": MANIFEST_NAME, "manifest_hash": ds.manifest_hash(),
         },
-        "columns": {"values": values, "curves": curves},
+        "columns": {"values": [k for v in layout.values() for k in v["values"]],
+                    "curves": [k for v in layout.values() for k in v["curves"]], "protocols": layout},
         # the shard is this process's, not the run's (config.json is shared by the shards)
         "bench_config": {k: v for k, v in absolute_paths(config.to_dict(), plan_parts["out"]).items()
                          if k != "shard"},
@@ -199,7 +219,7 @@ def prepare(config: BenchConfig, echo: Echo = print, shard: Optional[Shard] = No
     if device.type == "cpu" and not malloc_tuned and shard.rank == 0:
         echo("tip: on CPU, --tune-malloc (or the environment MALLOC_MMAP_THRESHOLD_=1073741824 "
              "MALLOC_TRIM_THRESHOLD_=2147483647) makes forwards up to ~1.9x faster (docs/bench.md)")
-    protocols = resolve_protocols(config.metrics)
+    protocols = resolve_protocols(config.metrics, _stored_protocols(config))
     method_names = resolve_methods(config.methods, config.options)
     unknown_opts = sorted(set(config.options) - set(method_names))
     if unknown_opts:
@@ -265,6 +285,12 @@ def prepare(config: BenchConfig, echo: Echo = print, shard: Optional[Shard] = No
                 cfg["methods"] = check_resume(old, cfg, out)
                 # a resume of some methods keeps the run's method list for the next resume
                 cfg["bench_config"]["methods"] = ",".join(cfg["methods"])
+                # and its protocols, added ones included (no "+NAME" stored)
+                cfg["bench_config"]["metrics"] = ",".join(cfg["protocols"])
+                added = [p for p in cfg["protocols"] if p not in old["protocols"]]
+                if added and shard.rank == 0:
+                    echo(f"adding protocol(s) {', '.join(added)} to {out}: computed for every "
+                         "(method, image) of the run; the stored values are kept")
                 cfg["created"] = old.get("created", cfg["created"])
                 cfg["resumed"] = old.get("resumed", [])
                 if "shards" in old:
@@ -394,9 +420,9 @@ def _evaluate(plan: Plan, echo: Echo, base: Echo, shard: Shard) -> Run:
     """The prepared run: the loop into this process's store, then the tables (one process) or
     the shards' barrier and merge (torchrun, job arrays)."""
     try:
-        c = plan.cfg["columns"]
+        layout = plan.cfg["columns"]["protocols"]
         store = _writing(plan.out, "the result store",
-                         lambda: ResultStore(os.path.join(plan.out, shard.store_name), c["values"], c["curves"]))
+                         lambda: ResultStore(os.path.join(plan.out, shard.store_name), protocols=layout))
         with store:
             Runner(plan, store).loop(echo)
         if shard.world == 1:
@@ -467,22 +493,39 @@ def merge(run_dir: str, echo: Echo = print, *, dataset: Optional[Dataset] = None
 
 @dataclass
 class _Health:
-    """How one method fares in this process (for stopping a method that always fails)."""
+    """How one method's maps, or one protocol on one method's maps, fare in this process (for
+    stopping what always fails)."""
 
     batches: int = 0
     failed: int = 0
     stopped: bool = False
     last_error: str = ""
 
+    def record(self, failed: bool, limit: int) -> bool:
+        """Count one batch; True when this batch stops it (it failed on each of its first
+        ``limit`` batches)."""
+        self.batches += 1
+        self.failed += failed
+        if not self.stopped and self.failed == self.batches == limit:
+            self.stopped = True
+            return True
+        return False
+
 
 class Runner:
     """The batch loop of :func:`run` (state shared by the batches of one process).
 
-    Each method is isolated: an exception of its explainer or of a metric on its maps is
-    recorded for the (method, image) pairs of that batch in the store's ``failures`` table and
-    the other methods go on; a map that is not finite or not in [0,1] is recorded as
-    ``invalid`` and never scored; a method that fails on each of its first
-    ``config.max_failed_batches`` batches is stopped (its other images recorded as ``skipped``).
+    The unit of work is (method, protocol, batch). Each method is isolated: an exception of
+    its explainer is recorded for the (method, image) pairs of that batch in the store's
+    ``failures`` table (protocol ``''``: the map), and the other methods go on; a map that is
+    not finite or not in [0,1] is recorded as ``invalid`` and never scored. Each protocol is
+    isolated likewise: an exception of a protocol on a method's maps is recorded for that
+    (method, protocol, images), and the method's other protocols keep their values. A method
+    whose maps, or a protocol that on a method's maps, fail on each of the first
+    ``config.max_failed_batches`` batches is stopped (its other images recorded as
+    ``skipped``). A resumed run computes exactly the (method, image, protocol) units the store
+    lacks; a method's map is made again when any protocol of it is missing. Every batch is
+    written in one transaction.
     """
 
     def __init__(self, plan: Plan, store: ResultStore) -> None:
@@ -494,22 +537,27 @@ class Runner:
         self.clock = Clock(plan.device)
         self.bars: Dict[str, Any] = {}
         self.health = {m.name: _Health() for m in plan.methods}
+        self.protocol_health = {(m.name, p): _Health() for m in plan.methods for p in plan.protocols}
+        #: (method, image_id) -> the protocols its store lacks (pairs of this process's images)
+        self.missing: Dict[Tuple[str, str], List[str]] = {}
+        self.grid_ids: set = set()
 
     def loop(self, echo: Echo) -> None:
-        """Evaluate every pending (method, image) pair; write ``timings.json``."""
+        """Evaluate every missing (method, image, protocol) unit; write ``timings.json``."""
         plan, store, config = self.plan, self.store, self.config
         t_loop = time.perf_counter()
-        done = store.done_pairs()
         known_errors = store.error_ids()
         readable = [(i, it) for i, it in enumerate(plan.dataset.items) if it.image_id not in known_errors]
         # the grid shows the run's first images, whichever shard evaluates them
         self.grid_ids = {it.image_id for _, it in readable[: max(0, int(config.grid_images))]}
         indexed = [(i, it) for i, it in readable if plan.shard.owns(i)]
+        done = self._missing_units(indexed)
         pending = [(i, it) for i, it in indexed
                    if any((m.name, it.image_id) not in done for m in plan.methods)]
         if pending:
             echo(f"bench: {len(plan.methods)} method(s) x {len(pending)} image(s) to do "
-                 f"({len(indexed) - len(pending)} done, {len(known_errors)} unreadable) -> {plan.out}")
+                 f"({len(indexed) - len(pending)} done, {len(known_errors)} unreadable) -> {plan.out}"
+                 + self._partial_note())
         if config.progress:
             self._open_bars(indexed, done)
         batches = iterate_maps(plan.dataset, pending, plan.methods, views={MAIN_VIEW: plan.backbone},
@@ -519,23 +567,53 @@ class Runner:
         try:
             with contextlib.closing(batches):
                 for batch in batches:
-                    for e in batch.errors:
-                        echo(f"error: {e[3]}")
-                        for b in self.bars.values():
-                            b.total -= 1
-                            b.refresh()
-                    rows, fails = self.batch(batch, echo)
-                    t = self.clock.start()
-                    _writing(plan.out, "the result store (rows.sqlite)",
-                             lambda: store.write_batch(rows, batch.errors, batch.forwards, fails))
-                    self.clock.stop("store", t)
+                    self._store_batch(batch, echo)
         finally:
             for b in self.bars.values():
                 b.close()
-        loop_s = time.perf_counter() - t_loop
+        self._write_timings(len(pending), time.perf_counter() - t_loop)
+
+    def _missing_units(self, indexed: Sequence[Tuple[int, Any]]) -> set:
+        """Fill :attr:`missing` for the images ``indexed``; return the pairs that lack nothing."""
+        units = self.store.done_units(self.plan.protocols)
+        done = set()
+        for _, it in indexed:
+            for m in self.plan.methods:
+                lack = [p for p in self.plan.protocols if (m.name, it.image_id, p) not in units]
+                if lack:
+                    self.missing[(m.name, it.image_id)] = lack
+                else:
+                    done.add((m.name, it.image_id))
+        return done
+
+    def _partial_note(self) -> str:
+        """``" (missing protocols only: ...)"`` when some pending pair lacks only some
+        protocols (an added protocol, a protocol that failed), else ``""``."""
+        n = len(self.plan.protocols)
+        if all(len(lack) == n for lack in self.missing.values()):
+            return ""
+        lacking = {p for lack in self.missing.values() for p in lack}
+        return f" (missing protocols only: {', '.join(p for p in self.plan.protocols if p in lacking)})"
+
+    def _store_batch(self, batch: MapBatch, echo: Echo) -> None:
+        """Evaluate one batch and write it in one transaction."""
+        for e in batch.errors:
+            echo(f"error: {e[3]}")
+            for b in self.bars.values():
+                b.total -= 1
+                b.refresh()
+        rows, fails = self.batch(batch, echo)
+        t = self.clock.start()
+        _writing(self.plan.out, "the result store (rows.sqlite)",
+                 lambda: self.store.write_batch(rows, batch.errors, batch.forwards, fails))
+        self.clock.stop("store", t)
+
+    def _write_timings(self, n_images: int, loop_s: float) -> None:
+        """``timings.json`` (this shard's) of this process: clock, scorer counts, settings."""
+        plan, config = self.plan, self.config
         timings = {**self.clock.to_dict(), "scorer_forwards": {
             f"{m}/{f}": int(n) for m, s in self.scorers.items() for f, n in s.counts.items()},
-            "process": {"shard": plan.shard.name, "images": len(pending), "loop_wall_s": loop_s,
+            "process": {"shard": plan.shard.name, "images": n_images, "loop_wall_s": loop_s,
                         "device": str(plan.device), "batch_size": plan.batch_size,
                         "eval_batch_size": plan.eval_batch_size, "amp": config.amp,
                         "compile": config.compile, "workers": plan.workers}}
@@ -551,7 +629,8 @@ class Runner:
                                      unit="img", position=pos, leave=True, dynamic_ncols=True)
 
     def batch(self, batch: MapBatch, echo: Echo = print) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
-        """Every method's maps and metrics on ``batch``, each method isolated from the others.
+        """Every method's maps and missing protocols on ``batch``, each method and each
+        protocol isolated from the others.
 
         Returns:
             ``(rows, failures)`` for the store.
@@ -562,57 +641,139 @@ class Runner:
             sel = batch.pending(m)
             if not sel:
                 continue
-            h = self.health[m.name]
-            if h.stopped:
-                fails += self._failures(m, batch, sel, "skipped", "Stopped", h.last_error)
-                self._advance(m, len(sel))
-                continue
-            h.batches += 1
-            failed = True
-            try:
-                maps = batch.maps_of(m)
-                ok = valid_maps(maps.V)
-                for r in (~ok).nonzero()[:, 0].tolist():
-                    fails += self._failures(m, batch, [maps.sel[r]], "invalid", "InvalidMap",
-                                            describe_invalid(maps.V[r]))
-                if bool(ok.any()):
-                    good = maps if bool(ok.all()) else maps.take(ok)
-                    values = self.metrics(m, good, batch.forwards)
-                    t = self.clock.start()
-                    rows += self.rows(m, batch, good, values)
-                    self.clock.stop("rows", t)
-                    failed = False
-                    if m.name in self.bars:
-                        self.bars[m.name].set_postfix_str(f"{maps.seconds:.3g} s/img map", refresh=False)
-                else:
-                    h.last_error = "every map of the batch was invalid"
-            except UserError:
-                raise  # the run cannot go on (e.g. a full disk): not this method's fault
-            except Exception as exc:
-                h.last_error = f"{type(exc).__name__}: {exc}"
-                fails += self._failures(m, batch, sel, "error", type(exc).__name__, str(exc),
-                                        traceback.format_exc())
-            h.failed += failed
-            if h.failed == h.batches == int(self.config.max_failed_batches):
-                h.stopped = True
-                h.last_error = (f"{m.name} was stopped after failing on each of its first "
-                                f"{h.batches} batches (last: {h.last_error})")
-                echo(f"error: {h.last_error}; its other images are skipped (see `camzoo errors "
-                     f"{self.plan.out}`; fix it and rerun with --resume)")
+            r, f = self._method(m, batch, sel, echo)
+            rows += r
+            fails += f
             self._advance(m, len(sel))
         return rows, fails
+
+    def _todo(self, m: MapMethod, batch: MapBatch, sel: Sequence[int]) -> Dict[str, List[int]]:
+        """protocol -> positions in ``batch`` (of ``sel``) whose values of it ``m`` lacks, in
+        table order (every protocol, for a pair this process did not look up)."""
+        todo: Dict[str, List[int]] = {}
+        for p in self.plan.protocols:
+            js = [j for j in sel
+                  if p in self.missing.get((m.name, batch.items[j][1].image_id), self.plan.protocols)]
+            if js:
+                todo[p] = js
+        return todo
+
+    def _method(self, m: MapMethod, batch: MapBatch, sel: Sequence[int],
+                echo: Echo) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
+        """One method on the images ``sel`` of ``batch``: its maps once, then each protocol
+        those images lack (stopped protocols are recorded as skipped)."""
+        h = self.health[m.name]
+        if h.stopped:
+            return [], self._failures(m, batch, sel, "skipped", "Stopped", h.last_error)
+        fails: List[Dict[str, Any]] = []
+        todo = self._todo(m, batch, sel)
+        for p in list(todo):
+            hp = self.protocol_health[(m.name, p)]
+            if hp.stopped:
+                fails += self._failures(m, batch, todo.pop(p), "skipped", "Stopped", hp.last_error, protocol=p)
+        if not todo:
+            return [], fails
+        maps, map_fails = self._maps(m, batch, sel, echo)
+        fails += map_fails
+        if maps is None:
+            return [], fails
+        values, proto_fails = self._protocols(m, batch, maps, todo, echo)
+        t = self.clock.start()
+        rows = self.rows(m, batch, maps, values)
+        self.clock.stop("rows", t)
+        if m.name in self.bars:
+            self.bars[m.name].set_postfix_str(f"{maps.seconds:.3g} s/img map", refresh=False)
+        return rows, fails + proto_fails
+
+    def _maps(self, m: MapMethod, batch: MapBatch, sel: Sequence[int],
+              echo: Echo) -> Tuple[Optional[Maps], List[Dict[str, Any]]]:
+        """``m``'s valid maps of ``sel`` (None when there are none) and the failure records of
+        the others (the explainer raised: all of them; invalid maps: those)."""
+        h = self.health[m.name]
+        fails: List[Dict[str, Any]] = []
+        good = None
+        try:
+            maps = batch.maps_of(m)
+            ok = valid_maps(maps.V)
+            for r in (~ok).nonzero()[:, 0].tolist():
+                fails += self._failures(m, batch, [maps.sel[r]], "invalid", "InvalidMap",
+                                        describe_invalid(maps.V[r]))
+            if bool(ok.any()):
+                good = maps if bool(ok.all()) else maps.take(ok)
+            else:
+                h.last_error = "every map of the batch was invalid"
+        except UserError:
+            raise  # the run cannot go on (e.g. a full disk): not this method's fault
+        except Exception as exc:
+            h.last_error = f"{type(exc).__name__}: {exc}"
+            fails += self._failures(m, batch, sel, "error", type(exc).__name__, str(exc),
+                                    traceback.format_exc())
+        if h.record(good is None, int(self.config.max_failed_batches)):
+            h.last_error = (f"{m.name} was stopped after failing on each of its first "
+                            f"{h.batches} batches (last: {h.last_error})")
+            echo(f"error: {h.last_error}; its other images are skipped (see `camzoo errors "
+                 f"{self.plan.out}`; fix it and rerun with --resume)")
+        return good, fails
+
+    def _protocols(self, m: MapMethod, batch: MapBatch, maps: Maps, todo: Dict[str, List[int]],
+                   echo: Echo) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
+        """Each protocol of ``todo`` on the maps of the images that lack it, isolated.
+
+        Returns:
+            ``(values, failures)``: ``values[r]`` holds the host values of ``maps``' image
+            ``r`` from every protocol that succeeded on it (empty when none did).
+        """
+        values: List[Dict[str, Any]] = [{} for _ in maps.sel]
+        fails: List[Dict[str, Any]] = []
+        for p, js in todo.items():
+            want = set(js)
+            rs = [r for r, j in enumerate(maps.sel) if j in want]
+            if not rs:
+                continue  # those images' maps were invalid
+            sub = maps if len(rs) == len(maps.sel) else maps.take(
+                torch.tensor([j in want for j in maps.sel], device=maps.V.device))
+            got, f = self._protocol(m, p, batch, sub, echo)
+            fails += f
+            for k, a in (got or {}).items():
+                a = a.detach().float().cpu().numpy()  # one device -> host copy per quantity
+                for n, r in enumerate(rs):
+                    values[r][k] = a[n] if a.ndim > 1 else float(a[n])
+        return values, fails
+
+    def _protocol(self, m: MapMethod, p: str, batch: MapBatch, maps: Maps,
+                  echo: Echo) -> Tuple[Optional[Dict[str, Tensor]], List[Dict[str, Any]]]:
+        """Protocol ``p`` on ``maps``: ``(values, [])``, or ``(None, failure records)`` when it
+        raised; stops ``p`` for ``m`` when it failed on each of its first batches."""
+        hp = self.protocol_health[(m.name, p)]
+        fails: List[Dict[str, Any]] = []
+        try:
+            got: Optional[Dict[str, Tensor]] = self.evaluate(m, p, maps, batch.forwards)
+        except UserError:
+            raise  # the run cannot go on: not this protocol's fault
+        except Exception as exc:
+            hp.last_error = f"protocol {p}: {type(exc).__name__}: {exc}"
+            fails = self._failures(m, batch, maps.sel, "error", type(exc).__name__,
+                                   f"protocol {p}: {exc}", traceback.format_exc(), protocol=p)
+            got = None
+        if hp.record(got is None, int(self.config.max_failed_batches)):
+            hp.last_error = (f"{m.name}: protocol {p} was stopped after failing on each of its "
+                             f"first {hp.batches} batches (last: {hp.last_error})")
+            echo(f"error: {hp.last_error}; its other images are skipped for {p} (see `camzoo "
+                 f"errors {self.plan.out}`; fix it and rerun with --resume)")
+        return got, fails
 
     def _advance(self, m: MapMethod, n: int) -> None:
         if m.name in self.bars:
             self.bars[m.name].update(n)
 
     def _failures(self, m: MapMethod, batch: MapBatch, sel: Sequence[int], kind: str, error: str,
-                  message: str, tb: Optional[str] = None) -> List[Dict[str, Any]]:
-        """Failure records of the images at positions ``sel`` of ``batch`` for method ``m``."""
+                  message: str, tb: Optional[str] = None, protocol: str = "") -> List[Dict[str, Any]]:
+        """Failure records of the images at positions ``sel`` of ``batch`` for method ``m``
+        (``protocol`` ``''``: its map; else that protocol on its map)."""
         ds = self.plan.dataset
-        return [{"method": m.name, "image_id": batch.items[j][1].image_id, "idx": batch.items[j][0],
-                 "path": ds.rel_path(batch.items[j][1]), "kind": kind, "error": error,
-                 "message": message, "traceback": tb} for j in sel]
+        return [{"method": m.name, "image_id": batch.items[j][1].image_id, "protocol": protocol,
+                 "idx": batch.items[j][0], "path": ds.rel_path(batch.items[j][1]), "kind": kind,
+                 "error": error, "message": message, "traceback": tb} for j in sel]
 
     def _reexplain(self, m: MapMethod, family: str, forwards) -> Callable[[Tensor, Tensor], Tensor]:
         """The method's explainer on other inputs (in its classifier's normalization), timed
@@ -630,49 +791,52 @@ class Runner:
 
         return explain_fn
 
-    def metrics(self, m: MapMethod, maps: Maps, forwards) -> Dict[str, Tensor]:
-        """Every protocol's per-image values for one method's maps (forwards counted)."""
+    def evaluate(self, m: MapMethod, p: str, maps: Maps, forwards) -> Dict[str, Tensor]:
+        """Protocol ``p``'s per-image values for one method's maps. Its forwards (scorer
+        families and ``<p>_explain``) are added to ``forwards`` only when it succeeds, so the
+        stored counts are those of the stored values."""
         clock, clf, scorer = self.clock, m.classifier, self.scorers[m.name]
         before = dict(scorer.counts)
-        values: Dict[str, Tensor] = {}
-        for p in self.plan.protocols:
-            family = f"{p}_explain"
-            inputs = MetricInputs(scorer=scorer, x=maps.clean.x, V=maps.V, c=maps.clean.c,
-                                  Y=maps.clean.Y, normalize=clf.normalize,
-                                  denormalize=clf.denormalize,
-                                  explain_fn=self._reexplain(m, family, forwards),
-                                  x01=maps.x01, mean_std=_mean_std(clf), classifier=clf)
-            w0, c0 = clock.wall.get(family, 0.0), clock.cpu.get(family, 0.0)
-            t = clock.start()
-            values.update(PROTOCOLS.get(p).evaluate(inputs, **self.plan.protocol_options[p]))
+        mine: Dict[Tuple[str, str], int] = defaultdict(int)
+        family = f"{p}_explain"
+        inputs = MetricInputs(scorer=scorer, x=maps.clean.x, V=maps.V, c=maps.clean.c,
+                              Y=maps.clean.Y, normalize=clf.normalize, denormalize=clf.denormalize,
+                              explain_fn=self._reexplain(m, family, mine),
+                              x01=maps.x01, mean_std=_mean_std(clf), classifier=clf)
+        w0, c0 = clock.wall.get(family, 0.0), clock.cpu.get(family, 0.0)
+        t = clock.start()
+        try:
+            values = PROTOCOLS.get(p).evaluate(inputs, **self.plan.protocol_options[p])
+        finally:
             clock.stop(f"metric/{p}", t)
             # the explainer's own time inside a protocol is accounted under <protocol>_explain
             clock.wall[f"metric/{p}"] -= clock.wall.get(family, 0.0) - w0
             clock.cpu[f"metric/{p}"] -= clock.cpu.get(family, 0.0) - c0
         for fam, cnt in scorer.counts.items():
             if cnt - before.get(fam, 0) > 0:
-                forwards[(m.name, fam)] += cnt - before.get(fam, 0)
+                mine[(m.name, fam)] += cnt - before.get(fam, 0)
+        for k, n in mine.items():
+            forwards[k] += n
         return values
 
     def rows(self, m: MapMethod, batch: MapBatch, maps: Maps,
-             values: Dict[str, Tensor]) -> List[Dict[str, Any]]:
-        """The store rows of one method's images (one device -> host copy per quantity);
-        writes the map files the run keeps."""
+             values: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+        """The store rows of one method's images that got values from some protocol
+        (``values[r]``: image ``r`` of ``maps``; one device -> host copy per quantity);
+        writes the map files the run keeps for them."""
         config, ds, out = self.config, self.plan.dataset, self.plan.out
-        host = {k: v.detach().float().cpu().numpy() for k, v in values.items()}
         cl = maps.clean
         c_h, Y_h, p_h = cl.c.cpu().tolist(), cl.Y.float().cpu().tolist(), cl.pred.cpu().tolist()
         need_maps = config.save_maps or any(batch.items[j][1].image_id in self.grid_ids for j in maps.sel)
         V_h = maps.V.detach().float().cpu().numpy() if need_maps else None
         rows = []
         for r, j in enumerate(maps.sel):
+            if not values[r]:
+                continue  # every protocol failed on it: recorded in failures
             idx, it = batch.items[j]
-            row = {"method": m.name, "image_id": it.image_id, "idx": idx, "path": ds.rel_path(it),
-                   "label": it.label, "classifier": m.classifier_key, "pred": p_h[r], "c": c_h[r],
-                   "Y": Y_h[r], "seconds": maps.seconds}
-            for k, arr in host.items():
-                row[k] = arr[r] if arr.ndim > 1 else float(arr[r])
-            rows.append(row)
+            rows.append({"method": m.name, "image_id": it.image_id, "idx": idx, "path": ds.rel_path(it),
+                         "label": it.label, "classifier": m.classifier_key, "pred": p_h[r], "c": c_h[r],
+                         "Y": Y_h[r], "seconds": maps.seconds, **values[r]})
             if config.save_maps:
                 _save_map(out, map_path(out, "maps", m.name, it.image_id), V_h[r].astype(np.float32))
             if it.image_id in self.grid_ids:

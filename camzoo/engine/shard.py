@@ -9,11 +9,11 @@ row crosses the network. A shard comes from torchrun (``RANK`` / ``WORLD_SIZE``;
 then joins the process group, and the only collective it uses is a barrier) or from
 ``--shard I/N`` (job arrays: no torch.distributed at all); both take the same code path.
 
-:func:`merge_shards` checks that every shard is complete -- each (method, image) pair of its
-images stored or recorded as failed, or the image recorded as unreadable -- and writes the
-union into ``rows.sqlite`` (forward counts summed) in one transaction, plus ``timings.json``
-(summed over the shards). The tables and figures are written by
-:func:`camzoo.engine.runner.merge` on top of it.
+:func:`merge_shards` checks that every shard is complete -- each (method, image, protocol)
+unit of its images stored or recorded as failed (the protocol, or the method's map), or the
+image recorded as unreadable -- and writes the union into ``rows.sqlite`` (forward counts
+summed; stores of any schema) in one transaction, plus ``timings.json`` (summed over the
+shards). The tables and figures are written by :func:`camzoo.engine.runner.merge` on top of it.
 """
 from __future__ import annotations
 
@@ -22,10 +22,10 @@ import json
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
 
 from ..results.run import CONFIG_NAME, LOCK_NAME, MANIFEST_NAME, TIMINGS_NAME, RunLock
-from ..results.store import DB_NAME, ResultStore
+from ..results.store import DB_NAME, MAP, ResultStore
 from ..utils import UserError, atomic_write
 
 #: held for a moment while a process reads / writes ``config.json`` and ``manifest.csv``
@@ -148,7 +148,8 @@ class ShardState:
         shard: the shard.
         exists: its store file exists.
         expected: (method, image) pairs it owns.
-        missing: pairs neither stored, nor recorded as failed, nor of an unreadable image.
+        missing: pairs of a readable image with some protocol neither stored nor recorded as
+            failed (for that protocol, or the method's map).
     """
 
     shard: Shard
@@ -179,7 +180,7 @@ def shard_states(run_dir: str, cfg: Optional[Dict[str, Any]] = None) -> List[Sha
     """The :class:`ShardState` of every shard of the run in ``run_dir``."""
     cfg = read_config(run_dir) if cfg is None else cfg
     world = int(cfg.get("world_size", 1))
-    methods = list(cfg["methods"])
+    methods, protocols = list(cfg["methods"]), list(cfg["protocols"])
     ids = manifest_ids(run_dir)
     out = []
     for r in range(world):
@@ -190,11 +191,27 @@ def shard_states(run_dir: str, cfg: Optional[Dict[str, Any]] = None) -> List[Sha
             out.append(ShardState(sh, False, len(own) * len(methods), len(own) * len(methods)))
             continue
         with ResultStore(path, readonly=True) as st:
-            done = st.done_pairs() | st.failed_pairs()
+            settled = st.done_units(protocols) | st.failed_units()
             unreadable = st.error_ids()
-        missing = sum((m, i) not in done for i in own if i not in unreadable for m in methods)
+        missing = sum(not _settled(settled, m, i, protocols) for i in own if i not in unreadable
+                      for m in methods)
         out.append(ShardState(sh, True, len(own) * len(methods), missing))
     return out
+
+
+def _settled(units: Set[Tuple[str, str, str]], method: str, image_id: str, protocols: List[str]) -> bool:
+    """True when each protocol of (method, image) is stored or failed, or its map failed."""
+    return (method, image_id, MAP) in units or all((method, image_id, p) in units for p in protocols)
+
+
+def store_columns(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """The :class:`~camzoo.results.ResultStore` arguments of the run's merged store: its keys
+    by protocol (``config.json``'s ``columns.protocols``), or for a run stored before those
+    were recorded the plain column lists (the stores' own protocols are then kept)."""
+    cols = cfg["columns"]
+    if "protocols" in cols:
+        return {"protocols": cols["protocols"]}
+    return {"value_columns": cols["values"], "curve_columns": cols["curves"]}
 
 
 class IncompleteShardsError(UserError):
@@ -231,10 +248,9 @@ def merge_shards(run_dir: str) -> List[ShardState]:
             + "\n  ".join(s.describe(run_dir) for s in bad)
             + f"\nthen run camzoo merge {run_dir}")
     with RunLock(run_dir):
-        cols = cfg["columns"]
         sources = [ResultStore(os.path.join(run_dir, s.shard.store_name), readonly=True) for s in states]
         try:
-            with ResultStore(os.path.join(run_dir, DB_NAME), cols["values"], cols["curves"]) as dst:
+            with ResultStore(os.path.join(run_dir, DB_NAME), **store_columns(cfg)) as dst:
                 dst.replace_with(sources)
         finally:
             for s in sources:

@@ -135,8 +135,9 @@ class Run:
         return self.store.forwards()
 
     def failures(self) -> pd.DataFrame:
-        """(method, image) pairs a method could not evaluate: kind ``error`` / ``invalid`` /
-        ``skipped``, exception type, message, traceback (see :mod:`camzoo.results.store`)."""
+        """What a method could not evaluate, per (method, image, protocol) (protocol ``''``:
+        the map itself): kind ``error`` / ``invalid`` / ``skipped``, exception type, message,
+        traceback (see :mod:`camzoo.results.store`)."""
         return self.store.failures()
 
     def table(self) -> pd.DataFrame:

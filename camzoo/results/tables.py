@@ -181,10 +181,13 @@ def failure_notes(run) -> Tuple[List[str], Set[str]]:
         f = fails[fails.method == m]
         if not len(f):
             continue
-        kinds = f.kind.value_counts()
+        # distinct images per kind (a map failure and protocol failures of one image count once)
+        kinds = f.drop_duplicates(["image_id", "kind"]).kind.value_counts()
+        protos = sorted({p for p in f.get("protocol", pd.Series(dtype=str)).fillna("") if p})
         parts = []
         if kinds.get("error", 0):
-            parts.append(f"{int(kinds['error'])} of {n_images} images failed")
+            parts.append(f"{int(kinds['error'])} of {n_images} images failed"
+                         + (f" (protocol{'s' if len(protos) > 1 else ''} {', '.join(protos)})" if protos else ""))
         if kinds.get("invalid", 0):
             parts.append(f"{int(kinds['invalid'])} of {n_images} maps invalid (not finite or "
                          "outside [0,1]): left out of its means, never marked best")
