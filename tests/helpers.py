@@ -181,3 +181,21 @@ def assert_rows_close(a: pd.DataFrame, b: pd.DataFrame, atol: float = ATOL) -> N
             np.testing.assert_allclose(a[c], b[c], rtol=0, atol=tol, err_msg=c)
         else:
             assert a[c].tolist() == b[c].tolist(), c
+
+
+def legacy_run(tmp_path):
+    """A copy of the committed pre-layering run (tests/fixtures/run_v0: config, manifest and
+    its store rebuilt from rows.sql) in ``tmp_path/legacy``; returns its path."""
+    import shutil
+
+    from tests.conftest import REPO
+
+    fixture = os.path.join(REPO, "tests", "fixtures", "run_v0")
+    run = tmp_path / "legacy"
+    run.mkdir()
+    for f in ("config.json", "manifest.csv"):
+        shutil.copy(os.path.join(fixture, f), run / f)
+    con = sqlite3.connect(run / "rows.sqlite")
+    con.executescript(open(os.path.join(fixture, "rows.sql")).read())
+    con.close()
+    return run

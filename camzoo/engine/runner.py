@@ -501,15 +501,17 @@ class _Health:
     stopped: bool = False
     last_error: str = ""
 
-    def record(self, failed: bool, limit: int) -> bool:
-        """Count one batch; True when this batch stops it (it failed on each of its first
-        ``limit`` batches)."""
+    def record(self, failed: bool, limit: int, what: str, out: str, echo: Echo) -> None:
+        """Count one batch; when it fails on each of its first ``limit`` batches, stop ``what``
+        (``"gradcam"``, ``"gradcam: protocol road"``) and say so through ``echo``."""
         self.batches += 1
         self.failed += failed
         if not self.stopped and self.failed == self.batches == limit:
             self.stopped = True
-            return True
-        return False
+            self.last_error = (f"{what} was stopped after failing on each of its first {self.batches} "
+                               f"batches (last: {self.last_error})")
+            echo(f"error: {self.last_error}; its other images are skipped (see `camzoo errors {out}`; "
+                 "fix it and rerun with --resume)")
 
 
 class Runner:
@@ -708,11 +710,7 @@ class Runner:
             h.last_error = f"{type(exc).__name__}: {exc}"
             fails += self._failures(m, batch, sel, "error", type(exc).__name__, str(exc),
                                     traceback.format_exc())
-        if h.record(good is None, int(self.config.max_failed_batches)):
-            h.last_error = (f"{m.name} was stopped after failing on each of its first "
-                            f"{h.batches} batches (last: {h.last_error})")
-            echo(f"error: {h.last_error}; its other images are skipped (see `camzoo errors "
-                 f"{self.plan.out}`; fix it and rerun with --resume)")
+        h.record(good is None, int(self.config.max_failed_batches), m.name, self.plan.out, echo)
         return good, fails
 
     def _protocols(self, m: MapMethod, batch: MapBatch, maps: Maps, todo: Dict[str, List[int]],
@@ -755,11 +753,8 @@ class Runner:
             fails = self._failures(m, batch, maps.sel, "error", type(exc).__name__,
                                    f"protocol {p}: {exc}", traceback.format_exc(), protocol=p)
             got = None
-        if hp.record(got is None, int(self.config.max_failed_batches)):
-            hp.last_error = (f"{m.name}: protocol {p} was stopped after failing on each of its "
-                             f"first {hp.batches} batches (last: {hp.last_error})")
-            echo(f"error: {hp.last_error}; its other images are skipped for {p} (see `camzoo "
-                 f"errors {self.plan.out}`; fix it and rerun with --resume)")
+        hp.record(got is None, int(self.config.max_failed_batches), f"{m.name}: protocol {p}",
+                  self.plan.out, echo)
         return got, fails
 
     def _advance(self, m: MapMethod, n: int) -> None:

@@ -1,7 +1,6 @@
 """Run directories written before the layered package: read by ``camzoo table``, resumed with the
 rows they would have had (tests/fixtures/run_v0)."""
 import os
-import shutil
 import sqlite3
 
 import numpy as np
@@ -10,19 +9,9 @@ from click.testing import CliRunner
 import camzoo
 from camzoo.cli import main
 from tests.conftest import REPO
+from tests.helpers import legacy_run as _legacy_run
 
 LEGACY = os.path.join(REPO, "tests", "fixtures", "run_v0")
-
-
-def _legacy_run(tmp_path):
-    run = tmp_path / "legacy"
-    run.mkdir()
-    for f in ("config.json", "manifest.csv"):
-        shutil.copy(os.path.join(LEGACY, f), run / f)
-    con = sqlite3.connect(run / "rows.sqlite")
-    con.executescript(open(os.path.join(LEGACY, "rows.sql")).read())
-    con.close()
-    return run
 
 
 def _rows(run):

@@ -20,6 +20,7 @@ from camzoo.results import ResultStore
 from camzoo.results.store import BASE_COLUMNS, Layout, grown_layout
 
 from tests.conftest import REPO
+from tests.helpers import legacy_run as _legacy_run
 
 LEGACY = os.path.join(REPO, "tests", "fixtures", "run_v0")
 #: two protocols: "pa" (two values), "pb" (a value and a curve)
@@ -67,17 +68,6 @@ def _wide_store(path, version, rows=ROWS, failures=()):
     con.commit()
     con.close()
     return path
-
-
-def _legacy_run(tmp_path):
-    run = tmp_path / "legacy"
-    run.mkdir()
-    for f in ("config.json", "manifest.csv"):
-        shutil.copy(os.path.join(LEGACY, f), run / f)
-    con = sqlite3.connect(run / "rows.sqlite")
-    con.executescript(open(os.path.join(LEGACY, "rows.sql")).read())
-    con.close()
-    return run
 
 
 def _tables(path):
