@@ -5,7 +5,8 @@ import sys
 
 import click
 
-from .options import WEIGHTS_HELP, method_options, names, user_errors
+from ..engine.config import WEIGHTS_HELP
+from .options import method_options, names, user_errors
 
 
 @click.command("explain")

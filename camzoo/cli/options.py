@@ -7,7 +7,6 @@ from typing import Any, Dict, Iterator, Optional, Sequence
 import click
 from click.core import ParameterSource
 
-from ..engine.config import WEIGHTS_HELP  # noqa: F401  (one --weights help for every command)
 from ..utils import UserError, parse_dotted, split_names
 
 #: exceptions that are the user's (bad names, options, files): shown as one message, no traceback

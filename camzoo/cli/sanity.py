@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import click
 
-from .options import WEIGHTS_HELP, method_options, user_errors
+from ..engine.config import WEIGHTS_HELP
+from .options import method_options, user_errors
 
 
 @click.command("sanity")

@@ -6,7 +6,8 @@ import json
 import click
 
 from ..utils import split_names
-from .options import WEIGHTS_HELP, method_options, user_errors
+from ..engine.config import WEIGHTS_HELP
+from .options import method_options, user_errors
 
 
 @click.command("stability")

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import click
 
-from .options import WEIGHTS_HELP, user_errors
+from ..engine.config import WEIGHTS_HELP
+from .options import user_errors
 
 
 @click.group("train")

@@ -69,7 +69,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import math
 import os
 import time
 from dataclasses import dataclass
