@@ -9,7 +9,7 @@ that is already registered (a warning names both).
 =================  ===========================  =========================================
 group              entry point object           registry
 =================  ===========================  =========================================
-camzoo.explainers  an ``Explainer`` subclass    ``camzoo.explainers.EXPLAINERS``
+camzoo.explainers  an ``Explainer`` subclass    ``camzoo.explainers.base.EXPLAINERS``
 camzoo.backbones   ``factory(weights=None)``    ``camzoo.models.zoo.BACKBONES``
                    returning a ``Backbone``
 camzoo.protocols   a ``Protocol`` subclass or   ``camzoo.metrics.protocol.PROTOCOLS``

@@ -6,15 +6,16 @@ stored per-image rows (nothing changes a stored value). See docs/stats.md.
     camzoo.stats.intervals(run)              # mean and 95 % bootstrap interval of every cell
     camzoo.stats.pairwise(run, ["ADCC"])     # paired differences, Wilcoxon, Holm, images needed
     ag = camzoo.stats.agreement(run)         # do the metrics rank the methods alike?
+    print(camzoo.stats.format_agreement(ag))
 
-A facade over :mod:`camzoo.results.stats` (the functions on arrays are there too).
+The public names of :mod:`camzoo.results.bootstrap`, :mod:`camzoo.results.paired`,
+:mod:`camzoo.results.concordance` and :mod:`camzoo.results.formatting` that take a run; the
+functions on arrays (``bootstrap_ci``, ``wilcoxon_p``, ``holm``, ``kendall_w``, ...) stay in
+those modules.
 """
-from .results.stats import (ALPHA, DEFAULT_RESAMPLES, DEFAULT_SEED, LEVEL, POWER, Agreement,
-                            agreement, agreement_of, bootstrap_ci, bootstrap_means, format_agreement,
-                            format_pairwise, holm, intervals, kendall_w, noether_n, pairwise,
-                            pairwise_tests, per_image_matrix, rankings, wilcoxon_p)
+from .results.bootstrap import intervals
+from .results.concordance import Agreement, agreement
+from .results.formatting import format_agreement, format_pairwise
+from .results.paired import pairwise
 
-__all__ = ["ALPHA", "DEFAULT_RESAMPLES", "DEFAULT_SEED", "LEVEL", "POWER", "Agreement", "agreement",
-           "agreement_of", "bootstrap_ci", "bootstrap_means", "format_agreement", "format_pairwise",
-           "holm", "intervals", "kendall_w", "noether_n", "pairwise", "pairwise_tests",
-           "per_image_matrix", "rankings", "wilcoxon_p"]
+__all__ = ["Agreement", "agreement", "format_agreement", "format_pairwise", "intervals", "pairwise"]

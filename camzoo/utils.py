@@ -229,3 +229,21 @@ def dict_diff(a: Any, b: Any, prefix: str = "") -> List[str]:
         return out
     return [] if a == b else [f"{prefix}: stored {a!r}, now {b!r}"]
 
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: str = "") -> List[str]:
+    """The lines of a GitHub-flavoured Markdown table (the one Markdown writer of camzoo).
+
+    Args:
+        header: column titles.
+        rows: cells, already formatted or any value (``str()`` is taken); a ``|`` in a cell is
+            written as ``/`` so that it cannot split the column.
+        align: one letter per column, ``l`` (left, the default for a missing letter) or ``r``.
+    Returns:
+        the header line, the alignment line and one line per row, without a trailing newline.
+    """
+    def line(cells: Sequence[Any]) -> str:
+        return "| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |"
+
+    rule = "|" + "|".join("---:" if align[i:i + 1] == "r" else ":---" for i in range(len(header))) + "|"
+    return [line(header), rule] + [line(r) for r in rows]

@@ -12,7 +12,7 @@ import torch
 
 from camzoo.explainers.base import EXPLAINERS, Explainer
 from camzoo.models.testing import tiny_backbone
-from camzoo.results import Run
+from camzoo.results.run import Run
 
 #: the tiny CNN as a ``--backbone`` name (10 classes; random weights: ``--weights random``)
 TINY = "py:camzoo.models.testing:tiny_backbone"
@@ -101,7 +101,7 @@ class Boom(Explainer):
 
 def marker_of(photo: str) -> float:
     """The first value of a sample photo preprocessed for the tiny CNN (``Boom.marker``)."""
-    from camzoo.data import sample_photos
+    from camzoo.data.images import sample_photos
 
     bb = tiny_backbone()
     return float(bb.preprocess(dict(sample_photos())[photo])[0, 0, 0])

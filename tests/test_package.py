@@ -73,3 +73,53 @@ def test_the_package_holds_no_c_source_nor_loads_compiled_code():
                         found.append(f"{rel}:{node.lineno}: a string with {hits}")
     assert not found, "compiled code in camzoo/:\n  " + "\n  ".join(found)
     assert not os.path.exists(os.path.join(PACKAGE, "metrics", "road_kernels.py"))
+
+
+PUBLIC_MODULES = ("camzoo", "camzoo.bench", "camzoo.stats", "camzoo.sanity", "camzoo.metrics", "camzoo.train")
+INTERNAL_PACKAGES = ("camzoo.data", "camzoo.models", "camzoo.explainers", "camzoo.results", "camzoo.engine")
+
+
+def test_every_public_name_has_one_import_path():
+    """Each name a user needs is in the ``__all__`` of exactly one public module, resolves there,
+    and the internal subpackages re-export nothing (no second path to a public name)."""
+    import importlib
+
+    seen = {}
+    for mod_name in PUBLIC_MODULES:
+        mod = importlib.import_module(mod_name)
+        for name in mod.__all__:
+            assert hasattr(mod, name), f"{mod_name}.__all__ names {name!r}, which it lacks"
+            obj = getattr(mod, name)
+            if callable(obj) or isinstance(obj, type):
+                assert obj not in seen.values() or name == "__version__", \
+                    f"{mod_name}.{name} is also public as {[k for k, v in seen.items() if v is obj]}"
+            seen[f"{mod_name}.{name}"] = obj
+    assert 25 <= len(seen) <= 60, f"{len(seen)} public names"
+    for pkg in INTERNAL_PACKAGES:
+        mod = importlib.import_module(pkg)
+        assert not hasattr(mod, "__all__"), f"{pkg} is internal and declares __all__"
+        exported = [n for n, v in vars(mod).items() if not n.startswith("_") and not inspect_module(v)]
+        assert exported == [], f"{pkg}/__init__.py re-exports {exported}"
+
+
+def inspect_module(v) -> bool:
+    import types
+
+    return isinstance(v, types.ModuleType)
+
+
+def test_no_module_file_name_is_used_twice_outside_the_cli():
+    """Each module name means one thing; ``cli/<command>.py`` holds the command of that name
+    and the subpackages' ``__init__`` are not modules of their own. The one exception: a learned
+    explainer's module in ``explainers/learned`` and its training task in ``train`` carry the
+    method's name (L-CAM, LFI-CAM), the same thing seen from two layers."""
+    same_method = {"lcam.py", "lficam.py"}
+    names = {}
+    for root, _, files in os.walk(PACKAGE):
+        if os.sep + "cli" in root or "__pycache__" in root:
+            continue
+        for f in files:
+            if f.endswith(".py") and f not in ("__init__.py", "__main__.py"):
+                names.setdefault(f, []).append(os.path.relpath(os.path.join(root, f), PACKAGE))
+    twice = {k: v for k, v in names.items() if len(v) > 1 and k not in same_method}
+    assert twice == {}, twice

@@ -129,7 +129,7 @@ def main() -> None:
     import camzoo
     from camzoo.bench import BenchConfig, run
     from camzoo.utils import resolve_device
-    from camzoo.data import open_dataset
+    from camzoo.data.datasets import open_dataset
 
     device = resolve_device(args.device)
     tuned = tune_malloc(device, args)

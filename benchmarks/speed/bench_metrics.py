@@ -57,7 +57,10 @@ def main() -> None:
 
     import camzoo
     from camzoo.data.images import sample_photos
-    from camzoo.metrics import Scorer, adcc_scores, insertion_deletion, masked_confidence
+    from camzoo.metrics.scorer import Scorer
+    from camzoo.metrics.adcc import adcc_scores
+    from camzoo.metrics import insertion_deletion
+    from camzoo.metrics.ad_ic import masked_confidence
 
     dev = torch.device(args.device)
     bb = camzoo.load_backbone(args.backbone, device=dev)

@@ -68,8 +68,9 @@ def main() -> None:
 
     import camzoo
     from camzoo.data.images import sample_photos
-    from camzoo.metrics import Scorer
-    from camzoo.metrics.road import DEFAULT_FRACTIONS, DEFAULT_TOL, road_scores
+    from camzoo.metrics.scorer import Scorer
+    from camzoo.metrics.road.curves import DEFAULT_FRACTIONS, road_scores
+    from camzoo.metrics.road.solver import DEFAULT_TOL
 
     bb = camzoo.load_backbone(args.backbone, weights=args.weights, device=args.device)
     photos = [img for _, img in sample_photos()]

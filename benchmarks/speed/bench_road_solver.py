@@ -37,8 +37,9 @@ def main() -> None:
     tune_cpu_allocator()
     import camzoo
     from camzoo.data.images import sample_photos
-    from camzoo.metrics.road import (DEFAULT_FRACTIONS, DEFAULT_TOL, ORDERS, impute,
-                                     random_fields, removal_masks)
+    from camzoo.metrics.road.curves import DEFAULT_FRACTIONS
+    from camzoo.metrics.road.solver import DEFAULT_TOL, impute
+    from camzoo.metrics.road.masks import ORDERS, random_fields, removal_masks
 
     bb = camzoo.load_backbone("efficientnet_lite0")
     photos = [img for _, img in sample_photos()]

@@ -142,7 +142,7 @@ def same_object(a) -> None:
     os.environ.setdefault("TQDM_DISABLE", "1")  # pytorch-grad-cam's per-image progress bars
     import camzoo
     from camzoo.data.images import sample_photos
-    from camzoo.explainers import minmax
+    from camzoo.explainers.base import minmax
     from camzoo.utils import resolve_device
 
     set_threads(a.threads)
@@ -228,7 +228,7 @@ def main() -> None:
         return same_object(a)
 
     import camzoo
-    from camzoo.explainers import minmax
+    from camzoo.explainers.base import minmax
     from camzoo.data.images import sample_photos
 
     sizes = int_list(a.batch_sizes)

@@ -62,7 +62,7 @@ def time_inference(bb, ckpt: str, batch: int, reps: int, threads: int) -> None:
     On CPU the process CPU time (``time.process_time``) is reported next to the wall time,
     with ``threads`` torch threads: on a machine shared with other jobs the wall time
     mostly measures the neighbours, CPU time the work done."""
-    from camzoo.data import open_dataset
+    from camzoo.data.datasets import open_dataset
     from camzoo.train.data import TrainImages
 
     ds = open_dataset(IMAGENETTE, limit=batch, seed=1)

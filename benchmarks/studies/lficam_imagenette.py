@@ -69,7 +69,7 @@ def train_one(bb, tr, va, info, a, *, mode, init, lr, seed, path, epochs, labels
 
 
 def end_to_end(a, data: str) -> None:
-    from camzoo.engine.stability import run_stability, sources_from_checkpoints
+    from camzoo.engine.cross_model import run_stability, sources_from_checkpoints
 
     say("## 1. End-to-end: baseline vs LFI-CAM, new 10-class classifier")
     say("")

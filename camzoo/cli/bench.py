@@ -91,7 +91,7 @@ def table_cmd(run_dir, fmt, per_image, output, no_ci, resamples, ci_seed) -> Non
     """Print the table of a bench run (RUN_DIR = its results/<run> directory): means with
     their 95 % bootstrap intervals, best bold, second underlined, ≈ = not significantly
     different from the best."""
-    from ..results import Run
+    from ..results.run import Run
     from ..results.tables import per_image_csv, summary
 
     if per_image and fmt != "csv" and "fmt" in given(click.get_current_context()):
@@ -118,7 +118,7 @@ def compare_cmd(run_dirs, fmt, output, reference, reference_backbone, no_ci, res
     """Stack bench runs (e.g. one per backbone) into one table, a block per run (intervals,
     marks and tests within each block); with --reference, compare each run with a published
     table instead."""
-    from ..results import Run
+    from ..results.run import Run
     from ..results.tables import compare
 
     if reference_backbone and not reference:
@@ -142,7 +142,7 @@ def compare_cmd(run_dirs, fmt, output, reference, reference_backbone, no_ci, res
 def errors_cmd(run_dir, show_tb) -> None:
     """List what a bench run could not evaluate: unreadable images, and (method, image) pairs
     whose explainer or metric raised, whose map was invalid, or that were skipped."""
-    from ..results import Run
+    from ..results.run import Run
 
     with user_errors():
         r = Run(run_dir)

@@ -7,9 +7,9 @@ import click
 @click.command("list")
 def list_cmd() -> None:
     """List explainers, backbones and their explanation layers, and metric protocols."""
-    from ..explainers import EXPLAINERS
+    from ..explainers.base import EXPLAINERS
     from ..metrics.protocol import PROTOCOLS, all_protocols
-    from ..models import BACKBONE_LAYERS
+    from ..models.zoo import BACKBONE_LAYERS
     from ..models.zoo import default_weights
 
     click.echo("explainers:")

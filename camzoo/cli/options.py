@@ -46,7 +46,7 @@ def given(ctx: click.Context) -> Dict[str, Any]:
 
 def ci_options(f):
     """``--no-ci``, ``--resamples N`` and ``--ci-seed S`` of the commands that print tables
-    (defaults: those of :mod:`camzoo.results.stats`, 10000 resamples, seed 0; see
+    (defaults: those of :mod:`camzoo.results.bootstrap`, 10000 resamples, seed 0; see
     :func:`ci_kwargs`)."""
     f = click.option("--ci-seed", default=None, type=int,
                      help="seed of the bootstrap resamples [default: 0]")(f)

@@ -1,4 +1,4 @@
-"""``camzoo sanity``: a thin layer over :func:`camzoo.engine.sanity.run`."""
+"""``camzoo sanity``: a thin layer over :func:`camzoo.engine.randomization.run`."""
 from __future__ import annotations
 
 import click
@@ -39,7 +39,7 @@ def sanity_cmd(backbone, weights, methods, data, labels, limit, seed, layer, opt
     a copy of the model block by block from the logits down and compare each method's maps
     with those of the trained model (Spearman, SSIM, HOG); a method that ignores the model
     stays at similarity 1."""
-    from ..engine.sanity import format_summary, run
+    from ..engine.randomization import format_summary, run
 
     with user_errors():
         res = run(backbone, methods, data, weights=weights, labels=labels, limit=limit, seed=seed,

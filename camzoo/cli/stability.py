@@ -1,4 +1,4 @@
-"""``camzoo stability``: a thin layer over :mod:`camzoo.engine.stability`."""
+"""``camzoo stability``: a thin layer over :mod:`camzoo.engine.cross_model`."""
 from __future__ import annotations
 
 import json
@@ -40,7 +40,7 @@ def stability_cmd(checkpoints, data, labels_file, limit, seed, methods, backbone
     """Stability of explanations (LFI-CAM paper): mean IoU of binarized maps vs the most
     accurate model, for CHECKPOINTS of learned explainers (LFI-CAM, L-CAM; the explainer is read
     from each checkpoint) or for --methods on one model."""
-    from ..engine.stability import (format_result, run_stability, sources_from_checkpoints,
+    from ..engine.cross_model import (format_result, run_stability, sources_from_checkpoints,
                                     sources_from_methods)
     from ..metrics.stability import DEFAULT_THRESHOLD
 
@@ -48,7 +48,7 @@ def stability_cmd(checkpoints, data, labels_file, limit, seed, methods, backbone
         if checkpoints and methods:
             raise ValueError("give checkpoints or --methods, not both")
         if methods:
-            from ..models import load_backbone
+            from ..models.zoo import load_backbone
 
             bb = load_backbone(backbone, weights=weights, device=device)
             names = split_names(methods)

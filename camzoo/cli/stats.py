@@ -1,4 +1,4 @@
-"""``camzoo stats``: a thin layer over :mod:`camzoo.results.stats` (``camzoo.stats``)."""
+"""``camzoo stats``: a thin layer over :mod:`camzoo.stats` (``camzoo.stats``)."""
 from __future__ import annotations
 
 import os
@@ -30,8 +30,8 @@ def stats_cmd(run_dir, metrics, agreement, fmt, resamples, ci_seed, alpha, power
     """Per metric, every pair of methods of a bench run: mean paired difference with its 95 %
     interval, Wilcoxon signed-rank p-value, Holm-adjusted, and the images needed to separate
     them; or, with --agreement, whether the metrics rank the methods alike."""
-    from ..results import Run
-    from ..results import stats
+    from ..results.run import Run
+    from ..results import concordance, formatting, paired
 
     chosen = [m for v in metrics for m in names(v)] or None
     with user_errors():
@@ -39,17 +39,17 @@ def stats_cmd(run_dir, metrics, agreement, fmt, resamples, ci_seed, alpha, power
         if agreement:
             from ..results.plots import agreement_heatmap
 
-            ag = stats.agreement(r, chosen)
+            ag = concordance.agreement(r, chosen)
             path = os.path.join(r.dir, "agreement.png")
             agreement_heatmap(ag.spearman, path, f"{r.config['backbone']['name']}: Spearman "
                                                  f"correlation of method rankings")
-            text = stats.format_agreement(ag, fmt)
+            text = formatting.format_agreement(ag, fmt)
             if fmt != "csv":
                 text += f"\nheatmap: {path}\n"
         else:
             kw = {k: v for k, v in (("n_resamples", resamples), ("seed", ci_seed), ("alpha", alpha),
                                     ("power", power)) if v is not None}
-            df = stats.pairwise(r, chosen, **kw)
-            text = stats.format_pairwise(df, fmt, alpha=kw.get("alpha", stats.ALPHA),
-                                         power=kw.get("power", stats.POWER))
+            df = paired.pairwise(r, chosen, **kw)
+            text = formatting.format_pairwise(df, fmt, alpha=kw.get("alpha", paired.ALPHA),
+                                         power=kw.get("power", paired.POWER))
     emit(text, output)

@@ -104,7 +104,7 @@ def lcam_cmd(backbone, weights, variant, layer, ce_only, data, labels, labels_fi
     once and cached (--cache, --views); --no-cache trains on fresh random crops. Beside
     --out NAME.pt: NAME.best.pt (lowest held-out loss), NAME.train_log.csv, NAME.training.png.
     """
-    from ..models import load_backbone
+    from ..models.zoo import load_backbone
     from ..train.data import training_data
     from ..train.lcam import train_lcam
     from ..train.loop import distributed, rank_and_world
@@ -187,7 +187,7 @@ def lficam_cmd(backbone, weights, mode, init, num_classes, layer, data, labels, 
     backbone and never cache. Beside --out NAME.pt: NAME.best.pt (lowest held-out loss),
     NAME.train_log.csv, NAME.training.png.
     """
-    from ..models import load_backbone
+    from ..models.zoo import load_backbone
     from ..train.lficam import lficam_data, train_lficam
     from ..train.loop import distributed, rank_and_world
 

@@ -51,7 +51,6 @@ from PIL import Image
 
 from ..utils import atomic_write
 from . import imagenet
-from .imagenet import imagenet_wnids  # noqa: F401  (public here since before imagenet.py)
 from .imagenet import wnid_index as _wnid_index
 from .images import IMAGE_EXTENSIONS, load_image, sample_photos
 from .subsets import SubsetEntry, SubsetList, read_subset

@@ -88,7 +88,7 @@ class Prefetcher:
         workers: decoding worker processes (0 = decode in the background thread itself).
         pin_memory: stack each batch into page-locked memory (for CUDA).
 
-    Yields :class:`LoadedBatch`. Unreadable images (:class:`~camzoo.data.ImageReadError`) go
+    Yields :class:`LoadedBatch`. Unreadable images (:class:`~camzoo.data.images.ImageReadError`) go
     to ``errors``; any other exception (in the thread or a worker) is re-raised in the
     consumer.
     """

@@ -12,7 +12,7 @@ from typing import Callable, Dict, Iterator, Optional, Union
 import torch
 from torch import nn
 
-from ..models import Backbone
+from ..models.backbone import Backbone
 from ..utils import atomic_write, autocast
 
 #: engine batch sizes on CPU when not given (the batch is a grouping of images: maps are

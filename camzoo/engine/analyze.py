@@ -36,13 +36,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..data import open_dataset
+from ..data.datasets import open_dataset
 from ..metrics.ad_ic import keep_mask
 from ..metrics.similarity import rank_correlation
 from ..metrics.stability import iou
-from ..models import Backbone, load_backbone
+from ..models.backbone import Backbone
+from ..models.zoo import load_backbone
 from ..results.run import Run
-from ..results.stats import run_specs
 from ..utils import atomic_write
 from .maps import MAIN_VIEW, iterate_maps, make_methods
 
@@ -97,7 +97,7 @@ def per_class_table(run: Run, names: Sequence[str]) -> pd.DataFrame:
     out = acc.reset_index().rename(columns={"label": "class"})
     out["class"] = out["class"].astype(int)
     out.insert(1, "class_name", [names[c] if 0 <= c < len(names) else str(c) for c in out["class"]])
-    specs = run_specs(run)
+    specs = run.specs()
     for m in run.methods:
         mine = rows[rows.method == m]
         for s in specs:
@@ -140,7 +140,7 @@ def analyze(run: Union[str, Run], *, methods: Optional[Sequence[str]] = None, to
     """Misclassification and class-bias analysis of a bench run (see the module docstring).
 
     Args:
-        run: a run directory or :class:`~camzoo.results.Run` made with ground-truth labels.
+        run: a run directory or :class:`~camzoo.bench.Run` made with ground-truth labels.
         methods: the methods to analyze (default: every method of the run).
         top: fraction of pixels of the top regions compared by IoU.
         related_iou: the category threshold.
@@ -236,7 +236,7 @@ def _wnids(bb: Backbone) -> Optional[List[str]]:
     if bb.num_classes != 1000:
         return None
     try:
-        from ..data import imagenet_wnids
+        from ..data.imagenet import imagenet_wnids
 
         return imagenet_wnids()
     except Exception:  # pragma: no cover - timm's list missing
@@ -328,7 +328,7 @@ def _report(res: Analysis, r: Run, names, top: float, related_iou: float, worst:
         for _, c in low.iterrows():
             L.append(f"| {c.class_name} ({c['class']}) | {c.n} | {c.accuracy:.2f} |")
         L.append("")
-        specs = run_specs(r)
+        specs = r.specs()
         key = next((s for s in specs if s.column == "ADCC"), specs[0] if specs else None)
         if key is not None:
             L.append(f"Worst classes per method by {key.header} (up to {worst}):")

@@ -24,9 +24,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from ..explainers import EXPLAINERS
+from ..explainers.base import EXPLAINERS
 from ..metrics.protocol import PROTOCOLS, all_protocols, ordered_protocols
-from ..models import Backbone
+from ..models.backbone import Backbone
 from ..results.run import CONFIG_NAME
 from ..utils import dict_diff, jsonable, parse_dotted, split_names
 

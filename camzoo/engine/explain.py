@@ -11,9 +11,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from ..data import Dataset, files_dataset, open_dataset
+from ..data.datasets import Dataset, files_dataset, open_dataset
 from ..data.datasets import read_labels_csv
-from ..models import load_backbone
+from ..models.zoo import load_backbone
 from ..models.weights import backbone_label
 from ..results.plots import explanation_grid
 from ..utils import atomic_write

@@ -5,7 +5,7 @@
 compare them). For every batch of readable images it
 
 1. loads and preprocesses the images ahead of the consumer, in a background thread or in
-   worker processes (:class:`camzoo.data.Prefetcher`), once per *view* (a backbone whose ``preprocess`` and normalization the images go through);
+   worker processes (:class:`camzoo.data.loader.Prefetcher`), once per *view* (a backbone whose ``preprocess`` and normalization the images go through);
 2. runs **one clean forward per classifier** (under autocast with ``amp``) (``Explainer.evaluated_backbone``) giving the
    explained class ``c`` (its top-1, the ground truth, or a fixed class), ``Y`` (softmax
    probability of ``c``) and the top-1 ``pred``;
@@ -21,10 +21,11 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set,
 import torch
 from torch import Tensor
 
-from ..data import Dataset, ImageItem, Prefetcher
+from ..data.datasets import Dataset, ImageItem
+from ..data.loader import Prefetcher
 from ..data.loader import ImageError
-from ..explainers import EXPLAINERS, Explainer, get_explainer
-from ..models import Backbone
+from ..explainers.base import EXPLAINERS, Explainer, get_explainer
+from ..models.backbone import Backbone
 from ..utils import autocast
 from .timing import Clock
 
@@ -291,7 +292,7 @@ def iterate_maps(
             ``amp`` option.
         model_of: the module of a classifier's clean forward (see :func:`clean_forwards`).
         workers: image-decoding worker processes (0 = one background thread); see
-            :class:`~camzoo.data.Prefetcher`. With CUDA views, batches come in pinned memory.
+            :class:`~camzoo.data.loader.Prefetcher`. With CUDA views, batches come in pinned memory.
     Yields:
         :class:`MapBatch`; a batch may hold only ``errors`` (no readable image). Close the
         generator (or exhaust it) to stop the loading thread.

@@ -37,10 +37,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..data import Dataset, open_dataset
+from ..data.datasets import Dataset, open_dataset
 from ..metrics.protocol import PROTOCOLS, MetricInputs
 from ..metrics.scorer import Scorer
-from ..models import Backbone, load_backbone
+from ..models.backbone import Backbone
+from ..models.zoo import load_backbone
 from ..models.weights import backbone_label, is_random
 from ..explainers.base import describe_invalid, valid_maps
 from ..results.run import CONFIG_NAME, MANIFEST_NAME, Run, RunLock, RunLockedError, map_path
@@ -380,7 +381,7 @@ BARRIER_TIMEOUT_S = 24 * 3600.0
 
 
 def run(config: BenchConfig, echo: Echo = print) -> Run:
-    """Run (or resume) a benchmark; returns the finished :class:`~camzoo.results.Run`.
+    """Run (or resume) a benchmark; returns the finished :class:`~camzoo.bench.Run`.
 
     The config's preset is applied first (see :mod:`camzoo.engine.config`), so
     ``run(BenchConfig())`` is what a bare ``camzoo bench`` runs. Raises ``ValueError`` for
@@ -459,7 +460,7 @@ def _evaluate(plan: Plan, echo: Echo, base: Echo, shard: Shard) -> Run:
 def merge(run_dir: str, echo: Echo = print, *, dataset: Optional[Dataset] = None,
           backbone: Optional[Backbone] = None, figures: bool = True) -> Run:
     """Merge the shards of a sharded run into ``rows.sqlite`` and write its tables and figures
-    (``camzoo merge RUN``); returns the merged :class:`~camzoo.results.Run`.
+    (``camzoo merge RUN``); returns the merged :class:`~camzoo.bench.Run`.
 
     Refuses (:class:`~camzoo.engine.shard.IncompleteShardsError`, a user error) when a shard is
     missing or incomplete, naming each and the command that completes it. ``dataset`` and

@@ -205,7 +205,7 @@ def _settled(units: Set[Tuple[str, str, str]], method: str, image_id: str, proto
 
 
 def store_columns(cfg: Dict[str, Any]) -> Dict[str, Any]:
-    """The :class:`~camzoo.results.ResultStore` arguments of the run's merged store: its keys
+    """The :class:`~camzoo.results.store.ResultStore` arguments of the run's merged store: its keys
     by protocol (``config.json``'s ``columns.protocols``), or for a run stored before those
     were recorded the plain column lists (the stores' own protocols are then kept)."""
     cols = cfg["columns"]

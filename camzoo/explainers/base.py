@@ -11,7 +11,7 @@ Conventions (the L-CAM paper's protocol):
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Dict, Optional, Tuple
+from typing import Any, ClassVar, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -194,3 +194,29 @@ class Explainer:
 def predict(model, x: Tensor) -> Tensor:
     """Top-1 classes ``[B]`` (LongTensor) of ``model`` for the normalized batch ``x``."""
     return model.model(x).argmax(dim=1)
+
+
+def get_explainer(name: str, **options: Any) -> Explainer:
+    """Instantiate the explainer ``name`` with ``options`` (unknown names/options list the valid ones)."""
+    cls = EXPLAINERS.get(name)
+    return cls(**options)
+
+
+def list_explainers() -> List[str]:
+    """Names of all registered explainers, built-in and plugins."""
+    return EXPLAINERS.names()
+
+
+def explain(method: str, model, x: Tensor, y: Optional[Tensor] = None, **options: Any) -> Tensor:
+    """Saliency maps of ``model`` for the batch ``x``.
+
+    Args:
+        method: explainer name, e.g. ``"gradcam"`` (see :func:`list_explainers`).
+        model: a :class:`camzoo.Backbone`.
+        x: normalized float batch ``[B,3,H,W]`` on the model's device.
+        y: LongTensor ``[B]`` of classes; ``None`` explains the model's top-1 ("model truth").
+        **options: explainer options, e.g. ``layer="conv5"``, ``n_masks=8000``.
+    Returns:
+        float32 ``[B,H,W]`` maps in [0,1] at input resolution; a constant map is all zeros.
+    """
+    return get_explainer(method, **options).explain(model, x, y)

@@ -7,7 +7,6 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from ..utils import AMP_DTYPES, autocast as autocast_context  # noqa: F401 (re-exported)
 
 
 def _version(t: Tensor) -> int:

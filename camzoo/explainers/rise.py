@@ -31,7 +31,8 @@ from torch import Tensor
 
 from ..utils import make_generator
 from .base import Explainer, minmax, register_explainer
-from .perturb import autocast_context, default_batch_size, inference_model
+from ..utils import autocast as autocast_context
+from .perturb import default_batch_size, inference_model
 
 
 def rise_grids(n: int, s: int, p1: float, size: Tuple[int, int],

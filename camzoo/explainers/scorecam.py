@@ -38,7 +38,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import Explainer, cam_to_map, minmax, register_explainer
-from .perturb import autocast_context, default_batch_size, inference_model
+from ..utils import autocast as autocast_context
+from .perturb import default_batch_size, inference_model
 
 VARIANTS = ("official", "grad-cam")
 

@@ -13,26 +13,18 @@
 their table columns, directions and sources; other packages add protocols through the
 ``camzoo.protocols`` entry-point group. See docs/metrics.md for every protocol choice.
 """
-from .ad_ic import (
-    DEFAULT_NUS, ascending_rank, average_drop, increase_in_confidence, keep_count, keep_mask, keep_top,
-    lcam_scores, masked_confidence, nu_label,
-)
-from .adcc import adcc, adcc_scores, coherency, complexity, explanation_map, pearson
-from .insertion_deletion import (auc, blur, blur_kernel, descending_rank, insertion_deletion, rise_scores,
-                                 step_counts)
-from .protocol import (
-    PROTOCOLS, MetricInputs, MetricSpec, Protocol, all_protocols, evaluate_all, ordered_protocols,
-    register_protocol, table_metrics,
-)
-from .road import impute, removal_masks, road_curves, road_scores
+from .ad_ic import average_drop, increase_in_confidence, lcam_scores, masked_confidence
+from .adcc import adcc, adcc_scores, coherency, complexity
+from .insertion_deletion import auc, insertion_deletion, rise_scores
+from .protocol import PROTOCOLS, MetricInputs, MetricSpec, Protocol, register_protocol, table_metrics
+from .road.solver import impute
+from .road.masks import removal_masks
+from .road.curves import road_curves, road_scores
 from .scorer import Scorer
 
 __all__ = [
-    "PROTOCOLS", "MetricInputs", "MetricSpec", "Protocol", "all_protocols", "evaluate_all",
-    "ordered_protocols", "register_protocol", "table_metrics", "Scorer",
-    "DEFAULT_NUS", "ascending_rank", "average_drop", "increase_in_confidence", "keep_count",
-    "keep_mask", "keep_top", "lcam_scores", "masked_confidence", "nu_label",
-    "adcc", "adcc_scores", "coherency", "complexity", "explanation_map", "pearson",
-    "auc", "blur", "blur_kernel", "descending_rank", "insertion_deletion", "rise_scores",
-    "step_counts", "impute", "removal_masks", "road_curves", "road_scores",
+    "PROTOCOLS", "MetricInputs", "MetricSpec", "Protocol", "register_protocol", "table_metrics", "Scorer",
+    "average_drop", "increase_in_confidence", "lcam_scores", "masked_confidence",
+    "adcc", "adcc_scores", "coherency", "complexity", "auc", "insertion_deletion", "rise_scores",
+    "impute", "removal_masks", "road_curves", "road_scores",
 ]

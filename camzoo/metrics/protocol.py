@@ -107,7 +107,7 @@ class Protocol:
         defaults: every option with its default (``--metric-opt NAME.OPTION=VALUE``).
         order: position of its columns in tables (built-ins: lcam 10, rise 20, adcc 30).
         in_all: included in ``--metrics all``.
-        shorthands: :class:`~camzoo.engine.BenchConfig` fields that set an option of this
+        shorthands: :class:`~camzoo.bench.BenchConfig` fields that set an option of this
             protocol when given (``{"steps": "steps"}``: ``--steps N`` is ``rise.steps=N``).
         runtime_options: options that change how the values are computed, not what they are
             (the same rows to float rounding: chunk sizes, a solver's code path): not part of

@@ -18,7 +18,7 @@ This is the paper's "temperature >= 127" on maps scaled to 0..255: for an 8-bit 
 When both masks are empty (two constant maps, e.g. all zeros) they agree: IoU = 1.
 
 Pure tensor functions, batch-first, any device; ``camzoo stability`` makes the maps through
-the shared map path and compares them with these (see :mod:`camzoo.engine.stability`).
+the shared map path and compares them with these (see :mod:`camzoo.engine.cross_model`).
 """
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ def row_agreement(a, b) -> pd.DataFrame:
     class).
 
     Args:
-        a, b: :class:`~camzoo.results.Run` objects of the same images and methods.
+        a, b: :class:`~camzoo.bench.Run` objects of the same images and methods.
     """
     ra, rb = a.rows(curves=True), b.rows(curves=True)
     m = ra.merge(rb, on=["method", "image_id"], suffixes=("_a", "_b"))

@@ -35,7 +35,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import pandas as pd
 
-from . import stats
+from . import bootstrap
 from .tables import FW_COL, NO_CI, Table, _tex, summary
 
 #: reference name -> CSV file in ``camzoo/results/references/``
@@ -244,7 +244,7 @@ def compare_to_reference(run, name: str = "lcam-table1", backbone: Optional[str]
     """A run next to the published values of reference ``name``.
 
     Args:
-        run: a :class:`~camzoo.results.Run`.
+        run: a :class:`~camzoo.bench.Run`.
         name: a :data:`REFERENCES` name.
         backbone: the reference block to compare with; None = the run's backbone
             (``config["backbone"]["name"]``). Given explicitly, it overrides the run's name
@@ -289,11 +289,11 @@ def compare_to_reference(run, name: str = "lcam-table1", backbone: Optional[str]
         notes.append("this run has none of the paper's metric columns (bench with --metrics lcam).")
     notes += expected_notes(rows, bbn)
 
-    level = opts.get("level", stats.LEVEL)
+    level = opts.get("level", bootstrap.LEVEL)
     kind = {"bca": "BCa", "percentile": "percentile"}.get(opts.get("ci_method", "bca"), "")
     ci_txt = (f"CI: the {100 * level:g} % {kind} bootstrap interval over images of camzoo's mean "
-              f"({opts.get('n_resamples', stats.DEFAULT_RESAMPLES):,} resamples, seed "
-              f"{opts.get('seed', stats.DEFAULT_SEED)}); {NO_CI}: no interval."
+              f"({opts.get('n_resamples', bootstrap.DEFAULT_RESAMPLES):,} resamples, seed "
+              f"{opts.get('seed', bootstrap.DEFAULT_SEED)}); {NO_CI}: no interval."
               if opts.get("ci", True) else f"{NO_CI}: intervals not computed.")
     legend = f"Paper: {SOURCES.get(name, name)}, as printed. {ci_txt}"
     arrows = {_bare(c): c for c in table.higher_is_better}

@@ -1,14 +1,14 @@
 """A run directory as the engine leaves it, and :class:`Run`, its reader.
 
 Files (see docs/bench.md): ``config.json`` (everything the run depends on), ``manifest.csv``
-(the images, in order), ``rows.sqlite`` (the per-image :class:`~camzoo.results.ResultStore`),
+(the images, in order), ``rows.sqlite`` (the per-image :class:`~camzoo.results.store.ResultStore`),
 ``timings.json``, the tables (``table.{csv,md,tex}``, ``per_image.csv``) and figures.
 """
 from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Sequence
 
 import pandas as pd
 
@@ -89,7 +89,7 @@ class Run:
     Attributes:
         dir: the run directory.
         config: the parsed ``config.json``.
-        store: the :class:`~camzoo.results.ResultStore` of ``rows.sqlite``, read-only (a
+        store: the :class:`~camzoo.results.store.ResultStore` of ``rows.sqlite``, read-only (a
             directory without one raises ``FileNotFoundError``; none is created).
         timings: engine seconds per part of the last (resumed) process (``timings.json``;
             of a merged sharded run: summed over the shards, each shard's under ``shards``).
@@ -139,6 +139,26 @@ class Run:
         the map itself): kind ``error`` / ``invalid`` / ``skipped``, exception type, message,
         traceback (see :mod:`camzoo.results.store`)."""
         return self.store.failures()
+
+    def specs(self, metrics: Optional[Sequence[str]] = None) -> list:
+        """The :class:`~camzoo.metrics.protocol.MetricSpec` of every table column of the run (its
+        protocols with their stored options, in table order), or only those of ``metrics`` named
+        by column header without the arrow, with it, or row key (case-insensitive)."""
+        from ..metrics.protocol import table_metrics
+
+        protos = self.config["protocols"]
+        specs = table_metrics(list(protos), {p: v["options"] for p, v in protos.items()})
+        if not metrics:
+            return specs
+        out = []
+        for name in metrics:
+            low = name.strip().lower()
+            hit = [s for s in specs if low in (s.column.lower(), s.header.lower(), s.key.lower())]
+            if not hit:
+                raise ValueError(f"the run has no metric {name!r}; metrics: "
+                                 + ", ".join(s.column for s in specs))
+            out += [s for s in hit if s not in out]
+        return out
 
     def table(self) -> pd.DataFrame:
         """The summary table's means (one row per method), see

@@ -10,7 +10,7 @@ underlined (compared at the printed precision; ties share the mark), like the pa
 
 Every metric cell also carries its 95 % confidence interval over images (a seeded bootstrap
 of the stored per-image values, the same resampled images for every method: see
-:mod:`camzoo.results.stats`), shown as ``13.60 ± 2.10`` (half-width) in Markdown,
+:mod:`camzoo.results.bootstrap`), shown as ``13.60 ± 2.10`` (half-width) in Markdown,
 ``$13.60_{\\pm 2.10}$`` in LaTeX and as ``<column>_lo`` / ``<column>_hi`` in CSV; ``—`` where
 no interval can be claimed (fewer than 2 images, or every value equal). A method that is not
 significantly different from the best of its column (paired Wilcoxon signed-rank test on
@@ -30,7 +30,7 @@ import pandas as pd
 
 from ..models.weights import RANDOM_MARK, backbone_label, is_random
 from ..utils import atomic_write
-from . import stats
+from . import bootstrap, paired
 
 FORMATS = ("csv", "markdown", "latex")
 FW_COL = "#FW"
@@ -70,7 +70,7 @@ class Table:
     hi: Optional[pd.DataFrame] = None
     p_best: Optional[pd.DataFrame] = None
     ci_note: str = ""
-    alpha: float = stats.ALPHA
+    alpha: float = paired.ALPHA
     show_ci: bool = True
     unmarked: Set = field(default_factory=set)
     #: the backbone as tables name it (``"vgg16"``, ``"tiny (random weights)"``); a one-run
@@ -88,24 +88,24 @@ class Table:
         raise ValueError(f"unknown table format {fmt!r}; valid: {', '.join(FORMATS)}")
 
 
-_specs = stats.run_specs
 
 
-def summary(run, ci: bool = True, n_resamples: int = stats.DEFAULT_RESAMPLES,
-            seed: int = stats.DEFAULT_SEED, level: float = stats.LEVEL, alpha: float = stats.ALPHA,
+
+def summary(run, ci: bool = True, n_resamples: int = bootstrap.DEFAULT_RESAMPLES,
+            seed: int = bootstrap.DEFAULT_SEED, level: float = bootstrap.LEVEL, alpha: float = paired.ALPHA,
             ci_method: str = "bca", tests: bool = True) -> Table:
-    """The table of one :class:`~camzoo.results.Run` (methods in config order).
+    """The table of one :class:`~camzoo.bench.Run` (methods in config order).
 
     Args:
         run: the run.
         ci: compute the confidence interval of every metric cell (``Table.lo`` / ``hi``).
-        n_resamples, seed, level, ci_method: the bootstrap (:func:`stats.bootstrap_ci`).
+        n_resamples, seed, level, ci_method: the bootstrap (:func:`bootstrap.bootstrap_ci`).
         alpha: level of the paired tests against the best of each column (the ``≈`` marker).
         tests: run those tests (``Table.p_best``).
     """
     rows = run.rows()
     errors = run.errors()
-    specs = _specs(run)
+    specs = run.specs()
     methods = run.methods
     data: Dict[str, List[float]] = {}
     better: Dict[str, bool] = {}
@@ -148,9 +148,9 @@ def summary(run, ci: bool = True, n_resamples: int = stats.DEFAULT_RESAMPLES,
     table = Table(df, better, notes + fail_notes, alpha=alpha, unmarked=unmarked, backbone=bbn)
     if not (ci or tests) or not specs:
         return table
-    mats = stats.table_matrices(rows, specs, methods)
+    mats = bootstrap.table_matrices(rows, specs, methods)
     if ci:
-        lo, hi = stats.cell_intervals(mats, n_resamples, seed, level, ci_method)
+        lo, hi = bootstrap.cell_intervals(mats, n_resamples, seed, level, ci_method)
         table.lo, table.hi = lo.set_axis(df.index), hi.set_axis(df.index)
         kind = {"bca": "BCa", "percentile": "percentile"}[ci_method]
         table.ci_note = (f"\u00b1: half-width of the {100 * level:g} % {kind} bootstrap interval over "
@@ -206,7 +206,7 @@ def near_best_tests(table: Table, mats: Dict[str, pd.DataFrame]) -> pd.DataFrame
     For every metric column, the reference is the contender marked best (:func:`marks`; of
     several tied at the printed precision, the one with the best unrounded mean); every
     other contender is compared with it by a paired Wilcoxon signed-rank test on the images
-    both have (:func:`stats.wilcoxon_p`); Holm's correction runs over those comparisons.
+    both have (:func:`paired.wilcoxon_p`); Holm's correction runs over those comparisons.
 
     Args:
         table: a one-run table (no backbone blocks).
@@ -225,8 +225,8 @@ def near_best_tests(table: Table, mats: Dict[str, pd.DataFrame]) -> pd.DataFrame
         sign = 1.0 if table.higher_is_better[col] else -1.0
         ref = max(best, key=lambda m: sign * float(table.df.loc[m, col]))
         others = [m for m in table.df.index if comp.loc[m, col] and mk.loc[m, col] != "best"]
-        p = [stats.wilcoxon_p(X[ref].to_numpy(), X[m].to_numpy()) for m in others]
-        out.loc[others, col] = stats.holm(p)
+        p = [paired.wilcoxon_p(X[ref].to_numpy(), X[m].to_numpy()) for m in others]
+        out.loc[others, col] = paired.holm(p)
     return out
 
 

@@ -45,9 +45,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from ..data import load_image
+from ..data.images import load_image
 from ..explainers.learned.lficam import gray_image
-from ..models import Backbone
+from ..models.backbone import Backbone
 from ..models.backbone import backbone_hash
 from ..utils import atomic_write, dict_diff
 from .data import TrainImages

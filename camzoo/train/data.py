@@ -1,6 +1,6 @@
 """Image-folder datasets for training learned explainers.
 
-Files and labels are found by :func:`camzoo.data.open_dataset` (the bench's layouts:
+Files and labels are found by :func:`camzoo.data.datasets.open_dataset` (the bench's layouts:
 ``labels.csv``, wnid folders, a plain folder of images without labels, ...). This module adds
 what training needs on top:
 
@@ -22,8 +22,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from ..data import ImageItem, load_image, open_dataset
-from ..models import Backbone
+from ..data.datasets import ImageItem, open_dataset
+from ..data.images import load_image
+from ..models.backbone import Backbone
 
 PathLike = Union[str, os.PathLike]
 
@@ -32,7 +33,7 @@ class TrainImages(torch.utils.data.Dataset):
     """Images as ``(x [3,S,S] normalized float32, y int)``; see the module docstring.
 
     Args:
-        items: the images (``camzoo.data.ImageItem``: path and optional label).
+        items: the images (``camzoo.data.datasets.ImageItem``: path and optional label).
         backbone: gives ``input_size``, ``mean``/``std`` and the eval ``preprocess``.
         augment: random crop + flip (training) or the backbone's center crop (held-out).
         seed: base seed of the per-sample augmentation generators.

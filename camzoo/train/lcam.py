@@ -25,7 +25,6 @@ the loss stay float32.
 """
 from __future__ import annotations
 
-import math
 import os
 from typing import Any, Dict, Iterable, Optional, Tuple, Union
 
@@ -36,8 +35,8 @@ from torch import Tensor, nn
 from ..explainers.base import minmax, upsample
 from ..explainers.learned.lcam import (PAPER_WEIGHTS, REGULARIZERS, VARIANTS, LCAMHead,
                                        authors_regularizers, lcam_loss, masked_logits)
-from ..explainers.perturb import autocast_context
-from ..models import Backbone
+from ..utils import autocast as autocast_context
+from ..models.backbone import Backbone
 from .loop import TrainTask, exponential_decay, fit, sgd
 
 AMP_CHOICES = ("auto", "bf16", None)

@@ -27,15 +27,15 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data import ImageItem
+from ..data.datasets import ImageItem
 from ..explainers.learned.lficam import LFICAM
-from ..models import Backbone
+from ..models.backbone import Backbone
 from ..models.backbone import backbone_hash
 from ..models.surgery import clone_backbone, reinit_backbone, replace_classifier
 from ..models.zoo import eval_transform, imagenet_class_names
@@ -388,13 +388,13 @@ def lficam_data(data, backbone: Backbone, *, num_classes: Optional[int] = None,
                 val_fraction: float = 0.2, seed: int = 0, split_seed: int = 0,
                 limit: Optional[int] = None, image_size: Optional[int] = None,
                 need_labels: bool = False, labels_file=None) -> Tuple[LFICAMImages, LFICAMImages, Dict[str, Any]]:
-    """``(train, held_out, info)`` from an image folder (any :func:`camzoo.data.open_dataset`
+    """``(train, held_out, info)`` from an image folder (any :func:`camzoo.data.datasets.open_dataset`
     layout), split by image. ``split_seed`` chooses the ``limit`` subset and the held-out
     split (the same for every training ``seed``, so models trained with different seeds are
     compared on the same held-out images); ``seed`` seeds the augmentation. With ``num_classes`` (a new classifier) the labels are mapped to
     ``0..num_classes-1``; ``info = {"class_map", "class_names"}`` (``None`` without a new
     classifier)."""
-    from ..data import open_dataset
+    from ..data.datasets import open_dataset
     from .data import check_gt_labels, split_training
 
     full = open_dataset(data, labels=labels_file)

@@ -50,7 +50,7 @@ def test_explain_cli_target_changes_a_target_dependent_map(tmp_path, lite0):
                                     "--device", "cpu"])
     assert res.exit_code == 0, res.output
     v = np.load(out / "chelsea" / "gradcam.npy")
-    x = lite0.preprocess(camzoo.data.sample_photos()[0][1])[None]
+    x = lite0.preprocess(camzoo.data.images.sample_photos()[0][1])[None]
     want = camzoo.explain("gradcam", lite0, x, torch.tensor([285]))[0].numpy()
     top1 = camzoo.explain("gradcam", lite0, x)[0].numpy()
     np.testing.assert_allclose(v, want, atol=2e-5)
@@ -63,5 +63,5 @@ def test_explain_takes_a_python_backbone(tmp_path):
     assert res.exit_code == 0, res.output
     v = np.load(tmp_path / "chelsea" / "gradcam.npy")
     bb = tiny_backbone()
-    x = bb.preprocess(camzoo.data.sample_photos()[0][1])[None]
+    x = bb.preprocess(camzoo.data.images.sample_photos()[0][1])[None]
     np.testing.assert_allclose(v, camzoo.explain("gradcam", bb, x)[0].numpy(), atol=1e-6)

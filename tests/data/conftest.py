@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from camzoo.data import imagenet_wnids
+from camzoo.data.imagenet import imagenet_wnids
 
 FIELDS = ("ILSVRC2012_ID", "WNID", "words", "gloss", "num_children", "children", "wordnet_height",
           "num_train_images")

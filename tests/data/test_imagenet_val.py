@@ -9,7 +9,7 @@ import torch
 
 import camzoo.data.imagenet
 
-from camzoo.data import open_dataset
+from camzoo.data.datasets import open_dataset
 from camzoo.data.imagenet import parse_meta_mat
 
 from .conftest import VAL_CLASSES, FakeImageNet, jpeg, val_name, write_meta_mat

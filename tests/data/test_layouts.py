@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from camzoo.bench import BenchConfig, run
-from camzoo.data import imagenet_wnids, open_dataset
+from camzoo.data.imagenet import imagenet_wnids
+from camzoo.data.datasets import open_dataset
 
 
 def _png(path, value=0):

@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from camzoo.data import SUBSETS, ImageItem, open_dataset, read_subset, subset
+from camzoo.data.subsets import SUBSETS, read_subset
+from camzoo.data.datasets import ImageItem, open_dataset, subset
 from tests.conftest import IMAGENETTE, SAMPLES, SHARED_DATA
 
 from .conftest import VAL_CLASSES, jpeg, val_name

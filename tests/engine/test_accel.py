@@ -41,7 +41,7 @@ def test_amp_bf16_through_the_engine_is_close_to_fp32(tmp_path):
 
 
 def test_scorer_runs_under_autocast_and_returns_float32(tiny):
-    from camzoo.metrics import Scorer
+    from camzoo.metrics.scorer import Scorer
 
     x = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     c = torch.tensor([0, 1, 2, 3, 4])
@@ -102,7 +102,8 @@ def test_compile_gives_the_same_rows(tmp_path, monkeypatch):
 
 
 def test_worker_processes_load_the_same_batches_and_are_joined(tmp_path):
-    from camzoo.data import Prefetcher, open_dataset
+    from camzoo.data.loader import Prefetcher
+    from camzoo.data.datasets import open_dataset
 
     for k in range(5):
         Image.new("RGB", (40, 30), (40 * k, 10, 200)).save(tmp_path / f"im{k}.png")

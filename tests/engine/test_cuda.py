@@ -13,7 +13,7 @@ import torch
 
 import camzoo
 from camzoo.bench import BenchConfig, run
-from camzoo.data import sample_photos
+from camzoo.data.images import sample_photos
 from tests.helpers import QUIET
 
 pytestmark = [pytest.mark.cuda,
@@ -130,7 +130,8 @@ def test_a_real_out_of_memory_error_is_halved(tmp_path):
 
 
 def test_batches_come_in_pinned_memory(pair):
-    from camzoo.data import Prefetcher, open_dataset
+    from camzoo.data.loader import Prefetcher
+    from camzoo.data.datasets import open_dataset
 
     cpu, _, _, _ = pair
     ds = open_dataset(None)
@@ -143,8 +144,10 @@ def test_road_on_cuda_equals_road_on_cpu(pair):
     """The batched imputation and the protocol on the device: the same imputed images and
     curves as on the CPU (the same seeded fields). The imputation's float64 refinement absorbs
     TF32 convolutions (cuDNN's default) in its float32 inner solves."""
-    from camzoo.metrics import Scorer
-    from camzoo.metrics.road import impute, removal_masks, road_curves
+    from camzoo.metrics.scorer import Scorer
+    from camzoo.metrics.road.solver import impute
+    from camzoo.metrics.road.masks import removal_masks
+    from camzoo.metrics.road.curves import road_curves
 
     cpu, gpu, x, _ = pair
     with torch.inference_mode():

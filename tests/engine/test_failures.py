@@ -11,7 +11,7 @@ import camzoo
 from camzoo.bench import BenchConfig, Run, run
 from camzoo.cli import main
 from camzoo.explainers.base import Explainer
-from camzoo.results import ResultStore
+from camzoo.results.store import ResultStore
 from tests.helpers import QUIET, TINY, Boom, registered
 from tests.helpers import bench_cli as _bench
 from tests.helpers import marker_of as _marker_of

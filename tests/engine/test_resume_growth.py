@@ -13,13 +13,13 @@ from click.testing import CliRunner
 
 from camzoo.bench import BenchConfig, Run, run
 from camzoo.cli import main
-from camzoo.data import open_dataset
+from camzoo.data.datasets import open_dataset
 from camzoo.data.images import load_image
 from camzoo.engine.config import resolve_protocols
-from camzoo.metrics import MetricSpec, Protocol
+from camzoo.metrics.protocol import MetricSpec, Protocol
 from camzoo.metrics.protocol import PROTOCOLS
 from camzoo.models.testing import tiny_backbone
-from camzoo.results import ResultStore
+from camzoo.results.store import ResultStore
 
 from tests.conftest import SAMPLES
 

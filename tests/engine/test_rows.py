@@ -9,9 +9,9 @@ import torch
 
 import camzoo
 from camzoo.bench import BenchConfig, run
-from camzoo.data import open_dataset
+from camzoo.data.datasets import open_dataset
 from camzoo.data.images import load_image
-from camzoo.metrics import Scorer
+from camzoo.metrics.scorer import Scorer
 from camzoo.metrics.adcc import adcc_scores
 from camzoo.metrics.ad_ic import average_drop, masked_confidence
 from camzoo.metrics.insertion_deletion import auc, insertion_deletion
@@ -68,7 +68,7 @@ def test_lcam_fusion_only_for_a_plain_normalization(tmp_path):
     something else gets its own normalize called (equal rows either way)."""
     import dataclasses
 
-    from camzoo.models import Backbone
+    from camzoo.models.backbone import Backbone
     from camzoo.engine.runner import _mean_std
     from camzoo.models.testing import tiny_backbone
 

@@ -128,8 +128,8 @@ def test_tiny_model_fakecam_stays_at_1_gradcam_falls_model_untouched(mode, tmp_p
 def test_explained_class_is_the_trained_models_at_every_step():
     bb = tiny_backbone()
     res = camzoo.sanity.run(bb, "gradcam", SAMPLES, limit=3, progress=False, figures=False)
-    x = torch.stack([bb.preprocess(camzoo.data.open_dataset(SAMPLES, limit=3).load(it))
-                     for it in camzoo.data.open_dataset(SAMPLES, limit=3).items])
+    x = torch.stack([bb.preprocess(camzoo.data.datasets.open_dataset(SAMPLES, limit=3).load(it))
+                     for it in camzoo.data.datasets.open_dataset(SAMPLES, limit=3).items])
     pred = bb.model(x).argmax(1).tolist()
     for step, g in res.rows.groupby("step"):
         assert g["class"].tolist() == pred, step

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from camzoo.bench import BenchConfig, Run, merge, run
 from camzoo.cli import main
 from camzoo.engine.shard import IncompleteShardsError, Shard, parse_shard, resolve_shard
-from camzoo.results import RunLock
+from camzoo.results.run import RunLock
 from tests.conftest import REPO, SAMPLES
 from tests.helpers import QUIET, TINY, Boom, assert_rows_close, comparable, registered
 from tests.helpers import count_rows as _count_rows

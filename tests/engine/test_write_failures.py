@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from camzoo.bench import BenchConfig, Run, run
 from camzoo.cli import main
-from camzoo.results import ResultStore
+from camzoo.results.store import ResultStore
 from tests.helpers import QUIET, TINY
 from tests.helpers import bench_cli as _bench
 

@@ -5,7 +5,7 @@ import torch
 
 import camzoo
 from camzoo.explainers.base import Explainer, minmax
-from camzoo.models import hook_count
+from camzoo.models.backbone import hook_count
 from camzoo.models.testing import tiny_backbone
 from camzoo.registry import UnknownNameError
 from tests.helpers import GRADIENT

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import camzoo
-from camzoo.models import hook_count
+from camzoo.models.backbone import hook_count
 from camzoo.models.synthetic import ShapesDataset
 from camzoo.models.testing import tiny_backbone
 
@@ -38,7 +38,7 @@ def checkpoints(tmp_path_factory):
 
 
 def _options(name, checkpoints):
-    cls = camzoo.explainers.EXPLAINERS.get(name)
+    cls = camzoo.explainers.base.EXPLAINERS.get(name)
     opts = dict(FAST.get(name, {}))
     if cls.needs_checkpoint:
         opts["checkpoint"] = checkpoints[name]

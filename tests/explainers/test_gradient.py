@@ -6,7 +6,7 @@ import torch
 
 import camzoo
 from camzoo.explainers.base import cam_to_map, minmax
-from camzoo.models import hook_count
+from camzoo.models.backbone import hook_count
 from camzoo.models.testing import tiny_backbone
 from tests.helpers import GRADIENT
 

@@ -3,7 +3,7 @@ gives the same refusal for every explainer that has it."""
 import pytest
 
 import camzoo
-from camzoo.explainers import EXPLAINERS
+from camzoo.explainers.base import EXPLAINERS
 
 
 @pytest.mark.parametrize("name", [n for n in EXPLAINERS.names() if "amp" in EXPLAINERS.get(n).defaults])

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import camzoo
-from camzoo.explainers import minmax
-from camzoo.models import hook_count
+from camzoo.explainers.base import minmax
+from camzoo.models.backbone import hook_count
 from camzoo.explainers.rise import rise_grids, rise_masks
 from camzoo.models.testing import TinyCNN, tiny_backbone
 
@@ -280,7 +280,7 @@ class _BNNet(nn.Module):
 
 
 def test_inference_model_folds_batchnorm():
-    from camzoo.models import backbone_from_module
+    from camzoo.models.zoo import backbone_from_module
     from camzoo.explainers.perturb import inference_model
 
     net = _BNNet()
@@ -319,7 +319,7 @@ def test_amp_bf16_close_to_fp32(tiny, method, opts):
 
 @pytest.mark.parametrize("amp,dtype", [("fp16", torch.float16), ("bf16", torch.bfloat16), (None, torch.float32)])
 def test_autocast_context_dtypes(amp, dtype):
-    from camzoo.explainers.perturb import autocast_context
+    from camzoo.utils import autocast as autocast_context
 
     a, b = torch.randn(4, 4), torch.randn(4, 4)
     with autocast_context(torch.device("cpu"), amp):

@@ -11,7 +11,7 @@ from tests.helpers import sample_rows as _sample_rows
 
 
 def test_pearson_guards_constant_full_size_maps():
-    from camzoo.metrics import coherency, pearson
+    from camzoo.metrics.adcc import coherency, pearson
 
     g = torch.Generator().manual_seed(0)
     const = torch.full((3, 224, 224), 0.7)  # its float32 mean is not exactly 0.7

@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from camzoo.metrics import (
-    PROTOCOLS, MetricInputs, Scorer, adcc, adcc_scores, ascending_rank, auc, average_drop,
-    blur, blur_kernel, coherency, complexity, evaluate_all, explanation_map,
-    increase_in_confidence, insertion_deletion, keep_count, keep_mask, keep_top, masked_confidence, pearson,
-    step_counts, table_metrics,
-)
+from camzoo.metrics.protocol import PROTOCOLS, MetricInputs, evaluate_all, table_metrics
+from camzoo.metrics.scorer import Scorer
+from camzoo.metrics import adcc, insertion_deletion
+from camzoo.metrics.adcc import adcc_scores, coherency, complexity, explanation_map, pearson
+from camzoo.metrics.ad_ic import ascending_rank, average_drop, increase_in_confidence, keep_count, keep_mask, keep_top, masked_confidence
+from camzoo.metrics.insertion_deletion import auc, blur, blur_kernel, step_counts
 
 
 def sigmoid(v: float) -> float:
@@ -419,7 +419,7 @@ def test_protocol_specs_and_table_columns():
 
 
 def test_end_to_end_on_tiny_backbone(tiny):
-    from camzoo.explainers import get_explainer
+    from camzoo.explainers.base import get_explainer
 
     g = torch.Generator().manual_seed(4)
     x = tiny.normalize(torch.rand(4, 3, 32, 32, generator=g))

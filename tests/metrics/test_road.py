@@ -12,9 +12,12 @@ from torch import nn
 
 import camzoo
 from camzoo.engine.config import resolve_protocols
-from camzoo.metrics import PROTOCOLS, MetricInputs, Scorer, table_metrics
-from camzoo.metrics.road import (DEFAULT_FRACTIONS, DEFAULT_TOL, NEIGHBOUR_WEIGHTS, impute,
-                                 random_fields, removal_masks, removed_count, road_curves)
+from camzoo.metrics.protocol import PROTOCOLS, MetricInputs, table_metrics
+from camzoo.metrics.scorer import Scorer
+from camzoo.metrics.road.curves import DEFAULT_FRACTIONS, road_curves
+from camzoo.metrics.road.solver import DEFAULT_TOL, impute
+from camzoo.metrics.road.operators import NEIGHBOUR_WEIGHTS
+from camzoo.metrics.road.masks import random_fields, removal_masks, removed_count
 from camzoo.models.testing import tiny_backbone
 
 from ..conftest import SAMPLES
@@ -403,7 +406,7 @@ def test_cli_bench_tiny_vit_weights_all_and_road(tmp_path):
 
     from camzoo.bench import Run
     from camzoo.cli import main
-    from camzoo.data import open_dataset
+    from camzoo.data.datasets import open_dataset
     from camzoo.data.images import load_image
     from camzoo.models.testing import tiny_vit
 

@@ -19,7 +19,7 @@ from tests.helpers import sample_rows as _subset
 
 def test_lite0_top1_on_fixed_subset(lite0):
     rows = _subset(40)
-    x = torch.stack([lite0.preprocess(camzoo.data.load_image(os.path.join(SAMPLES, r["file"])))
+    x = torch.stack([lite0.preprocess(camzoo.data.images.load_image(os.path.join(SAMPLES, r["file"])))
                      for r in rows])
     y = torch.tensor([int(r["class_index"]) for r in rows])
     with torch.inference_mode():

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 import camzoo
 from camzoo.explainers.base import minmax
 from camzoo.explainers.learned.lficam import LFICAM, attention_map, channel_minmax, gray_image
-from camzoo.models import hook_count
+from camzoo.models.backbone import hook_count
 from camzoo.models.synthetic import ShapesDataset
 from camzoo.models.testing import tiny_deit, tiny_swin, tiny_vit
 from camzoo.models.tokens import ChannelsLast, PatchTokens

@@ -251,7 +251,7 @@ def test_py_factory_weights_are_passed_on_or_refused_clearly(tmp_path, monkeypat
 
 
 def test_random_weights_only_when_asked_for_every_kind_of_backbone(monkeypatch):
-    from camzoo.models import BACKBONES
+    from camzoo.models.zoo import BACKBONES
     from camzoo.models.testing import tiny_backbone
 
     monkeypatch.setitem(BACKBONES._items, "untrained_plugin", lambda weights=None: tiny_backbone())

@@ -5,7 +5,7 @@ import subprocess
 import sys
 import textwrap
 
-from camzoo.results import RunLock
+from camzoo.results.run import RunLock
 from tests.conftest import REPO
 from tests.helpers import bench_cli as _bench
 
@@ -18,7 +18,7 @@ def test_a_locked_run_is_refused_and_a_dead_holders_lock_is_not_stale(tmp_path):
     assert res.exit_code == 1 and "is in use by another camzoo process (it holds" in res.output, res.output
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import time
-        from camzoo.results import RunLock
+        from camzoo.results.run import RunLock
         lock = RunLock({str(out)!r}).acquire()
         print("locked", flush=True)
         time.sleep(60)

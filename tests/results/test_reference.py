@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from camzoo.bench import BenchConfig, run
-from camzoo.explainers import list_explainers
+from camzoo.explainers.base import list_explainers
 from camzoo.metrics.protocol import table_metrics
 from camzoo.results.reference import (PAPER_SUBSET, REFERENCES, ROW_COLUMNS, compare_to_reference,
                                       expected_notes, load_reference, protocol_notes, reference_rows)

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 import camzoo
 from camzoo.bench import BenchConfig, run
 from camzoo.cli import main
-from camzoo.results import stats
+from camzoo.results import bootstrap, concordance, paired
 from camzoo.results.tables import NEAR, Table, marks, near_best_tests, summary, to_csv, to_latex, to_markdown
 from tests.conftest import SAMPLES
 from tests.helpers import TINY
@@ -27,12 +27,12 @@ def test_intervals_cover_the_true_mean_in_about_95_percent_of_200_data_sets(meth
     rng = np.random.default_rng(12)
     # 200 simulated data sets of 40 images (columns; each its own data set): normal, mean 2
     X = rng.normal(2.0, 1.5, size=(40, 200))
-    lo, hi = stats.bootstrap_ci(X, n_resamples=2000, seed=1, method=method)
+    lo, hi = bootstrap.bootstrap_ci(X, n_resamples=2000, seed=1, method=method)
     cover = np.mean((lo <= 2.0) & (2.0 <= hi))
     assert 0.92 <= cover <= 0.98, cover
     # IC-like indicators (0 or 100 per image, true proportion 30 %): 120 images
     B = 100.0 * (rng.random((120, 200)) < 0.3)
-    lo, hi = stats.bootstrap_ci(B, n_resamples=2000, seed=2, method=method)
+    lo, hi = bootstrap.bootstrap_ci(B, n_resamples=2000, seed=2, method=method)
     cover = np.mean((lo <= 30.0) & (30.0 <= hi))
     assert 0.92 <= cover <= 0.98, cover
 
@@ -41,7 +41,7 @@ def test_intervals_match_scipy_bootstrap():
     rng = np.random.default_rng(3)
     x = rng.lognormal(0.0, 1.0, size=40)  # skewed: BCa (with its acceleration) and percentile differ
     for ours, theirs in (("bca", "BCa"), ("percentile", "percentile")):
-        lo, hi = stats.bootstrap_ci(x, n_resamples=20000, seed=0, method=ours)
+        lo, hi = bootstrap.bootstrap_ci(x, n_resamples=20000, seed=0, method=ours)
         ref = ss.bootstrap((x,), np.mean, n_resamples=20000, method=theirs, random_state=0).confidence_interval
         width = ref.high - ref.low
         # different random resamples: agree within Monte Carlo error (a few % of the width)
@@ -51,31 +51,31 @@ def test_intervals_match_scipy_bootstrap():
 def test_the_same_resampled_images_for_every_column_and_no_fake_zero_width_interval():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(30, 3))
-    B = stats.bootstrap_means(X, 500, seed=7)
+    B = bootstrap.bootstrap_means(X, 500, seed=7)
     # the means of the difference are the differences of the means: same images in every column
-    np.testing.assert_allclose(stats.bootstrap_means(X[:, :1] - X[:, 1:2], 500, seed=7)[:, 0],
+    np.testing.assert_allclose(bootstrap.bootstrap_means(X[:, :1] - X[:, 1:2], 500, seed=7)[:, 0],
                                B[:, 0] - B[:, 1], atol=1e-12)
     # a column's interval does not depend on the other columns
-    lo3, hi3 = stats.bootstrap_ci(X, 500, seed=7)
-    lo1, hi1 = stats.bootstrap_ci(X[:, 2], 500, seed=7)
+    lo3, hi3 = bootstrap.bootstrap_ci(X, 500, seed=7)
+    lo1, hi1 = bootstrap.bootstrap_ci(X[:, 2], 500, seed=7)
     assert lo3[2] == pytest.approx(lo1[0], abs=1e-12) and hi3[2] == pytest.approx(hi1[0], abs=1e-12)
     # a resample is n draws with replacement: counts sum to n
-    cnt = next(stats.resample_counts(30, 10, seed=7))
+    cnt = next(bootstrap.resample_counts(30, 10, seed=7))
     assert cnt.shape == (10, 30) and (cnt.sum(1) == 30).all()
     # missing values: the mean of the finite values of the resampled rows
     Y = X.copy()
     Y[::3, 0] = np.nan
-    By = stats.bootstrap_means(Y, 50, seed=7)
-    c = next(stats.resample_counts(30, 50, seed=7))[0]
+    By = bootstrap.bootstrap_means(Y, 50, seed=7)
+    c = next(bootstrap.resample_counts(30, 50, seed=7))[0]
     ok = np.isfinite(Y[:, 0])
     assert By[0, 0] == pytest.approx((c[ok] * Y[ok, 0]).sum() / c[ok].sum())
     # fewer than 2 values, or all equal (float32 noise included): no interval, never zero-width
     Z = np.array([[1.0, 5.0, 0.292398, 3.0], [np.nan, 5.0, 0.2923979, 4.0], [np.nan, 5.0, 0.292398, 3.5]])
-    lo, hi = stats.bootstrap_ci(Z, 200, seed=0)
+    lo, hi = bootstrap.bootstrap_ci(Z, 200, seed=0)
     assert np.isnan(lo[:3]).all() and np.isnan(hi[:3]).all()
     assert lo[3] < hi[3]
     with pytest.raises(ValueError, match="percentile"):
-        stats.bootstrap_ci(X, method="studentized")
+        bootstrap.bootstrap_ci(X, method="studentized")
 
 
 # -- paired tests ------------------------------------------------------------------------------
@@ -84,18 +84,18 @@ def test_wilcoxon_p_values_equal_scipys_and_holm_by_hand():
     for n, shift in ((8, 0.0), (25, 0.4), (60, 0.2), (300, 0.1)):
         a = rng.normal(size=n)
         b = a + shift + rng.normal(size=n)
-        assert stats.wilcoxon_p(a, b) == ss.wilcoxon(a, b).pvalue
+        assert paired.wilcoxon_p(a, b) == ss.wilcoxon(a, b).pvalue
     a, b = rng.normal(size=20), rng.normal(size=20)
     a[3] = np.nan  # a missing value: the pair is left out
-    assert stats.wilcoxon_p(a, b) == ss.wilcoxon(np.delete(a, 3), np.delete(b, 3)).pvalue
-    assert stats.wilcoxon_p(np.ones(5), np.ones(5)) == 1.0
+    assert paired.wilcoxon_p(a, b) == ss.wilcoxon(np.delete(a, 3), np.delete(b, 3)).pvalue
+    assert paired.wilcoxon_p(np.ones(5), np.ones(5)) == 1.0
     # float32 noise (here around 0 on a 0-100 scale) is no difference: p = 1, like exact zeros
     noisy = np.array([0.0, 13.6123, 40.1, 0.0, 2.5])
-    assert stats.wilcoxon_p(noisy, noisy + np.array([1e-5, -2e-5, 1e-5, 3e-6, 0])) == 1.0
+    assert paired.wilcoxon_p(noisy, noisy + np.array([1e-5, -2e-5, 1e-5, 3e-6, 0])) == 1.0
     # Holm by hand: sorted 0.01, 0.03, 0.04, 0.2 (m = 4) -> 0.04, 0.09, max(0.09, 0.08), 0.2
-    np.testing.assert_allclose(stats.holm([0.01, 0.04, 0.03, np.nan, 0.2]),
+    np.testing.assert_allclose(paired.holm([0.01, 0.04, 0.03, np.nan, 0.2]),
                                [0.04, 0.09, 0.09, np.nan, 0.2])
-    assert stats.holm([0.5, 0.6])[1] == 1.0  # capped at 1
+    assert paired.holm([0.5, 0.6])[1] == 1.0  # capped at 1
 
 
 def test_noether_sample_size_gives_the_stated_power():
@@ -104,16 +104,16 @@ def test_noether_sample_size_gives_the_stated_power():
     # p' = P(D + D' > 0) = Phi(0.3 sqrt 2); estimated over the pairs i < j (checked by brute force)
     small = d[:300]
     brute = np.mean([small[i] + small[j] > 0 for i in range(300) for j in range(i + 1, 300)])
-    assert stats.walsh_positive(small) == pytest.approx(brute, abs=1e-12)
-    assert stats.walsh_positive(d) == pytest.approx(ss.norm.cdf(0.3 * np.sqrt(2)), abs=0.01)
-    n = stats.noether_n(d, alpha=0.05, power=0.8)
+    assert paired.walsh_positive(small) == pytest.approx(brute, abs=1e-12)
+    assert paired.walsh_positive(d) == pytest.approx(ss.norm.cdf(0.3 * np.sqrt(2)), abs=0.01)
+    n = paired.noether_n(d, alpha=0.05, power=0.8)
     theory = (ss.norm.ppf(0.975) + ss.norm.ppf(0.8)) ** 2 / (3 * (ss.norm.cdf(0.3 * np.sqrt(2)) - 0.5) ** 2)
     assert abs(n - theory) <= 0.05 * theory  # ~97 images
     # the test at that n rejects in about 80 % of 200 simulated studies
     rej = np.mean([ss.wilcoxon(rng.normal(0.3, 1.0, size=int(n))).pvalue < 0.05 for _ in range(200)])
     assert 0.72 <= rej <= 0.9, (n, rej)
-    assert stats.noether_n(np.array([1.0, -1.0])) == float("inf")
-    assert np.isnan(stats.noether_n(np.array([1.0])))
+    assert paired.noether_n(np.array([1.0, -1.0])) == float("inf")
+    assert np.isnan(paired.noether_n(np.array([1.0])))
 
 
 def test_pairwise_tests_on_a_hand_built_matrix():
@@ -121,7 +121,7 @@ def test_pairwise_tests_on_a_hand_built_matrix():
     base = rng.normal(size=50)
     X = pd.DataFrame({"a": base + 3.0, "b": base + rng.normal(0, 0.1, 50), "c": base.copy()})
     X.loc[X.index[0], "c"] = np.nan
-    df = stats.pairwise_tests(X, higher_is_better=False, n_resamples=500, seed=0)
+    df = paired.pairwise_tests(X, higher_is_better=False, n_resamples=500, seed=0)
     assert list(zip(df.a, df.b)) == [("a", "b"), ("a", "c"), ("b", "c")]
     r = df.set_index(["a", "b"])
     assert r.loc[("a", "c"), "n"] == 49 and r.loc[("a", "b"), "n"] == 50
@@ -130,7 +130,7 @@ def test_pairwise_tests_on_a_hand_built_matrix():
     assert np.isnan(r.loc[("a", "c"), "diff_lo"]) and r.loc[("a", "c"), "better"] == "c"
     assert r.loc[("a", "b"), "diff_lo"] < r.loc[("a", "b"), "diff"] < r.loc[("a", "b"), "diff_hi"]
     assert r.loc[("a", "b"), "better"] == "b"  # lower is better
-    np.testing.assert_allclose(df.p_holm, stats.holm(df.p))
+    np.testing.assert_allclose(df.p_holm, paired.holm(df.p))
     assert r.loc[("a", "b"), "p"] == ss.wilcoxon(X.a, X.b).pvalue
 
 
@@ -139,33 +139,33 @@ def test_rank_correlations_equal_scipys_and_kendalls_w_by_hand():
     rng = np.random.default_rng(4)
     A = rng.integers(0, 4, size=(30, 5)).astype(float)  # ties on purpose
     B = rng.normal(size=(30, 5))
-    Ra, Rb = stats.rankings(A, True), stats.rankings(B, False)
-    sp, kd = stats.rank_spearman(Ra, Rb), stats.rank_kendall(Ra, Rb)
+    Ra, Rb = concordance.rankings(A, True), concordance.rankings(B, False)
+    sp, kd = concordance.rank_spearman(Ra, Rb), concordance.rank_kendall(Ra, Rb)
     for i in range(30):
         if np.ptp(A[i]) == 0:
             assert np.isnan(sp[i]) and np.isnan(kd[i])
             continue
         assert sp[i] == pytest.approx(ss.spearmanr(-A[i], B[i]).statistic)
         assert kd[i] == pytest.approx(ss.kendalltau(-A[i], B[i]).statistic)
-    assert list(stats.rankings(np.array([[3.0, 1.0, 2.0]]), True)[0]) == [1, 3, 2]  # 1 = best
+    assert list(concordance.rankings(np.array([[3.0, 1.0, 2.0]]), True)[0]) == [1, 3, 2]  # 1 = best
     for row in A:  # the ranks are scipy's average ranks of the scores
-        np.testing.assert_array_equal(stats.rankings(row[None], False)[0], ss.rankdata(row))
+        np.testing.assert_array_equal(concordance.rankings(row[None], False)[0], ss.rankdata(row))
     # float32 noise is a tie (Grad-CAM = XGrad-CAM under a GAP head), a real difference is not
-    assert list(stats.rankings(np.array([[0.29239801, 0.2923980, 0.5]]), True)[0]) == [2.5, 2.5, 1]
-    assert list(stats.rankings(np.array([[0.2924, 0.2923, 0.5]]), True)[0]) == [2, 3, 1]
+    assert list(concordance.rankings(np.array([[0.29239801, 0.2923980, 0.5]]), True)[0]) == [2.5, 2.5, 1]
+    assert list(concordance.rankings(np.array([[0.2924, 0.2923, 0.5]]), True)[0]) == [2, 3, 1]
     # W: k raters in full agreement -> 1; two raters reversed -> 0; by hand with a tie
     R = np.array([[[1, 2, 3], [1, 2, 3], [1, 2, 3]], [[1, 2, 3], [3, 2, 1], [np.nan] * 3]], float)
-    np.testing.assert_allclose(stats.kendall_w(R), [1.0, 0.0])
+    np.testing.assert_allclose(concordance.kendall_w(R), [1.0, 0.0])
     # raters (1,2,3) and (1.5,1.5,3): rank sums 2.5,3.5,6, S = 6.5; T = 2^3-2 = 6;
     # W = 12*6.5 / (4*24 - 2*6) = 78/84
-    assert stats.kendall_w(np.array([[[1, 2, 3], [1.5, 1.5, 3]]], float))[0] == pytest.approx(78 / 84)
+    assert concordance.kendall_w(np.array([[[1, 2, 3], [1.5, 1.5, 3]]], float))[0] == pytest.approx(78 / 84)
 
 
 def test_agreement_of_rows_built_by_hand():
     # Fake-CAM-like: best by AD (lower), worst by ADCC (higher) on every image; B and C swap
     ad = pd.DataFrame({"fake": [0.1, 0.2, 0.0], "b": [5, 6, 7.0], "c": [6, 5, 8.0]})
     adcc = pd.DataFrame({"fake": [0.3, 0.3, 0.3], "b": [80, 70, 60.0], "c": [70, 80, 50.0]})
-    ag = stats.agreement_of({"AD↓": ad, "ADCC↑": adcc}, {"AD↓": False, "ADCC↑": True})
+    ag = concordance.agreement_of({"AD↓": ad, "ADCC↑": adcc}, {"AD↓": False, "ADCC↑": True})
     # image 0: AD ranks (fake, b, c) = (1, 2, 3), ADCC (3, 1, 2): rho = 1 - 6*6/(3*8) = -0.5;
     # image 1: (1, 3, 2) and (3, 2, 1): -0.5; image 2 as image 0. Kendall: -1/3 on each
     assert ag.spearman.loc["AD↓", "ADCC↑"] == pytest.approx(-0.5)
@@ -235,7 +235,7 @@ def _hand_table():
     df["#FW"] = [1.0, 0.0, 1.0]
     t = Table(df, {"X↑": True, "Y↑": True}, ["a footnote"])
     allX = np.concatenate([m.to_numpy() for m in mats.values()], axis=1)
-    lo, hi = stats.bootstrap_ci(allX, 1000, seed=0)
+    lo, hi = bootstrap.bootstrap_ci(allX, 1000, seed=0)
     t.lo = pd.DataFrame(lo.reshape(2, 3).T, index=idx, columns=list(mats))
     t.hi = pd.DataFrame(hi.reshape(2, 3).T, index=idx, columns=list(mats))
     t.ci_note = "± note"
@@ -252,8 +252,8 @@ def test_markers_one_clearly_best_and_two_tied():
     assert t.p_best.loc["b", "Y↑"] >= 0.05 > t.p_best.loc["c", "Y↑"]
     assert np.isnan(t.p_best.loc["a", "X↑"])
     # Holm over the two comparisons with the best of Y
-    raw = [stats.wilcoxon_p(mats["Y↑"]["a"], mats["Y↑"][m]) for m in ("b", "c")]
-    np.testing.assert_allclose(t.p_best.loc[["b", "c"], "Y↑"], stats.holm(raw))
+    raw = [paired.wilcoxon_p(mats["Y↑"]["a"], mats["Y↑"][m]) for m in ("b", "c")]
+    np.testing.assert_allclose(t.p_best.loc[["b", "c"], "Y↑"], paired.holm(raw))
     md = to_markdown(t)
     rows = {ln.split("|")[1].strip(): ln for ln in md.splitlines() if ln.startswith("| ") and "Method" not in ln}
     assert rows["b"].count(NEAR) == 1 and NEAR not in rows["a"] and NEAR not in rows["c"]
@@ -313,8 +313,8 @@ def test_run_tables_carry_intervals_from_the_stored_rows(lite0_run):
     g = 100 * rows[rows.method == "gradcam"].adcc.to_numpy()
     assert t.df.loc["gradcam", "ADCC↑"] == pytest.approx(g.mean())
     # the same resampled images as a direct call on the images x methods matrix
-    X = 100 * stats.per_image_matrix(rows, "adcc", ["fakecam", "gradcam"])
-    lo, hi = stats.bootstrap_ci(X.to_numpy(), 500, seed=0)
+    X = 100 * bootstrap.per_image_matrix(rows, "adcc", ["fakecam", "gradcam"])
+    lo, hi = bootstrap.bootstrap_ci(X.to_numpy(), 500, seed=0)
     assert t.lo.loc["gradcam", "ADCC↑"] == pytest.approx(lo[1]) and t.hi.loc["gradcam", "ADCC↑"] == pytest.approx(hi[1])
     # table.md written by the run has intervals; the CLI writes them, or not with --no-ci
     assert " ± " in open(os.path.join(lite0_run.dir, "table.md")).read()

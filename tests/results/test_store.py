@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from camzoo.bench import Run
 from camzoo.cli import main
-from camzoo.results import ResultStore
+from camzoo.results.store import ResultStore
 from camzoo.results.store import BASE_COLUMNS, Layout, grown_layout
 
 from tests.conftest import REPO

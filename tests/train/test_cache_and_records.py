@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from camzoo.data import open_dataset
+from camzoo.data.datasets import open_dataset
 from camzoo.explainers.learned.lficam import LFICAM, gray_image
 from camzoo.models.testing import TinyCNN, tiny_backbone
 from camzoo.models.zoo import backbone_from_module

@@ -234,7 +234,7 @@ def shapes():
 def _shapes_setup():
     import tempfile
 
-    from camzoo.models import backbone_from_module
+    from camzoo.models.zoo import backbone_from_module
     from camzoo.models.synthetic import ShapesDataset, make_shapes, train_tiny_classifier
     from camzoo.train.lficam import train_lficam
 
@@ -284,7 +284,7 @@ def camzoo_explain(method, bb, x, **opts):
 def test_two_seeds_stability_on_the_synthetic_task(shapes, tmp_path):
     from PIL import Image
 
-    from camzoo.engine.stability import run_stability, sources_from_checkpoints
+    from camzoo.engine.cross_model import run_stability, sources_from_checkpoints
     from camzoo.train.loop import load_checkpoint
 
     bb, x, y, mask, cks = shapes
@@ -404,7 +404,7 @@ def test_cli_train_frozen_then_stability_of_methods(tmp_path):
     res = json.loads((tmp_path / "s.json").read_text())
     assert res["baseline"] == "gradcam" and res["n_images"] == 2
     # the IoU of the two methods' binarized maps, computed here independently
-    from camzoo.data import open_dataset
+    from camzoo.data.datasets import open_dataset
 
     torch.manual_seed(11)
     bb = camzoo.load_backbone("timm:test_resnet", weights="random", device="cpu")

@@ -23,7 +23,7 @@ Per image ``x01`` in [0,1], map ``V`` and class ``c``, and per removal fraction 
 
   then ``+ noise * N(0,1)`` at the removed pixels (noise 0.01, the authors' default; one noise
   field per order and fraction, shared by all images, so a row does not depend on its batch);
-- **score** (:mod:`.protocol`): ``softmax(f(normalize(imputed)))[c]``; curves ``[B, P]``; the
+- **score** (:mod:`.curves`): ``softmax(f(normalize(imputed)))[c]``; curves ``[B, P]``; the
   row values are the curve means ``ROAD-MoRF`` (lower is better), ``ROAD-LeRF`` (higher is
   better) and ``ROAD = (LeRF - MoRF) / 2`` (pytorch-grad-cam's ``ROADCombined``).
 
@@ -35,16 +35,6 @@ refinement: pure torch, one code path on every device, no scipy.
 
 Modules: :mod:`.masks` (removal masks, seeded fields), :mod:`.operators` (the system's
 operators), :mod:`.multigrid` (transfers, Galerkin coarse operators, the V-cycle),
-:mod:`.solver` (CG, float64 refinement, :func:`impute`), :mod:`.protocol` (:func:`road_curves`,
+:mod:`.solver` (CG, float64 refinement, :func:`impute`), :mod:`.curves` (:func:`road_curves`,
 :func:`road_scores`, the registered :class:`ROADProtocol`).
 """
-from .masks import ORDERS, random_fields, removal_masks, removed_count
-from .operators import NEIGHBOUR_WEIGHTS, neighbour_kernel
-from .protocol import DEFAULT_FRACTIONS, FAMILY, ROAD_SOURCE, ROADProtocol, road_curves, road_scores
-from .solver import DEFAULT_TOL, impute
-
-__all__ = [
-    "DEFAULT_FRACTIONS", "DEFAULT_TOL", "FAMILY", "NEIGHBOUR_WEIGHTS", "ORDERS", "ROAD_SOURCE",
-    "ROADProtocol", "impute", "neighbour_kernel", "random_fields", "removal_masks",
-    "removed_count", "road_curves", "road_scores",
-]

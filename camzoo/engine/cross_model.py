@@ -14,12 +14,12 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch import Tensor
 
-from ..data import open_dataset
-from ..explainers import get_explainer
+from ..data.datasets import open_dataset
+from ..explainers.base import get_explainer
 from ..explainers.base import upsample
 from ..explainers.learned.checkpoint import load_checkpoint
 from ..metrics.stability import DEFAULT_THRESHOLD, StabilityResult, binarize, iou, pick_baseline
-from ..models import load_backbone
+from ..models.zoo import load_backbone
 from .maps import MapMethod, iterate_maps
 
 

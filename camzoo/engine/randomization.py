@@ -31,9 +31,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..data import Dataset, open_dataset
+from ..data.datasets import Dataset, open_dataset
 from ..metrics.similarity import SIMILARITIES, map_similarities
-from ..models import Backbone, load_backbone
+from ..models.backbone import Backbone
+from ..models.zoo import load_backbone
 from ..models.surgery import clone_backbone, randomization_blocks, reinit_modules
 from ..utils import atomic_write, split_names
 from .maps import MAIN_VIEW, iterate_maps, make_methods
@@ -120,7 +121,7 @@ def run(backbone: Union[str, Backbone] = "efficientnet_lite0", methods: Union[st
         backbone: a name (any :func:`camzoo.load_backbone` form) or a Backbone (left
             untouched); ``weights``, ``device``: for a name.
         methods: explainer names; ``options``: their options; ``layer``: explanation layer.
-        data, labels, limit, seed: the images (:func:`camzoo.data.open_dataset`; default: the
+        data, labels, limit, seed: the images (:func:`camzoo.data.datasets.open_dataset`; default: the
             sample photos).
         mode: ``"cascading"`` (from the logits down, blocks above stay random) or
             ``"independent"`` (one block at a time).
