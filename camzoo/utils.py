@@ -238,12 +238,14 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: 
         header: column titles.
         rows: cells, already formatted or any value (``str()`` is taken); a ``|`` in a cell is
             written as ``/`` so that it cannot split the column.
-        align: one letter per column, ``l`` (left, the default for a missing letter) or ``r``.
+        align: one letter per column: ``l`` (left, the default for a missing letter), ``r``
+            (right) or ``c`` (centred).
     Returns:
         the header line, the alignment line and one line per row, without a trailing newline.
     """
     def line(cells: Sequence[Any]) -> str:
         return "| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |"
 
-    rule = "|" + "|".join("---:" if align[i:i + 1] == "r" else ":---" for i in range(len(header))) + "|"
+    rules = {"r": "---:", "c": ":---:"}
+    rule = "|" + "|".join(rules.get(align[i:i + 1], ":---") for i in range(len(header))) + "|"
     return [line(header), rule] + [line(r) for r in rows]

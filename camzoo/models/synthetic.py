@@ -72,6 +72,26 @@ def make_shapes(
         ``x01`` float32 ``[n,3,size,size]`` in [0,1]; ``y`` LongTensor ``[n]`` in
         ``[0,num_classes)``; ``mask`` bool ``[n,size,size]``, True on the class object.
     """
+    _check_shape_args(num_classes, size, obj_size, shape)
+    lo, hi = obj_size
+    g = torch.Generator().manual_seed(int(seed))
+    y = torch.randint(0, num_classes, (n,), generator=g)
+    grey = (0.5 + noise * torch.randn(n, 1, size, size, generator=g)).clamp(0, 1)
+    x01 = grey.expand(n, 3, size, size).clone()
+    colours = torch.tensor(CLASS_COLOURS[:num_classes])[y]  # [n,3]
+
+    side = torch.randint(lo, hi + 1, (n,), generator=g)
+    mask = _draw_objects(g, side, size, shape, None)
+    x01 = torch.where(mask[:, None], colours.view(n, 3, 1, 1), x01)
+    if distractor:
+        dmask = _draw_objects(g, torch.randint(lo, hi + 1, (n,), generator=g), size, shape, mask)
+        dcol = torch.tensor(DISTRACTOR_COLOUR).view(1, 3, 1, 1)
+        x01 = torch.where(dmask[:, None], dcol, x01)
+    return x01.to(device), y.to(device), mask.to(device)
+
+
+def _check_shape_args(num_classes: int, size: int, obj_size: Tuple[int, int], shape: str) -> None:
+    """Raise ``ValueError`` for arguments :func:`make_shapes` cannot draw."""
     if not 2 <= num_classes <= len(CLASS_COLOURS):
         raise ValueError(f"num_classes must be in 2..{len(CLASS_COLOURS)}; got {num_classes}")
     if shape not in ("square", "disc", "mixed"):
@@ -79,53 +99,56 @@ def make_shapes(
     lo, hi = obj_size
     if not 1 <= lo <= hi <= size // 2:
         raise ValueError(f"obj_size must satisfy 1 <= lo <= hi <= size/2; got {obj_size}")
-    g = torch.Generator().manual_seed(int(seed))
-    y = torch.randint(0, num_classes, (n,), generator=g)
-    grey = (0.5 + noise * torch.randn(n, 1, size, size, generator=g)).clamp(0, 1)
-    x01 = grey.expand(n, 3, size, size).clone()
-    colours = torch.tensor(CLASS_COLOURS[:num_classes])[y]  # [n,3]
 
+
+def _draw_objects(g: torch.Generator, side: Tensor, size: int, shape: str,
+                  avoid: Optional[Tensor]) -> Tensor:
+    """Random object masks [n,size,size] of sides ``side`` [n] (``shape`` as in
+    :func:`make_shapes`), drawn from ``g``; with ``avoid`` [n,size,size] the object's bounding
+    box keeps 2 px away from it, and an image with no room for it gets none."""
+    n = len(side)
+    disc = (torch.rand(n, generator=g) < 0.5) if shape == "mixed" else \
+        torch.full((n,), shape == "disc")
+    u = torch.rand(n, size, size, generator=g)  # random score per top-left position
+    top, left, free = _place(u, side, avoid)
+    return _object_masks(side, top, left, disc, size) & free.view(n, 1, 1)
+
+
+def _place(u: Tensor, side: Tensor, avoid: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+    """Top-left corners of objects of sides ``side`` [n]: the position of highest score ``u``
+    [n,size,size] among the free ones (vectorized per side length); ``free`` [n] is False
+    where ``avoid`` left no room."""
+    n, size = u.shape[0], u.shape[1]
+    top = torch.empty(n)
+    left = torch.empty(n)
+    free = torch.ones(n, dtype=torch.bool)
+    for s_ in side.unique().tolist():
+        sel = side == s_
+        span = size - s_ + 1  # valid top/left positions per axis
+        score = u[sel][:, :span, :span]
+        if avoid is not None:
+            grown = F.max_pool2d(avoid[sel][:, None].float(), 5, 1, 2)
+            blocked = F.max_pool2d(grown, s_, 1)[:, 0] > 0  # [k,span,span]
+            score = torch.where(blocked, torch.full_like(score, -1.0), score)
+        best = score.flatten(1).argmax(1)
+        top[sel] = (best // span).float()
+        left[sel] = (best % span).float()
+        free[sel] = score.flatten(1).max(1).values >= 0
+    return top, left, free
+
+
+def _object_masks(side: Tensor, top: Tensor, left: Tensor, disc: Tensor, size: int) -> Tensor:
+    """Masks [n,size,size] of squares (or discs where ``disc``) of sides ``side`` at
+    ``top`` / ``left``."""
+    n = len(side)
     ii = torch.arange(size).view(1, size, 1).float()
     jj = torch.arange(size).view(1, 1, size).float()
-
-    def draw(side: Tensor, avoid: Optional[Tensor]) -> Tensor:
-        """Random object masks [n,size,size] of sides ``side`` [n]; with ``avoid`` [n,size,size]
-        the object's bounding box keeps 2 px away from it (positions sampled uniformly among
-        the free ones, vectorized per side length)."""
-        disc = (torch.rand(n, generator=g) < 0.5) if shape == "mixed" else \
-            torch.full((n,), shape == "disc")
-        u = torch.rand(n, size, size, generator=g)  # random score per top-left position
-        top = torch.empty(n)
-        left = torch.empty(n)
-        free = torch.ones(n, dtype=torch.bool)
-        for s_ in side.unique().tolist():
-            sel = side == s_
-            span = size - s_ + 1  # valid top/left positions per axis
-            score = u[sel][:, :span, :span]
-            if avoid is not None:
-                grown = F.max_pool2d(avoid[sel][:, None].float(), 5, 1, 2)
-                blocked = F.max_pool2d(grown, s_, 1)[:, 0] > 0  # [k,span,span]
-                score = torch.where(blocked, torch.full_like(score, -1.0), score)
-            best = score.flatten(1).argmax(1)
-            top[sel] = (best // span).float()
-            left[sel] = (best % span).float()
-            free[sel] = score.flatten(1).max(1).values >= 0
-        s = side.float().view(n, 1, 1)
-        t, l_ = top.view(n, 1, 1), left.view(n, 1, 1)
-        sq = (ii >= t) & (ii < t + s) & (jj >= l_) & (jj < l_ + s)
-        r = s / 2
-        dc = ((ii + 0.5 - t - r) ** 2 + (jj + 0.5 - l_ - r) ** 2) <= r ** 2
-        out = torch.where(disc.view(n, 1, 1), dc, sq)
-        return out & free.view(n, 1, 1)  # an image with no room for a distractor gets none
-
-    side = torch.randint(lo, hi + 1, (n,), generator=g)
-    mask = draw(side, None)
-    x01 = torch.where(mask[:, None], colours.view(n, 3, 1, 1), x01)
-    if distractor:
-        dmask = draw(torch.randint(lo, hi + 1, (n,), generator=g), mask)
-        dcol = torch.tensor(DISTRACTOR_COLOUR).view(1, 3, 1, 1)
-        x01 = torch.where(dmask[:, None], dcol, x01)
-    return x01.to(device), y.to(device), mask.to(device)
+    s = side.float().view(n, 1, 1)
+    t, l_ = top.view(n, 1, 1), left.view(n, 1, 1)
+    sq = (ii >= t) & (ii < t + s) & (jj >= l_) & (jj < l_ + s)
+    r = s / 2
+    dc = ((ii + 0.5 - t - r) ** 2 + (jj + 0.5 - l_ - r) ** 2) <= r ** 2
+    return torch.where(disc.view(n, 1, 1), dc, sq)
 
 
 class ShapesDataset(torch.utils.data.Dataset):

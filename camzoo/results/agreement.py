@@ -13,6 +13,8 @@ from typing import List
 import numpy as np
 import pandas as pd
 
+from ..utils import markdown_table
+
 #: columns that are not values (identity, bookkeeping, timing)
 NOT_VALUES = ("method", "image_id", "idx", "path", "label", "classifier", "pred", "c", "seconds")
 
@@ -74,11 +76,13 @@ def agreement_markdown(a, b, name_a: str = "A", name_b: str = "B") -> str:
     lines: List[str] = [
         f"Per-image rows, {name_b} vs {name_a}: {int(rows['rows'].iloc[0]) if len(rows) else 0} "
         f"(method, image) rows; the same explained class in {100 * rows.attrs['same_c']:.1f} % of them.",
-        "", "| column | mean abs diff | max abs diff |", "|---|---:|---:|"]
-    lines += [f"| {c} | {r.mean_abs:.3g} | {r.max_abs:.3g} |" for c, r in rows.iterrows()]
-    lines += ["", f"Method rankings (best first), {name_a} / {name_b}:", "",
-              "| table column | same order | order |", "|---|---|---|"]
-    for c, r in ranks.iterrows():
-        lines.append(f"| {c} | {'yes' if r.same_order else '**no**'} | {r.order_a}"
-                     + ("" if r.same_order else f" / {r.order_b}") + " |")
+        ""]
+    lines += markdown_table(["column", "mean abs diff", "max abs diff"],
+                            [[c, f"{r.mean_abs:.3g}", f"{r.max_abs:.3g}"] for c, r in rows.iterrows()],
+                            "lrr")
+    lines += ["", f"Method rankings (best first), {name_a} / {name_b}:", ""]
+    lines += markdown_table(["table column", "same order", "order"],
+                            [[c, "yes" if r.same_order else "**no**",
+                              r.order_a + ("" if r.same_order else f" / {r.order_b}")]
+                             for c, r in ranks.iterrows()])
     return "\n".join(lines) + "\n"

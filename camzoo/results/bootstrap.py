@@ -136,6 +136,9 @@ def bootstrap_ci(X: np.ndarray, n_resamples: int = DEFAULT_RESAMPLES, seed: int 
         ``(lo, hi)`` float64 ``[k]``; NaN for a column with fewer than 2 finite values or
         whose finite values are all equal, up to float32 rounding (:data:`EQUAL_RTOL`): no
         interval is claimed.
+
+    One function on purpose: BCa needs each column's jackknife and its resampled means
+    together, and every column is computed in one pass over the shared resamples.
     """
     if method not in CI_METHODS:
         raise ValueError(f"unknown interval method {method!r}; valid: {', '.join(CI_METHODS)}")

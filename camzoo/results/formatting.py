@@ -7,6 +7,7 @@ from typing import List
 import numpy as np
 import pandas as pd
 
+from ..utils import markdown_table
 from .bootstrap import LEVEL
 from .concordance import Agreement
 from .paired import ALPHA, POWER
@@ -22,6 +23,18 @@ def _num(v: float, d: int = 2) -> str:
     return "-" if v is None or not np.isfinite(v) else f"{v:.{d}f}"
 
 
+def _pairwise_cells(r: pd.Series, alpha: float) -> List[str]:
+    """The Markdown cells of one row of :func:`pairwise`: A, B, images, A - B, its interval,
+    p, Holm-adjusted p, the better method (bold where significant at ``alpha``), the images
+    needed."""
+    ci = "—" if not np.isfinite(r.diff_lo) else f"[{r.diff_lo:.2f}, {r.diff_hi:.2f}]"
+    sig = r.p_holm < alpha if np.isfinite(r.p_holm) else False
+    better = (f"**{r.better}**" if sig else r.better) or "-"
+    need = "-" if not np.isfinite(r.n_needed) and not np.isinf(r.n_needed) else \
+        "∞" if np.isinf(r.n_needed) else f"{int(r.n_needed)}"
+    return [r.a, r.b, r.n, _num(r["diff"]), ci, _p(r.p), _p(r.p_holm), better, need]
+
+
 def format_pairwise(df: pd.DataFrame, fmt: str = "markdown", level: float = LEVEL,
                     alpha: float = ALPHA, power: float = POWER) -> str:
     """:func:`pairwise` as text: ``"csv"`` (every column, full precision) or ``"markdown"``
@@ -33,19 +46,11 @@ def format_pairwise(df: pd.DataFrame, fmt: str = "markdown", level: float = LEVE
         raise ValueError(f"unknown stats format {fmt!r}; valid: {', '.join(STATS_FORMATS)}")
     out = []
     for metric, g in df.groupby("metric", sort=False):
-        k = len(g)
         out.append(f"### {metric}\n")
-        out.append(f"| A | B | images | A − B | {100 * level:g} % CI | p | p (Holm, {k}) | better "
-                   f"| images needed |")
-        out.append("|:---|:---|---:|---:|---:|---:|---:|:---|---:|")
-        for _, r in g.iterrows():
-            ci = "—" if not np.isfinite(r.diff_lo) else f"[{r.diff_lo:.2f}, {r.diff_hi:.2f}]"
-            sig = r.p_holm < alpha if np.isfinite(r.p_holm) else False
-            better = (f"**{r.better}**" if sig else r.better) or "-"
-            need = "-" if not np.isfinite(r.n_needed) and not np.isinf(r.n_needed) else \
-                "∞" if np.isinf(r.n_needed) else f"{int(r.n_needed)}"
-            out.append(f"| {r.a} | {r.b} | {r.n} | {_num(r['diff'])} | {ci} | {_p(r.p)} | "
-                       f"{_p(r.p_holm)} | {better} | {need} |")
+        head = ["A", "B", "images", "A − B", f"{100 * level:g} % CI", "p", f"p (Holm, {len(g)})",
+                "better", "images needed"]
+        out += markdown_table(head, [_pairwise_cells(r, alpha) for _, r in g.iterrows()],
+                              "llrrrrrlr")
         out.append("")
     out.append(f"<sub>A − B: mean paired difference over the images both methods have, in table "
                f"units, with its {100 * level:g} % BCa bootstrap interval (the same resampled images "
@@ -72,10 +77,9 @@ def format_agreement(ag: Agreement, fmt: str = "markdown") -> str:
         raise ValueError(f"unknown stats format {fmt!r}; valid: {', '.join(STATS_FORMATS)}")
 
     def matrix(M: pd.DataFrame, d: int = 2) -> List[str]:
-        lines = ["| | " + " | ".join(M.columns) + " |", "|:---|" + "---:|" * len(M.columns)]
-        for i in M.index:
-            lines.append(f"| {i} | " + " | ".join(_num(M.loc[i, c], d) for c in M.columns) + " |")
-        return lines
+        return markdown_table([""] + list(M.columns),
+                              [[i] + [_num(M.loc[i, c], d) for c in M.columns] for i in M.index],
+                              "l" + "r" * len(M.columns))
 
     out = ["### Spearman correlation of the method rankings (per image, averaged)", ""]
     out += matrix(ag.spearman)

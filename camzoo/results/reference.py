@@ -35,6 +35,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import pandas as pd
 
+from ..utils import markdown_table
 from . import bootstrap
 from .tables import FW_COL, NO_CI, Table, _tex, summary
 
@@ -219,10 +220,8 @@ class ReferenceTable:
         return out
 
     def _markdown(self) -> str:
-        lines = [f"Reference {self.reference} ({self.backbone})", "",
-                 "| " + " | ".join(self.HEAD) + " |",
-                 "|" + "|".join([":---"] * 3 + ["---:"] * 4 + [":---:"]) + "|"]
-        lines += ["| " + " | ".join(c) + " |" for c in self._cells()]
+        lines = [f"Reference {self.reference} ({self.backbone})", ""]
+        lines += markdown_table(self.HEAD, self._cells(), "lllrrrrc")
         for n in ([self.legend] if self.legend else []) + self.footnotes:
             lines += ["", f"<sub>{n}</sub>"]
         return "\n".join(lines) + "\n"

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from ..models.weights import RANDOM_MARK, backbone_label, is_random
-from ..utils import atomic_write
+from ..utils import atomic_write, markdown_table
 from . import bootstrap, paired
 
 FORMATS = ("csv", "markdown", "latex")
@@ -104,8 +104,27 @@ def summary(run, ci: bool = True, n_resamples: int = bootstrap.DEFAULT_RESAMPLES
         tests: run those tests (``Table.p_best``).
     """
     rows = run.rows()
-    errors = run.errors()
     specs = run.specs()
+    methods = run.methods
+    df, better = _method_means(run, rows, specs)
+    bbn = run_backbone_label(run)
+    fail_notes, unmarked = failure_notes(run)
+    table = Table(df, better, _summary_notes(run, rows, bbn) + fail_notes, alpha=alpha,
+                  unmarked=unmarked, backbone=bbn)
+    if not (ci or tests) or not specs:
+        return table
+    mats = bootstrap.table_matrices(rows, specs, methods)
+    if ci:
+        _add_intervals(table, mats, n_resamples, seed, level, ci_method)
+    if tests:
+        table.p_best = near_best_tests(table, mats)
+    return table
+
+
+def _method_means(run, rows: pd.DataFrame, specs) -> Tuple[pd.DataFrame, Dict[str, bool]]:
+    """The values of :func:`summary`'s table (a row per method, in config order: the mean of
+    each metric in table units, the forward passes and the mean seconds per image) and each
+    metric column's direction (``True`` = higher is better)."""
     methods = run.methods
     data: Dict[str, List[float]] = {}
     better: Dict[str, bool] = {}
@@ -122,14 +141,20 @@ def summary(run, ci: bool = True, n_resamples: int = bootstrap.DEFAULT_RESAMPLES
     data[FW_COL] = [float(run.config["methods"][m]["forward_passes"]) for m in methods]
     data[TIME_COL] = [float(grouped.get_group(m)["seconds"].mean()) if m in grouped.groups else float("nan")
                       for m in methods]
-    df = pd.DataFrame(data, index=pd.Index(methods, name=METHOD_COL))
+    return pd.DataFrame(data, index=pd.Index(methods, name=METHOD_COL)), better
+
+
+def _summary_notes(run, rows: pd.DataFrame, bbn: str) -> List[str]:
+    """:func:`summary`'s footnotes before the failure notes: images per method and the
+    explained class, the image list used, random weights (first), and the methods evaluated
+    on their own classifier; ``bbn``: the backbone label."""
+    methods = run.methods
     counts = rows.groupby("method").size()
     ns = sorted({int(counts.get(m, 0)) for m in methods})
     target = "ground-truth class" if run.config.get("target") == "gt" else "the classifier's top-1 class"
     n_txt = f"{ns[0]}" if len(ns) == 1 else f"{ns[0]}-{ns[-1]}"
-    bbn = run_backbone_label(run)
     notes = [f"{bbn}: means over {n_txt} images per method, explaining {target}; "
-             f"{len(errors)} unreadable image(s) skipped."]
+             f"{len(run.errors())} unreadable image(s) skipped."]
     d = run.config.get("data", {})
     if d.get("subset"):
         missing = int(d.get("subset_missing") or 0)
@@ -144,22 +169,20 @@ def summary(run, ci: bool = True, n_resamples: int = bootstrap.DEFAULT_RESAMPLES
         if clf.get("key", "backbone") != "backbone":
             notes.append(f"{m}: evaluated on its own classifier {clf.get('name')} "
                          f"({clf.get('weights_id')}), not on {bbn}.")
-    fail_notes, unmarked = failure_notes(run)
-    table = Table(df, better, notes + fail_notes, alpha=alpha, unmarked=unmarked, backbone=bbn)
-    if not (ci or tests) or not specs:
-        return table
-    mats = bootstrap.table_matrices(rows, specs, methods)
-    if ci:
-        lo, hi = bootstrap.cell_intervals(mats, n_resamples, seed, level, ci_method)
-        table.lo, table.hi = lo.set_axis(df.index), hi.set_axis(df.index)
-        kind = {"bca": "BCa", "percentile": "percentile"}[ci_method]
-        table.ci_note = (f"\u00b1: half-width of the {100 * level:g} % {kind} bootstrap interval over "
-                         f"images ({n_resamples:,} resamples, seed {seed}, the same resampled images "
-                         f"for every method); {NO_CI}: no interval (fewer than 2 images or all "
-                         "values equal).")
-    if tests:
-        table.p_best = near_best_tests(table, mats)
-    return table
+    return notes
+
+
+def _add_intervals(table: Table, mats: Dict[str, pd.DataFrame], n_resamples: int, seed: int,
+                   level: float, ci_method: str) -> None:
+    """Set ``table.lo`` / ``hi`` (the bootstrap interval of every metric cell, from the
+    per-image ``mats``) and ``table.ci_note`` saying how they were computed."""
+    lo, hi = bootstrap.cell_intervals(mats, n_resamples, seed, level, ci_method)
+    table.lo, table.hi = lo.set_axis(table.df.index), hi.set_axis(table.df.index)
+    kind = {"bca": "BCa", "percentile": "percentile"}[ci_method]
+    table.ci_note = (f"\u00b1: half-width of the {100 * level:g} % {kind} bootstrap interval over "
+                     f"images ({n_resamples:,} resamples, seed {seed}, the same resampled images "
+                     f"for every method); {NO_CI}: no interval (fewer than 2 images or all "
+                     "values equal).")
 
 
 def run_backbone_label(run) -> str:
@@ -448,11 +471,9 @@ def to_markdown(table: Table) -> str:
     df = table.df
     multi = isinstance(df.index, pd.MultiIndex)
     head = ([BACKBONE_COL] if multi else []) + [METHOD_COL] + list(df.columns)
-    lines = ["| " + " | ".join(head) + " |",
-             "|" + "|".join([":---"] * (2 if multi else 1) + ["---:"] * len(df.columns)) + "|"]
-    for i, key in enumerate(df.index):
-        cells = (list(key) if multi else [str(key)]) + _cells(table, i, MARKDOWN.cell)
-        lines.append("| " + " | ".join(cells) + " |")
+    rows = [(list(key) if multi else [key]) + _cells(table, i, MARKDOWN.cell)
+            for i, key in enumerate(df.index)]
+    lines = markdown_table(head, rows, "l" * (2 if multi else 1) + "r" * len(df.columns))
     for n in legend(table) + table.footnotes:
         lines.append("")
         lines.append(f"<sub>{n}</sub>")

@@ -234,32 +234,10 @@ def build_cache(path: PathLike, key: Dict[str, Any], backbone: Backbone, layer: 
 
         bar = tqdm(total=len(data), desc=f"feature cache ({views.spec}, {len(base)} images)",
                    dynamic_ncols=True)
-    dev = backbone.device
-    arrays: Optional[Tuple[Tensor, Tensor, Tensor]] = None
-    shape = None
     was_training = backbone.model.training
     backbone.model.eval()
     try:
-        j = 0
-        for x in loader:
-            with torch.inference_mode():
-                x = x.to(dev)
-                A, logits = backbone.features_and_logits(x, layer)
-                g = gray_image(x, tuple(A.shape[-2:]))
-            if arrays is None:
-                shape = tuple(A.shape[1:])
-                K, h, w = shape
-                arrays = (_mapped(os.path.join(tmp, "features.f16"), (len(data), K, h, w), torch.float16, True),
-                          _mapped(os.path.join(tmp, "top1.i64"), (len(data),), torch.int64, True),
-                          _mapped(os.path.join(tmp, "gray.f16"), (len(data), 1, h, w), torch.float16, True))
-            b = x.shape[0]
-            arrays[0][j:j + b] = A.to("cpu", torch.float16)
-            arrays[1][j:j + b] = logits.float().argmax(1).cpu()
-            arrays[2][j:j + b] = g.to("cpu", torch.float16)
-            j += b
-            if bar is not None:
-                bar.update(b)
-        del arrays  # unmap (flushes the shared maps)
+        shape = _write_features(tmp, loader, len(data), backbone, layer, bar)
         atomic_write(os.path.join(tmp, KEY_NAME),
                      json.dumps({"key": key, "shape": list(shape)}, indent=1, sort_keys=True))
         if os.path.exists(path):
@@ -273,6 +251,37 @@ def build_cache(path: PathLike, key: Dict[str, Any], backbone: Backbone, layer: 
         if bar is not None:
             bar.close()
     return FeatureCache.open(path, key)
+
+
+def _write_features(folder: str, loader: DataLoader, total: int, backbone: Backbone, layer: str,
+                    bar) -> Optional[Tuple[int, int, int]]:
+    """Run ``backbone`` (already in eval mode) over ``loader``'s ``total`` images and write
+    their ``layer`` features, top-1 classes and gray images into the memory-mapped files of
+    ``folder`` (created at the first batch, unmapped on return); advances the tqdm ``bar``
+    (or None). Returns the features' shape ``(K, h, w)`` (None when ``loader`` is empty)."""
+    arrays: Optional[Tuple[Tensor, Tensor, Tensor]] = None
+    shape = None
+    j = 0
+    for x in loader:
+        with torch.inference_mode():
+            x = x.to(backbone.device)
+            A, logits = backbone.features_and_logits(x, layer)
+            g = gray_image(x, tuple(A.shape[-2:]))
+        if arrays is None:
+            shape = tuple(A.shape[1:])
+            K, h, w = shape
+            arrays = (_mapped(os.path.join(folder, "features.f16"), (total, K, h, w), torch.float16, True),
+                      _mapped(os.path.join(folder, "top1.i64"), (total,), torch.int64, True),
+                      _mapped(os.path.join(folder, "gray.f16"), (total, 1, h, w), torch.float16, True))
+        b = x.shape[0]
+        arrays[0][j:j + b] = A.to("cpu", torch.float16)
+        arrays[1][j:j + b] = logits.float().argmax(1).cpu()
+        arrays[2][j:j + b] = g.to("cpu", torch.float16)
+        j += b
+        if bar is not None:
+            bar.update(b)
+    del arrays  # unmap (flushes the shared maps)
+    return shape
 
 
 def open_cache(root: PathLike, backbone: Backbone, layer: str, base: TrainImages,

@@ -60,7 +60,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...models.backbone import Backbone, backbone_hash, hash_state_dict
+from ...models.backbone import Backbone, backbone_hash, freeze, hash_state_dict
 from ...models.surgery import clone_backbone, replace_classifier
 from ...models.zoo import eval_transform
 from ..base import Explainer, minmax, register_explainer, upsample
@@ -292,9 +292,7 @@ class LFICAM(nn.Module):
         heads (the logits depend on the input image through the attention branch, not on the
         layer's output alone). ``model(x)`` returns the LFI-CAM logits.
         """
-        self.eval()
-        for p in self.parameters():
-            p.requires_grad_(False)
+        freeze(self)
         model = _LogitsOnly(self).eval()
         return Backbone(
             name=f"lficam[{self.bb.name}]", model=model, preprocess=self.bb.preprocess,
@@ -323,6 +321,25 @@ def load_lficam(path: str, model: Backbone) -> Tuple["LFICAM", Dict[str, Any], B
         return model.cache[key]
     ck = load_task_checkpoint(path, "lficam", "train one with `camzoo train lficam`")
     meta = ck.get("metadata", {})
+    _check_fits(path, meta, model)
+    lf = _build_lficam(meta, model)
+    try:
+        lf.load_state_dict(ck["state_dict"])
+    except RuntimeError as exc:
+        raise ValueError(f"lficam: checkpoint {path} does not fit backbone {model.name!r} at "
+                         f"layer {meta.get('layer')!r}: {exc}") from None
+    freeze(lf)
+    lf.to(model.device)
+    ev = model
+    if meta["mode"] == "end-to-end":
+        ev = _end_to_end_classifier(lf, model, path, meta, ck["state_dict"])
+    model.cache[key] = (lf, meta, ev)
+    return lf, meta, ev
+
+
+def _check_fits(path: str, meta: Dict[str, Any], model: Backbone) -> None:
+    """Raise ``ValueError`` unless checkpoint metadata ``meta`` is of a frozen or end-to-end
+    LFI-CAM trained for ``model``'s backbone and layer (and, frozen, its exact weights)."""
     mode = meta.get("mode")
     if mode not in ("frozen", "end-to-end"):
         raise ValueError(f"{path} is an LFI-CAM {mode!r} checkpoint (a plain classifier without "
@@ -344,33 +361,32 @@ def load_lficam(path: str, model: Backbone) -> Tuple["LFICAM", Dict[str, Any], B
                          f"{meta.get('backbone')!r}, layer {meta.get('layer')!r}, mode {mode!r}) "
                          f"than the one it is used with (backbone {model.name!r}): "
                          + "; ".join(bad))
+
+
+def _build_lficam(meta: Dict[str, Any], model: Backbone) -> "LFICAM":
+    """The untrained :class:`LFICAM` that checkpoint metadata ``meta`` describes: on ``model``
+    itself (frozen), or on a copy of it with the checkpoint's classifier where it had a new
+    one (end-to-end)."""
     depth = int(meta.get("fin_depth", 4))
-    if mode == "frozen":
-        lf = LFICAM(model, meta["layer"], mode="frozen", depth=depth)
-    else:
-        bb = clone_backbone(model)
-        if meta.get("new_classifier"):
-            replace_classifier(bb, int(meta["num_classes"]), class_names=meta.get("class_names"))
-        lf = LFICAM(bb, meta["layer"], mode="end-to-end", depth=depth, copy_backbone=False)
-    try:
-        lf.load_state_dict(ck["state_dict"])
-    except RuntimeError as exc:
-        raise ValueError(f"lficam: checkpoint {path} does not fit backbone {model.name!r} at "
-                         f"layer {meta.get('layer')!r}: {exc}") from None
-    lf.eval()
-    for p in lf.parameters():
-        p.requires_grad_(False)
-    lf.to(model.device)
-    ev = model
-    if mode == "end-to-end":
-        wid = f"lficam:{os.path.basename(path)}#{hash_state_dict(ck['state_dict'])}"
-        ev = lf.as_backbone(weights_id=wid)
-        size = int(meta.get("image_size") or model.input_size)
-        if size != model.input_size:  # evaluate at the resolution it was trained at
-            ev.preprocess = eval_transform(model, size)
-            ev.input_size = size
-    model.cache[key] = (lf, meta, ev)
-    return lf, meta, ev
+    if meta["mode"] == "frozen":
+        return LFICAM(model, meta["layer"], mode="frozen", depth=depth)
+    bb = clone_backbone(model)
+    if meta.get("new_classifier"):
+        replace_classifier(bb, int(meta["num_classes"]), class_names=meta.get("class_names"))
+    return LFICAM(bb, meta["layer"], mode="end-to-end", depth=depth, copy_backbone=False)
+
+
+def _end_to_end_classifier(lf: "LFICAM", model: Backbone, path: str, meta: Dict[str, Any],
+                           state_dict: Dict[str, Tensor]) -> Backbone:
+    """The end-to-end LFI-CAM ``lf`` of checkpoint ``path`` (built on ``model``) as the
+    classifier it is evaluated on, at the image size it was trained at."""
+    wid = f"lficam:{os.path.basename(path)}#{hash_state_dict(state_dict)}"
+    ev = lf.as_backbone(weights_id=wid)
+    size = int(meta.get("image_size") or model.input_size)
+    if size != model.input_size:  # evaluate at the resolution it was trained at
+        ev.preprocess = eval_transform(model, size)
+        ev.input_size = size
+    return ev
 
 
 @register_explainer
