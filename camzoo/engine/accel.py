@@ -72,16 +72,14 @@ def largest_fitting(attempt: Callable[[int], None], start: int, minimum: int = 1
     """
     n = max(int(minimum), int(start))
     while True:
-        failed = None
         try:
             attempt(n)
             return n
         except Exception as exc:  # noqa: BLE001 - only OOM is handled, the rest re-raised
             if not is_oom(exc) or n <= minimum:
                 raise
-            failed = exc
-        # outside the except block: the traceback (and the tensors its frames hold) is gone
-        del failed
+        # outside the except block (Python unbinds ``exc`` on leaving it): the traceback, and
+        # the tensors its frames hold, are gone
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         n = max(int(minimum), n // 2)

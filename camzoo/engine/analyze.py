@@ -8,7 +8,7 @@ For a run made with ground-truth labels:
    made again through the shared map path (:func:`camzoo.engine.maps.iterate_maps`, targets
    ``gt`` and ``pred``) with the run's backbone, layer and method options; their similarity:
    Spearman rank correlation of the maps and IoU of their top-15 % regions (exactly
-   ``ceil(0.15 H W)`` pixels each, :func:`camzoo.metrics.ad_ic.keep_mask`).
+   ``ceil(0.15 H W)`` pixels each, :func:`camzoo.metrics.lcam_protocol.keep_mask`).
 2. **Category**, by a stated rule: a pair with IoU >= ``related_iou`` (default 0.5: the two
    classes are explained by the same region) is *related classes* (the paper's category i,
    e.g. two dog breeds); below it, *multi-object* (category ii: the classifier found another
@@ -30,21 +30,21 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 import pandas as pd
 import torch
 
 from ..data.datasets import open_dataset
-from ..metrics.ad_ic import keep_mask
+from ..metrics.lcam_protocol import keep_mask
 from ..metrics.similarity import rank_correlation
 from ..metrics.stability import iou
 from ..models.backbone import Backbone
 from ..models.zoo import load_backbone
 from ..results.run import Run
-from ..utils import atomic_write
-from .maps import MAIN_VIEW, iterate_maps, make_methods
+from ..utils import atomic_write, markdown_table
+from .maps import MAIN_VIEW, MapBatch, iterate_maps, make_methods
 
 RELATED = "related classes"
 MULTI = "multi-object"
@@ -84,14 +84,21 @@ def _categories(df: pd.DataFrame, related_iou: float) -> pd.DataFrame:
     return df
 
 
+def _benchmarked(rows: pd.DataFrame) -> pd.DataFrame:
+    """One stored row per image: the benchmarked classifier's (``classifier == "backbone"``),
+    else any method's (every method then has its own classifier)."""
+    main = rows[rows.classifier == "backbone"].drop_duplicates("image_id")
+    if main.empty:
+        main = rows.drop_duplicates("image_id")
+    return main
+
+
 def per_class_table(run: Run, names: Sequence[str]) -> pd.DataFrame:
     """The class-bias table from the stored rows: per ground-truth class, ``n``, the
     benchmarked classifier's ``accuracy`` and each method's mean of every table metric
     (``"<method>:<column>"``, table units)."""
     rows = run.rows()
-    main = rows[rows.classifier == "backbone"].drop_duplicates("image_id")
-    if main.empty:
-        main = rows.drop_duplicates("image_id")
+    main = _benchmarked(rows)
     acc = main.assign(ok=(main.pred == main.label).astype(float)).groupby("label").agg(
         n=("image_id", "size"), accuracy=("ok", "mean"))
     out = acc.reset_index().rename(columns={"label": "class"})
@@ -154,6 +161,33 @@ def analyze(run: Union[str, Run], *, methods: Optional[Sequence[str]] = None, to
     """
     r = run if isinstance(run, Run) else Run(run)
     rows = r.rows()
+    names = _check_request(r, rows, methods, related_iou)
+    out = out or os.path.join(r.dir, DIR_NAME)
+    os.makedirs(out, exist_ok=True)
+    main = _benchmarked(rows).sort_values("idx")
+    wrong = main[main.pred != main.label]
+    accuracy = float((main.pred == main.label).mean())
+
+    bb = None
+    recs: List[Dict[str, Any]] = []
+    figs: Dict[str, tuple] = {}
+    if len(wrong):
+        bb, opts = _rebuild(r, backbone, device)
+        remade = _remake(r, bb, opts, names, wrong, batch_size, max_figures, echo)
+        recs = _pair_records(wrong, names, remade, bb, top)
+        figs = remade.figures(names)
+    mis = _misclassified_frame(recs, related_iou)
+    names_all = bb.class_names if bb is not None else _class_names(r)
+    pc = per_class_table(r, names_all)
+    res = Analysis(mis, pc, accuracy, len(main))
+    res.files.update(_write(res, r, figs, names, out, top, related_iou, worst))
+    return res
+
+
+def _check_request(r: Run, rows: pd.DataFrame, methods: Optional[Sequence[str]],
+                   related_iou: float) -> List[str]:
+    """The methods to analyze (default: the run's); refused (``ValueError``) when the run lacks
+    a label, a method is not the run's, or ``related_iou`` is not in (0, 1]."""
     if rows.empty or rows.label.isna().any():
         raise ValueError(f"{r.dir} has no ground-truth labels for every image; analyze needs a run "
                          "made with labels (--data DIR with labels.csv / wnid folders, or --labels FILE)")
@@ -163,73 +197,107 @@ def analyze(run: Union[str, Run], *, methods: Optional[Sequence[str]] = None, to
         raise ValueError(f"method(s) {', '.join(bad)} not in the run; methods: {', '.join(r.methods)}")
     if not 0 < related_iou <= 1:
         raise ValueError(f"related_iou must be in (0, 1]; got {related_iou}")
-    out = out or os.path.join(r.dir, DIR_NAME)
-    os.makedirs(out, exist_ok=True)
-    main = rows[rows.classifier == "backbone"].drop_duplicates("image_id")
-    if main.empty:
-        main = rows.drop_duplicates("image_id")
-    main = main.sort_values("idx")
-    wrong = main[main.pred != main.label]
-    accuracy = float((main.pred == main.label).mean())
+    return names
 
-    bb, opts = (None, None)
+
+@dataclass
+class _Remade:
+    """The maps of the misclassified images, made again for both targets.
+
+    Attributes:
+        maps: target (``"gt"`` / ``"pred"``) -> method -> image_id -> its map, ``[H, W]``
+            float32 in [0, 1].
+        cls: target -> image_id -> the class explained.
+        x01: image_id -> the image as the backbone sees it, ``[H, W, 3]`` in [0, 1] (the images
+            that get a figure only).
+    """
+
+    maps: Dict[str, Dict[str, Dict[str, np.ndarray]]] = field(default_factory=lambda: {"gt": {}, "pred": {}})
+    cls: Dict[str, Dict[str, int]] = field(default_factory=lambda: {"gt": {}, "pred": {}})
+    x01: Dict[str, np.ndarray] = field(default_factory=dict)
+
+    def add(self, batch: MapBatch, target: str, fig_ids: Set[str], echo: Callable[[str], None]) -> None:
+        """Keep one batch's maps of ``target`` (and the images of ``fig_ids``); its unreadable
+        images are said through ``echo``."""
+        for e in batch.errors:
+            echo(f"skipped: {e[3]}")
+        for j, (_, it) in enumerate(batch.items):
+            if it.image_id in fig_ids and it.image_id not in self.x01:
+                self.x01[it.image_id] = batch.x01[MAIN_VIEW][j].permute(1, 2, 0).cpu().numpy()
+        for m, mp in batch.each_method():
+            V = mp.V.detach().float().cpu().numpy()
+            for k, j in enumerate(mp.sel):
+                iid = batch.items[j][1].image_id
+                self.maps[target].setdefault(m.name, {})[iid] = V[k]
+                self.cls[target][iid] = int(mp.clean.c[k])
+
+    def figures(self, names: Sequence[str]) -> Dict[str, tuple]:
+        """What each figure shows: image_id -> ``(image, {method: (map of the ground-truth
+        class, map of the predicted class)})``."""
+        return {iid: (self.x01[iid], {m: (self.maps["gt"][m][iid], self.maps["pred"][m][iid]) for m in names})
+                for iid in self.x01}
+
+
+def _remake(r: Run, bb: Backbone, opts: Dict[str, Dict[str, Any]], names: Sequence[str],
+            wrong: pd.DataFrame, batch_size: int, max_figures: int,
+            echo: Callable[[str], None]) -> _Remade:
+    """Each method's maps of the ``wrong`` images for the ground-truth and the predicted class,
+    through the shared map path with the run's options (``opts``, complete: a ``--layer`` of
+    the run is in them)."""
+    ds = _dataset(r)
+    ids = set(wrong.image_id)
+    items = [(i, it) for i, it in enumerate(ds.items) if it.image_id in ids]
+    mm = make_methods(bb, names, {m: opts[m] for m in names})
+    fig_ids = set(wrong.image_id.tolist()[: max(0, int(max_figures))])
+    remade = _Remade()
+    for target in ("gt", "pred"):
+        batches = iterate_maps(ds, items, mm, views={MAIN_VIEW: bb}, batch_size=batch_size, target=target)
+        with contextlib.closing(batches):
+            for batch in batches:
+                remade.add(batch, target, fig_ids, echo)
+    return remade
+
+
+def _pair_records(wrong: pd.DataFrame, names: Sequence[str], remade: _Remade, bb: Backbone,
+                  top: float) -> List[Dict[str, Any]]:
+    """One record per (misclassified image with maps, method): the classes, their names and
+    wnids, and the similarity of the method's two maps (``top``: fraction of pixels for IoU)."""
+    class_names = bb.class_names
+    wnids = _wnids(bb)
     recs: List[Dict[str, Any]] = []
-    figs: Dict[str, tuple] = {}
-    if len(wrong):
-        bb, opts = _rebuild(r, backbone, device)
-        ds = _dataset(r)
-        ids = set(wrong.image_id)
-        items = [(i, it) for i, it in enumerate(ds.items) if it.image_id in ids]
-        # the stored options are complete (a --layer of the run is in them)
-        mm = make_methods(bb, names, {m: opts[m] for m in names})
-        maps: Dict[str, Dict[str, Dict[str, np.ndarray]]] = {"gt": {}, "pred": {}}
-        cls: Dict[str, Dict[str, int]] = {"gt": {}, "pred": {}}
-        x01: Dict[str, np.ndarray] = {}
-        fig_ids = set(wrong.image_id.tolist()[: max(0, int(max_figures))])
-        for target in ("gt", "pred"):
-            batches = iterate_maps(ds, items, mm, views={MAIN_VIEW: bb}, batch_size=batch_size, target=target)
-            with contextlib.closing(batches):
-                for batch in batches:
-                    for e in batch.errors:
-                        echo(f"skipped: {e[3]}")
-                    for j, (_, it) in enumerate(batch.items):
-                        if it.image_id in fig_ids and it.image_id not in x01:
-                            x01[it.image_id] = batch.x01[MAIN_VIEW][j].permute(1, 2, 0).cpu().numpy()
-                    for m, mp in batch.each_method():
-                        V = mp.V.detach().float().cpu().numpy()
-                        for k, j in enumerate(mp.sel):
-                            iid = batch.items[j][1].image_id
-                            maps[target].setdefault(m.name, {})[iid] = V[k]
-                            cls[target][iid] = int(mp.clean.c[k])
-        class_names = bb.class_names
-        wnids = _wnids(bb)
-        for _, w in wrong.iterrows():
-            iid = w.image_id
-            if iid not in cls["gt"]:
-                continue
-            for m in names:
-                a = torch.from_numpy(maps["gt"][m][iid])[None]
-                b = torch.from_numpy(maps["pred"][m][iid])[None]
-                ka = keep_mask(a, top)
-                kb = keep_mask(b, top)
-                io = 1.0 if ka is None else float(iou(ka, kb)[0])
-                recs.append({"image_id": iid, "label": int(w.label), "pred": int(cls["pred"][iid]),
-                             "label_name": class_names[int(w.label)], "pred_name": class_names[int(cls["pred"][iid])],
-                             "label_wnid": wnids[int(w.label)] if wnids else "",
-                             "pred_wnid": wnids[int(cls["pred"][iid])] if wnids else "",
-                             "method": m, "spearman": float(rank_correlation(a, b)[0]), "iou": io,
-                             "class_dependent": not np.array_equal(maps["gt"][m][iid], maps["pred"][m][iid])})
-        figs = {iid: (x01[iid], {m: (maps["gt"][m][iid], maps["pred"][m][iid]) for m in names})
-                for iid in x01}
+    for _, w in wrong.iterrows():
+        iid = w.image_id
+        if iid not in remade.cls["gt"]:
+            continue
+        label, pred = int(w.label), int(remade.cls["pred"][iid])
+        for m in names:
+            gt_map, pred_map = remade.maps["gt"][m][iid], remade.maps["pred"][m][iid]
+            rho, io = _similarity(gt_map, pred_map, top)
+            recs.append({"image_id": iid, "label": label, "pred": pred,
+                         "label_name": class_names[label], "pred_name": class_names[pred],
+                         "label_wnid": wnids[label] if wnids else "",
+                         "pred_wnid": wnids[pred] if wnids else "",
+                         "method": m, "spearman": rho, "iou": io,
+                         "class_dependent": not np.array_equal(gt_map, pred_map)})
+    return recs
+
+
+def _similarity(a: np.ndarray, b: np.ndarray, top: float) -> Tuple[float, float]:
+    """``(Spearman rank correlation, IoU of the top-``top`` regions)`` of two ``[H, W]`` maps
+    (IoU 1 when :func:`keep_mask` keeps every pixel)."""
+    ta, tb = torch.from_numpy(a)[None], torch.from_numpy(b)[None]
+    ka = keep_mask(ta, top)
+    kb = keep_mask(tb, top)
+    io = 1.0 if ka is None else float(iou(ka, kb)[0])
+    return float(rank_correlation(ta, tb)[0]), io
+
+
+def _misclassified_frame(recs: List[Dict[str, Any]], related_iou: float) -> pd.DataFrame:
+    """The records as :attr:`Analysis.misclassified` (before ``figure``), with the categories."""
     cols = ["image_id", "label", "pred", "label_name", "pred_name", "label_wnid", "pred_wnid", "method",
             "spearman", "iou", "class_dependent"]
     mis = pd.DataFrame(recs, columns=cols)
-    mis = _categories(mis, related_iou) if len(mis) else mis.assign(category=[], image_category=[])
-    names_all = bb.class_names if bb is not None else _class_names(r)
-    pc = per_class_table(r, names_all)
-    res = Analysis(mis, pc, accuracy, len(main))
-    res.files.update(_write(res, r, figs, names, out, top, related_iou, worst))
-    return res
+    return _categories(mis, related_iou) if len(mis) else mis.assign(category=[], image_category=[])
 
 
 def _wnids(bb: Backbone) -> Optional[List[str]]:
@@ -280,7 +348,8 @@ def _write(res: Analysis, r: Run, figs, names, out: str, top: float, related_iou
 
 
 def _report(res: Analysis, r: Run, names, top: float, related_iou: float, worst: int) -> str:
-    mis, pc = res.misclassified, res.per_class
+    """``report.md``: the rule, the misclassified images and the per-class rankings."""
+    mis = res.misclassified
     n_wrong = mis.image_id.nunique() if len(mis) else 0
     bbn = r.config["backbone"]["name"]
     L = [f"# Misclassification and class-bias analysis: {bbn}", "",
@@ -292,54 +361,64 @@ def _report(res: Analysis, r: Run, names, top: float, related_iou: float, worst:
          f"Rule: IoU >= {related_iou:g} -> *{RELATED}* (both classes are explained by the same region), "
          f"else *{MULTI}*; a method whose two maps are identical ignores the class and does not vote "
          f"({NONE}); the image's category applies the rule to the median IoU of the others.", ""]
-    if n_wrong:
-        L.append("| image | ground truth | predicted | " + " | ".join(f"{m} IoU / rho" for m in names)
-                 + " | category | figure |")
-        L.append("|:---|:---|:---|" + "---:|" * len(names) + ":---|:---|")
-        for iid, g in mis.groupby("image_id", sort=False):
-            g = g.set_index("method")
-            row0 = g.iloc[0]
-            wn = lambda n, w: f"{n} ({w})" if w else n
-            cells = [f"{g.loc[m, 'iou']:.2f} / {g.loc[m, 'spearman']:.2f}" for m in names]
-            fig = f"[{row0.figure}]({row0.figure})" if row0.figure else "-"
-            L.append(f"| {iid} | {wn(row0.label_name, row0.label_wnid)} | {wn(row0.pred_name, row0.pred_wnid)} | "
-                     + " | ".join(cells) + f" | {row0.image_category} | {fig} |")
-        cnt = mis.drop_duplicates("image_id").image_category.value_counts()
-        L += ["", "Categories: " + ", ".join(f"{k}: {v}" for k, v in cnt.items()) + ".", ""]
-        by = mis[mis.class_dependent].groupby("method")
-        if len(by):
-            L.append("| method | mean IoU | mean rho | related | multi-object |")
-            L.append("|:---|---:|---:|---:|---:|")
-            for m, g in by:
-                L.append(f"| {m} | {g.iou.mean():.3f} | {g.spearman.mean():.3f} | {(g.category == RELATED).sum()} "
-                         f"| {(g.category == MULTI).sum()} |")
-            L.append("")
-    else:
-        L += ["No image is misclassified.", ""]
-    L += ["## Per-class table (class bias, L-CAM paper Figs. 7-9)", "",
-          f"`per_class.csv`: for each of the {len(pc)} ground-truth classes the image count, the "
-          f"classifier's accuracy and each method's mean of every table metric.", ""]
-    if len(pc):
-        low = pc.sort_values(["accuracy", "n"], ascending=[True, False]).head(worst)
-        L.append(f"Lowest accuracy (up to {worst} classes):")
+    L += _misclassified_section(mis, names) if n_wrong else ["No image is misclassified.", ""]
+    return "\n".join(L + _per_class_section(res.per_class, r, names, worst)) + "\n"
+
+
+def _with_wnid(name: str, wnid: str) -> str:
+    """``"name (wnid)"``, or ``name`` when there is no wnid."""
+    return f"{name} ({wnid})" if wnid else name
+
+
+def _misclassified_section(mis: pd.DataFrame, names: Sequence[str]) -> List[str]:
+    """The report's lines on the misclassified images: one table row per image, the count per
+    category, and the per-method means over the class-dependent methods."""
+    rows = []
+    for iid, g in mis.groupby("image_id", sort=False):
+        g = g.set_index("method")
+        row0 = g.iloc[0]
+        fig = f"[{row0.figure}]({row0.figure})" if row0.figure else "-"
+        rows.append([iid, _with_wnid(row0.label_name, row0.label_wnid), _with_wnid(row0.pred_name, row0.pred_wnid),
+                     *(f"{g.loc[m, 'iou']:.2f} / {g.loc[m, 'spearman']:.2f}" for m in names),
+                     row0.image_category, fig])
+    header = ["image", "ground truth", "predicted", *(f"{m} IoU / rho" for m in names), "category", "figure"]
+    L = markdown_table(header, rows, "lll" + "r" * len(names) + "ll")
+    cnt = mis.drop_duplicates("image_id").image_category.value_counts()
+    L += ["", "Categories: " + ", ".join(f"{k}: {v}" for k, v in cnt.items()) + ".", ""]
+    by = mis[mis.class_dependent].groupby("method")
+    if len(by):
+        L += markdown_table(["method", "mean IoU", "mean rho", "related", "multi-object"],
+                            [[m, f"{g.iou.mean():.3f}", f"{g.spearman.mean():.3f}", (g.category == RELATED).sum(),
+                              (g.category == MULTI).sum()] for m, g in by], "lrrrr")
         L.append("")
-        L.append("| class | n | accuracy |")
-        L.append("|:---|---:|---:|")
-        for _, c in low.iterrows():
-            L.append(f"| {c.class_name} ({c['class']}) | {c.n} | {c.accuracy:.2f} |")
+    return L
+
+
+def _per_class_section(pc: pd.DataFrame, r: Run, names: Sequence[str], worst: int) -> List[str]:
+    """The report's lines on the per-class table: the classes of lowest accuracy, and each
+    method's worst classes by the run's ADCC column (else its first table column)."""
+    L = ["## Per-class table (class bias, L-CAM paper Figs. 7-9)", "",
+         f"`per_class.csv`: for each of the {len(pc)} ground-truth classes the image count, the "
+         f"classifier's accuracy and each method's mean of every table metric.", ""]
+    if not len(pc):
+        return L
+    low = pc.sort_values(["accuracy", "n"], ascending=[True, False]).head(worst)
+    L += [f"Lowest accuracy (up to {worst} classes):", ""]
+    L += markdown_table(["class", "n", "accuracy"],
+                        [[f"{c.class_name} ({c['class']})", c.n, f"{c.accuracy:.2f}"] for _, c in low.iterrows()],
+                        "lrr")
+    L.append("")
+    specs = r.specs()
+    key = next((s for s in specs if s.column == "ADCC"), specs[0] if specs else None)
+    if key is not None:
+        L += [f"Worst classes per method by {key.header} (up to {worst}):", ""]
+        rows = []
+        for m in names:
+            col = f"{m}:{key.header}"
+            if col not in pc:
+                continue
+            w = pc.dropna(subset=[col]).sort_values(col, ascending=key.higher_is_better).head(worst)
+            rows.append([m, ", ".join(f"{c.class_name} ({c[col]:.1f})" for _, c in w.iterrows())])
+        L += markdown_table(["method", "classes (value)"], rows, "ll")
         L.append("")
-        specs = r.specs()
-        key = next((s for s in specs if s.column == "ADCC"), specs[0] if specs else None)
-        if key is not None:
-            L.append(f"Worst classes per method by {key.header} (up to {worst}):")
-            L.append("")
-            L.append("| method | classes (value) |")
-            L.append("|:---|:---|")
-            for m in names:
-                col = f"{m}:{key.header}"
-                if col not in pc:
-                    continue
-                w = pc.dropna(subset=[col]).sort_values(col, ascending=key.higher_is_better).head(worst)
-                L.append(f"| {m} | " + ", ".join(f"{c.class_name} ({c[col]:.1f})" for _, c in w.iterrows()) + " |")
-            L.append("")
-    return "\n".join(L) + "\n"
+    return L

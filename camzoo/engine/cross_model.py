@@ -9,12 +9,12 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 import torch
 from torch import Tensor
 
-from ..data.datasets import open_dataset
+from ..data.datasets import Dataset, open_dataset
 from ..explainers.base import get_explainer
 from ..explainers.base import upsample
 from ..explainers.learned.checkpoint import load_checkpoint
@@ -131,8 +131,24 @@ def run_stability(sources: List[MapSource], data=None, *, labels=None, limit: Op
     ds = open_dataset(data, labels=labels, limit=limit, seed=seed)
     measure = {s.name for s in sources
                if ds.has_labels and (measure_accuracy or s.accuracy is None)}
-    correct = {n: 0 for n in measure}
-    # one view and one clean forward per distinct classifier
+    masks, correct, n_lab = _masks(sources, ds, measure, batch_size, threshold, progress, echo)
+    if n_lab == 0:
+        raise ValueError(f"no readable images in {data}")
+    accuracy = {s.name: s.accuracy for s in sources}
+    for n in measure:
+        accuracy[n] = correct[n] / n_lab
+    if baseline is None:
+        baseline = pick_baseline(accuracy)
+    ref = torch.cat(masks[baseline])
+    per_image = {k: iou(torch.cat(v), ref) for k, v in masks.items() if k != baseline}
+    per_model = {k: float(v.mean()) for k, v in per_image.items()}
+    overall = float(torch.tensor(list(per_model.values())).mean())
+    return StabilityResult(baseline, per_model, overall, accuracy, ref.shape[0], threshold, per_image)
+
+
+def _map_methods(sources: List[MapSource]) -> Tuple[Dict[str, Any], List[MapMethod]]:
+    """``(views, methods)`` of the map path: one view and one clean forward per distinct
+    classifier, one method per source."""
     keys: Dict[int, str] = {}
     views: Dict[str, Any] = {}
     methods: List[MapMethod] = []
@@ -141,9 +157,23 @@ def run_stability(sources: List[MapSource], data=None, *, labels=None, limit: Op
         views[key] = s.classifier
         methods.append(MapMethod(s.name, s.explainer, s.backbone, s.classifier, key,
                                  int(s.explainer.forward_passes(s.backbone)), view=key))
+    return views, methods
+
+
+def _masks(sources: List[MapSource], ds: Dataset, measure: Set[str], batch_size: int, threshold: float,
+           progress: bool, echo) -> Tuple[Dict[str, List[Tensor]], Dict[str, int], int]:
+    """Every source's binarized maps of ``ds``, and the top-1 hits of the sources in ``measure``.
+
+    Returns:
+        ``(masks, correct, n)``: ``masks[name]``: per batch, ``[B, H, W]`` bool on the CPU at
+        the first map's resolution (kept instead of the maps: the baseline may need measured
+        accuracies first; 1 byte/pixel); ``correct[name]``: images whose label the source's
+        classifier predicts; ``n``: readable images.
+    """
+    views, methods = _map_methods(sources)
     by_name = {s.name: s for s in sources}
-    # the baseline may need measured accuracies first: keep the binarized masks (1 byte/pixel)
     masks: Dict[str, List[Tensor]] = {s.name: [] for s in sources}
+    correct = {n: 0 for n in measure}
     size = None
     n_lab = 0
     bar = None
@@ -164,30 +194,24 @@ def run_stability(sources: List[MapSource], data=None, *, labels=None, limit: Op
                         size = tuple(mp.V.shape[-2:])
                     masks[m.name].append(binarize(upsample(mp.V, size).clamp(0, 1), threshold).cpu())
                     if m.name in measure:
-                        s = by_name[m.name]
-                        y = torch.tensor(labs)
-                        if s.class_map is not None:
-                            inv = {c: i for i, c in enumerate(s.class_map)}
-                            y = torch.tensor([inv.get(int(v), -1) for v in labs])
-                        correct[m.name] += int((mp.clean.pred.cpu() == y).sum())
+                        correct[m.name] += _hits(by_name[m.name], labs, mp.clean.pred)
                 n_lab += len(batch.items)
                 if bar:
                     bar.update(len(batch.items) + len(batch.errors))
     finally:
         if bar:
             bar.close()
-    if n_lab == 0:
-        raise ValueError(f"no readable images in {data}")
-    accuracy = {s.name: s.accuracy for s in sources}
-    for n in measure:
-        accuracy[n] = correct[n] / n_lab
-    if baseline is None:
-        baseline = pick_baseline(accuracy)
-    ref = torch.cat(masks[baseline])
-    per_image = {k: iou(torch.cat(v), ref) for k, v in masks.items() if k != baseline}
-    per_model = {k: float(v.mean()) for k, v in per_image.items()}
-    overall = float(torch.tensor(list(per_model.values())).mean())
-    return StabilityResult(baseline, per_model, overall, accuracy, ref.shape[0], threshold, per_image)
+    return masks, correct, n_lab
+
+
+def _hits(s: MapSource, labs: List[int], pred: Tensor) -> int:
+    """How many of the top-1 classes ``pred`` (``[B]``) are the labels ``labs``, mapped through
+    the source's ``class_map`` when its classifier has new classes (unmapped: a miss)."""
+    y = torch.tensor(labs)
+    if s.class_map is not None:
+        inv = {c: i for i, c in enumerate(s.class_map)}
+        y = torch.tensor([inv.get(int(v), -1) for v in labs])
+    return int((pred.cpu() == y).sum())
 
 
 def format_result(res: StabilityResult, sources: Optional[List[MapSource]] = None) -> str:

@@ -13,11 +13,12 @@ import torch
 
 from ..data.datasets import Dataset, files_dataset, open_dataset
 from ..data.datasets import read_labels_csv
+from ..models.backbone import Backbone
 from ..models.zoo import load_backbone
 from ..models.weights import backbone_label
 from ..results.plots import explanation_grid
 from ..utils import atomic_write
-from .maps import MAIN_VIEW, iterate_maps, make_methods
+from .maps import MAIN_VIEW, MapBatch, iterate_maps, make_methods
 
 
 def _gt_labels(paths: Sequence[str]) -> List[int]:
@@ -102,28 +103,31 @@ def explain_files(
             for e in batch.errors:
                 errors.append(e[3])
                 echo(f"error: {e[3]}")
-            if not batch.items:
-                if bar:
-                    bar.update(len(batch.errors))
-                continue
-            (_, item), = batch.items
-            maps, titles = [], []
-            for m, mp in batch.each_method():
-                v = mp.V[0].cpu().numpy().astype(np.float32)
-                atomic_write(os.path.join(out_dir, item.image_id, f"{m.name}.npy"),
-                             lambda tmp, v=v: np.save(tmp, v))
-                c = int(mp.clean.c[0])
-                maps.append(v)
-                titles.append(f"{m.name}\n{bb.class_names[c][:22]} p={float(mp.clean.Y[0]):.2f}")
-            os.makedirs(os.path.join(out_dir, item.image_id), exist_ok=True)
-            x01 = batch.x01[MAIN_VIEW][0].permute(1, 2, 0).cpu().numpy()
-            explanation_grid(x01, maps, titles, os.path.join(out_dir, f"{item.image_id}.png"),
-                             suptitle=f"{item.image_id} — {backbone_label(bb.name, bb.weights_id)}")
-            n_ok += 1
+            if batch.items:
+                _write_image(batch, bb, out_dir)
+                n_ok += 1
             if bar:
-                bar.update(1 + len(batch.errors))
+                bar.update(len(batch.items) + len(batch.errors))
     finally:
         batches.close()
         if bar:
             bar.close()
     return n_ok, errors
+
+
+def _write_image(batch: MapBatch, bb: Backbone, out_dir: str) -> None:
+    """The files of a batch of one image: ``<id>/<method>.npy`` (its ``[H, W]`` float32 map in
+    [0, 1]) for each method, and the ``<id>.png`` grid of the image with every map."""
+    (_, item), = batch.items
+    maps, titles = [], []
+    for m, mp in batch.each_method():
+        v = mp.V[0].cpu().numpy().astype(np.float32)
+        atomic_write(os.path.join(out_dir, item.image_id, f"{m.name}.npy"),
+                     lambda tmp, v=v: np.save(tmp, v))
+        c = int(mp.clean.c[0])
+        maps.append(v)
+        titles.append(f"{m.name}\n{bb.class_names[c][:22]} p={float(mp.clean.Y[0]):.2f}")
+    os.makedirs(os.path.join(out_dir, item.image_id), exist_ok=True)
+    x01 = batch.x01[MAIN_VIEW][0].permute(1, 2, 0).cpu().numpy()
+    explanation_grid(x01, maps, titles, os.path.join(out_dir, f"{item.image_id}.png"),
+                     suptitle=f"{item.image_id} — {backbone_label(bb.name, bb.weights_id)}")

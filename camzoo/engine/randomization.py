@@ -36,7 +36,7 @@ from ..metrics.similarity import SIMILARITIES, map_similarities
 from ..models.backbone import Backbone
 from ..models.zoo import load_backbone
 from ..models.surgery import clone_backbone, randomization_blocks, reinit_modules
-from ..utils import atomic_write, split_names
+from ..utils import atomic_write, markdown_table, split_names
 from .maps import MAIN_VIEW, iterate_maps, make_methods
 
 MODES = ("cascading", "independent")
@@ -74,11 +74,9 @@ class SanityResult:
 def format_summary(res: SanityResult, similarity: str = "spearman") -> str:
     """A Markdown table of :meth:`SanityResult.summary`."""
     t = res.summary(similarity)
-    head = f"| randomized ({res.mode}) | " + " | ".join(t.columns) + " |"
-    lines = [head, "|:---|" + "---:|" * len(t.columns)]
-    for k, (label, row) in enumerate(t.iterrows()):
-        name = f"→ {label}" if k > 0 and res.mode == "cascading" else label
-        lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
+    rows = [[f"→ {label}" if k > 0 and res.mode == "cascading" else label, *(f"{v:.3f}" for v in row)]
+            for k, (label, row) in enumerate(t.iterrows())]
+    lines = markdown_table([f"randomized ({res.mode})", *t.columns], rows, "l" + "r" * len(t.columns))
     n = res.rows.image_id.nunique()
     lines.append("")
     lines.append(f"<sub>mean {similarity} similarity to the trained model's map over {n} images; "
@@ -142,11 +140,7 @@ def run(backbone: Union[str, Backbone] = "efficientnet_lite0", methods: Union[st
         raise ValueError("no methods given")
     options = options or {}
     bb = backbone if isinstance(backbone, Backbone) else load_backbone(backbone, weights=weights, device=device)
-    blocks = randomization_blocks(bb.model)
-    if max_blocks is not None:
-        if int(max_blocks) < 1:
-            raise ValueError(f"max_blocks must be >= 1; got {max_blocks}")
-        blocks = blocks[: int(max_blocks)]
+    blocks = _blocks(bb, max_blocks)
     labels_ = ["+".join(b) for b in blocks]
     ds = open_dataset(data, labels, limit, seed)
     make_methods(bb, names, options, layer)  # validate names and options before any work
@@ -162,33 +156,17 @@ def run(backbone: Union[str, Backbone] = "efficientnet_lite0", methods: Union[st
     # every step explains the trained model's top-1: the items carry it as their label
     keep = [it for it in ds.items if it.image_id in pred]
     fixed = dataclasses.replace(ds, items=[dataclasses.replace(it, label=pred[it.image_id]) for it in keep])
-    grid_ids = [it.image_id for it in keep[: max(0, int(grid_images))]]
-    grid = {iid: {m: [ref[m][iid]] for m in names} for iid in grid_ids}
-    recs: List[Dict[str, Any]] = []
-
-    def compare(step: int, block: str, maps, explained: Dict[str, int]) -> None:
-        for m in names:
-            ids = [iid for iid in (it.image_id for it in keep) if iid in maps[m]]
-            if not ids:
-                continue
-            V = torch.from_numpy(np.stack([maps[m][i] for i in ids]))
-            V0 = torch.from_numpy(np.stack([ref[m][i] for i in ids]))
-            sims = map_similarities(V, V0)
-            for r, iid in enumerate(ids):
-                recs.append({"step": step, "block": block, "mode": mode, "image_id": iid, "method": m,
-                             "class": explained[iid], **{k: float(sims[k][r]) for k in SIMILARITIES}})
-            for iid in grid_ids:
-                if iid in maps[m] and step > 0:
-                    grid[iid][m].append(maps[m][iid])
-
-    compare(0, ORIGINAL, ref, cls0)
+    ids = [it.image_id for it in keep]
+    grid = {iid: {m: [ref[m][iid]] for m in names} for iid in ids[: max(0, int(grid_images))]}
+    recs = _compare(0, ORIGINAL, mode, names, ids, ref, ref, cls0)
     work = clone_backbone(bb) if mode == "cascading" else None
     for k, blk in enumerate(blocks):
         if mode == "independent":
             work = clone_backbone(bb)
         reinit_modules(work, blk, init_seed + k)
         maps, explained, _ = _maps(work, fixed, names, options, layer, batch_size, "gt")
-        compare(k + 1, labels_[k], maps, explained)
+        recs += _compare(k + 1, labels_[k], mode, names, ids, ref, maps, explained)
+        _add_to_grid(grid, names, maps)
         if mode == "independent":
             work = None
         if bar:
@@ -197,13 +175,60 @@ def run(backbone: Union[str, Backbone] = "efficientnet_lite0", methods: Union[st
         bar.close()
     res = SanityResult(pd.DataFrame(recs), labels_, mode)
     if out is not None:
-        os.makedirs(out, exist_ok=True)
-        p = os.path.join(out, CSV_NAME)
-        atomic_write(p, res.rows.to_csv(index=False, float_format="%.6g"))
-        res.files["csv"] = p
-        if figures:
-            res.files.update(_figures(res, bb, fixed, grid, out, names))
+        res.files.update(_write(res, bb, fixed, grid, out, names, figures))
     return res
+
+
+def _blocks(bb: Backbone, max_blocks: Optional[int]) -> List[List[str]]:
+    """The blocks of ``bb`` in randomization order (from the logits down), the first
+    ``max_blocks`` of them when given (``ValueError`` below 1)."""
+    blocks = randomization_blocks(bb.model)
+    if max_blocks is not None:
+        if int(max_blocks) < 1:
+            raise ValueError(f"max_blocks must be >= 1; got {max_blocks}")
+        blocks = blocks[: int(max_blocks)]
+    return blocks
+
+
+def _compare(step: int, block: str, mode: str, names: Sequence[str], ids: Sequence[str],
+             ref: Dict[str, Dict[str, np.ndarray]], maps: Dict[str, Dict[str, np.ndarray]],
+             explained: Dict[str, int]) -> List[Dict[str, Any]]:
+    """The rows of one step: each method's maps of the images ``ids`` it has (``maps``:
+    method -> image_id -> ``[H, W]`` map) compared with its trained model's maps ``ref``."""
+    recs: List[Dict[str, Any]] = []
+    for m in names:
+        have = [iid for iid in ids if iid in maps[m]]
+        if not have:
+            continue
+        V = torch.from_numpy(np.stack([maps[m][i] for i in have]))
+        V0 = torch.from_numpy(np.stack([ref[m][i] for i in have]))
+        sims = map_similarities(V, V0)
+        for r, iid in enumerate(have):
+            recs.append({"step": step, "block": block, "mode": mode, "image_id": iid, "method": m,
+                         "class": explained[iid], **{k: float(sims[k][r]) for k in SIMILARITIES}})
+    return recs
+
+
+def _add_to_grid(grid: Dict[str, Dict[str, List[np.ndarray]]], names: Sequence[str],
+                 maps: Dict[str, Dict[str, np.ndarray]]) -> None:
+    """Append one randomized step's maps to the overlay grid (image_id -> method -> maps)."""
+    for m in names:
+        for iid in grid:
+            if iid in maps[m]:
+                grid[iid][m].append(maps[m][iid])
+
+
+def _write(res: SanityResult, bb: Backbone, ds: Dataset, grid, out: str, names,
+           figures: bool) -> Dict[str, str]:
+    """``sanity.csv`` in ``out`` and, with ``figures``, the plots and the grid; returns
+    name -> path."""
+    os.makedirs(out, exist_ok=True)
+    p = os.path.join(out, CSV_NAME)
+    atomic_write(p, res.rows.to_csv(index=False, float_format="%.6g"))
+    files = {"csv": p}
+    if figures:
+        files.update(_figures(res, bb, ds, grid, out, names))
+    return files
 
 
 def _figures(res: SanityResult, bb: Backbone, ds: Dataset, grid, out: str, names) -> Dict[str, str]:

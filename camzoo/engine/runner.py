@@ -2,8 +2,9 @@
 
 ``run(BenchConfig(...)) -> Run`` in three steps:
 
-1. :func:`prepare` resolves the config (preset, names, options, data, backbone, methods) and
-   writes or checks ``config.json`` -- everything that can be refused is refused here;
+1. :func:`camzoo.engine.plan.prepare` resolves the config (preset, names, options, data,
+   backbone, methods) and writes or checks ``config.json`` -- everything that can be refused
+   is refused there;
 2. :class:`Runner` loops over the batches of :func:`camzoo.engine.maps.iterate_maps` (one
    clean forward per classifier, each method's maps once) and evaluates each selected
    protocol the store lacks on those maps (one unit per method, protocol and batch, each
@@ -24,9 +25,6 @@ import dataclasses
 import datetime as _dt
 import json
 import os
-import platform
-import sqlite3
-import sys
 import time
 import traceback
 from collections import defaultdict
@@ -42,337 +40,22 @@ from ..metrics.protocol import PROTOCOLS, MetricInputs
 from ..metrics.scorer import Scorer
 from ..models.backbone import Backbone
 from ..models.zoo import load_backbone
-from ..models.weights import backbone_label, is_random
 from ..explainers.base import describe_invalid, valid_maps
-from ..results.run import CONFIG_NAME, MANIFEST_NAME, Run, RunLock, RunLockedError, map_path
+from ..results.run import CONFIG_NAME, Run, RunLock, RunLockedError, map_path
 from ..results.store import DB_NAME, ResultStore
-from ..utils import UserError, atomic_write, check_amp, jsonable, resolve_device
-from ..version import __version__
-from .accel import CPU_BATCH_SIZE, CPU_EVAL_BATCH_SIZE, auto_batch_size, compiled_model, ieee_fp32
-from .config import (FULL_HINT, BenchConfig, absolute_paths, apply_preset, check_resume,
-                     default_out, protocol_options, resolve_methods, resolve_protocols)
-from .maps import MAIN_VIEW, MapBatch, MapMethod, Maps, iterate_maps, make_methods, same_normalization
-from .shard import (CONFIG_LOCK, Shard, check_world, merge_shards, read_config, resolve_shard,
-                    shard_states, shard_stores)
-from .timing import Clock, malloc_env_set, tune_cpu_allocator
-
-Echo = Callable[[str], None]
-
-
-@dataclass
-class Plan:
-    """Everything a run needs, resolved and checked by :func:`prepare`.
-
-    Attributes:
-        config: the resolved :class:`BenchConfig` (preset applied).
-        device: where the models run.
-        backbone: the benchmarked :class:`~camzoo.Backbone`.
-        dataset: the images.
-        methods: the methods, in config order.
-        protocols: protocol names, in table order.
-        protocol_options: validated options per protocol.
-        out: the run directory.
-        cfg: the ``config.json`` written for this process.
-        lock: this process's lock (the run's, or its shard's), held until the run ends.
-        shard: which images this process evaluates, and into which store.
-        batch_size, eval_batch_size: as resolved (given, CPU defaults, or probed on CUDA).
-        workers: image-decoding worker processes.
-    """
-
-    config: BenchConfig
-    device: torch.device
-    backbone: Backbone
-    dataset: Dataset
-    methods: List[MapMethod]
-    protocols: List[str]
-    protocol_options: Dict[str, Dict[str, Any]]
-    out: str
-    cfg: Dict[str, Any]
-    lock: RunLock
-    shard: Shard = Shard()
-    batch_size: int = CPU_BATCH_SIZE
-    eval_batch_size: int = CPU_EVAL_BATCH_SIZE
-    workers: int = 0
-
-    def forward_model(self, clf: Backbone):
-        """The module of ``clf``'s clean and metric forwards (compiled with ``--compile``)."""
-        return compiled_model(clf, self.config.compile) if self.config.compile else clf.model
+from ..utils import UserError, atomic_write
+from .accel import ieee_fp32
+from .config import BenchConfig
+from .maps import MAIN_VIEW, MapBatch, MapMethod, Maps, explain_checked, iterate_maps, same_normalization
+from .plan import Echo, Plan, prepare, writing
+from .shard import CONFIG_LOCK, Shard, merge_shards, read_config, resolve_shard, shard_states
+from .timing import Clock
 
 
 def _mean_std(clf: Backbone) -> Optional[Tuple[Tensor, Tensor]]:
     """``(mean, std)`` when ``clf.normalize`` is the plain per-channel ``(x - mean) / std``
     (lets the lcam protocol fuse its masking and normalization), else None."""
     return (clf.mean, clf.std) if type(clf).normalize is Backbone.normalize else None
-
-
-def _layout(protocols: Sequence[str], popts: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, List[str]]]:
-    """The store's keys by protocol, in table order: ``{protocol: {"values": its row_keys,
-    "curves": its curve_keys}}``. A key is one protocol's (refused, naming both, otherwise)."""
-    layout: Dict[str, Dict[str, List[str]]] = {}
-    owner: Dict[str, str] = {}
-    for p in protocols:
-        proto = PROTOCOLS.get(p)
-        layout[p] = {"values": list(proto.row_keys(**popts[p])), "curves": list(proto.curve_keys(**popts[p]))}
-        for k in layout[p]["values"] + layout[p]["curves"]:
-            if k.lower() in owner:
-                raise ValueError(f"protocols {owner[k.lower()]} and {p} both return the per-image value "
-                                 f"{k!r}; a run can store one of them: run them apart")
-            owner[k.lower()] = p
-    return layout
-
-
-def _stored_protocols(config: BenchConfig) -> Optional[List[str]]:
-    """The protocols of the run a resume continues (``--metrics +NAME`` adds to them); None
-    when not resuming or nothing is stored yet."""
-    path = os.path.join(config.out, CONFIG_NAME) if config.resume and config.out else None
-    if not path or not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return list(json.load(f).get("protocols", {}))
-
-
-def _config_json(plan_parts: Dict[str, Any], config: BenchConfig, malloc_tuned: bool) -> Dict[str, Any]:
-    bb, ds, device = plan_parts["backbone"], plan_parts["dataset"], plan_parts["device"]
-    methods, protocols, popts = plan_parts["methods"], plan_parts["protocols"], plan_parts["popts"]
-    layout = _layout(protocols, popts)
-    label = backbone_label(bb.name if isinstance(config.backbone, Backbone) else config.backbone, bb.weights_id)
-    return {
-        "summary": (f"{label}: {', '.join(m.name for m in methods)} x {len(ds)} images"
-                    f"{' of ' + ds.subset if ds.subset else ''}; {', '.join(protocols)}; explaining "
-                    f"{'the ground-truth class' if config.target == 'gt' else 'the top-1 class'}"),
-        "camzoo_version": __version__,
-        "torch_version": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "torch_threads": torch.get_num_threads(),
-        "malloc_tuned": malloc_tuned,
-        # fp32 runs are IEEE fp32 (ieee_fp32); with --amp the user's TF32 settings stay
-        "tf32": device.type == "cuda" and config.amp is not None and bool(torch.backends.cudnn.allow_tf32),
-        "backbone": {
-            "name": bb.name if isinstance(config.backbone, Backbone) else config.backbone,
-            "weights": config.weights, "weights_id": bb.weights_id,
-            "random_weights": is_random(bb.weights_id), "label": label,
-            "layer": config.layer or bb.default_layer, "default_layer": bb.default_layer,
-            "input_size": bb.input_size, "num_classes": bb.num_classes,
-            "mean": bb.mean.tolist(), "std": bb.std.tolist(),
-        },
-        "methods": {
-            m.name: {
-                "class": f"{type(m.explainer).__module__}.{type(m.explainer).__qualname__}",
-                "options": jsonable(m.explainer.options),
-                "forward_passes": m.forward_passes,
-                "classifier": {"key": m.classifier_key, "name": m.classifier.name,
-                               "weights_id": m.classifier.weights_id},
-            } for m in methods
-        },
-        "protocols": {p: {"options": jsonable(popts[p]), "source": PROTOCOLS.get(p).source}
-                      for p in protocols},
-        "target": config.target,
-        "amp": config.amp,
-        "seed": config.seed,
-        "data": {
-            "root": ds.root, "layout": ds.layout, "labels_file": ds.labels_file,
-            "devkit": config.devkit, "subset": ds.subset, "subset_listed": ds.subset_listed,
-            "subset_missing": len(ds.subset_missing),
-            "limit": config.limit, "seed": config.seed, "n_images": len(ds),
-            "manifest": MANIFEST_NAME, "manifest_hash": ds.manifest_hash(),
-        },
-        "columns": {"values": [k for v in layout.values() for k in v["values"]],
-                    "curves": [k for v in layout.values() for k in v["curves"]], "protocols": layout},
-        # the shard is this process's, not the run's (config.json is shared by the shards)
-        "bench_config": {k: v for k, v in absolute_paths(config.to_dict(), plan_parts["out"]).items()
-                         if k != "shard"},
-        "world_size": 1,
-        "created": _dt.datetime.now().isoformat(timespec="seconds"),
-    }
-
-
-def prepare(config: BenchConfig, echo: Echo = print, shard: Optional[Shard] = None,
-            device: Optional[torch.device] = None) -> Plan:
-    """Resolve and check ``config``, then write (or, resuming, check) ``config.json``.
-
-    Args:
-        config: the run's config.
-        echo: where messages go.
-        shard: this process's shard (default: the whole run).
-        device: the device (default: ``config.device`` resolved; torchrun passes
-            ``cuda:LOCAL_RANK``).
-    Raises ``ValueError`` for bad names/options (listing the valid ones), ``FileExistsError``
-    when ``out`` already holds a run (or this shard of one) and ``resume`` is False.
-    """
-    shard = shard or Shard()
-    config, picked = apply_preset(config)
-    if picked and shard.rank == 0:
-        echo(f"{config.preset} preset: " + " ".join(picked))
-        echo(FULL_HINT)
-    if config.target not in ("pred", "gt"):
-        raise ValueError(f"target must be 'pred' or 'gt'; got {config.target!r}")
-    for k in ("batch_size", "eval_batch_size"):
-        if getattr(config, k) is not None and int(getattr(config, k)) < 1:
-            raise ValueError("batch_size and eval_batch_size must be >= 1")
-    check_amp(config.amp, "amp")
-    if config.workers is not None and int(config.workers) < 0:
-        raise ValueError(f"workers must be >= 0; got {config.workers}")
-    device = device if device is not None else resolve_device(config.device)
-    malloc_tuned = malloc_env_set() or bool(config.tune_malloc and device.type == "cpu" and tune_cpu_allocator())
-    if device.type == "cpu" and not malloc_tuned and shard.rank == 0:
-        echo("tip: on CPU, --tune-malloc (or the environment MALLOC_MMAP_THRESHOLD_=1073741824 "
-             "MALLOC_TRIM_THRESHOLD_=2147483647) makes forwards up to ~1.9x faster (docs/bench.md)")
-    protocols = resolve_protocols(config.metrics, _stored_protocols(config))
-    method_names = resolve_methods(config.methods, config.options)
-    unknown_opts = sorted(set(config.options) - set(method_names))
-    if unknown_opts:
-        raise ValueError(f"options given for method(s) not in this run: {', '.join(unknown_opts)}; "
-                         f"methods: {', '.join(method_names)}")
-    popts = protocol_options(config, protocols)
-    if config.limit is not None and int(config.limit) < 1:
-        raise ValueError(f"--limit {config.limit}: nothing to evaluate; give a number of images "
-                         ">= 1, or no --limit for all of them")
-    if int(config.max_failed_batches) < 1:
-        raise ValueError(f"max_failed_batches must be >= 1; got {config.max_failed_batches}")
-
-    ds = open_dataset(config.data, config.labels, config.limit, config.seed, devkit=config.devkit,
-                      subset=config.subset, allow_missing=config.allow_missing)
-    if ds.subset and shard.rank == 0:
-        echo(_subset_line(ds))
-    if config.target == "gt" and not ds.has_labels:
-        raise ValueError(f"target 'gt' needs ground-truth labels; data layout {ds.layout!r} has none "
-                         "(use a folder with labels.csv, wnid sub-folders, or --labels FILE)")
-
-    bb = load_backbone(config.backbone, config.weights, device)
-    if is_random(bb.weights_id) and shard.rank == 0:
-        sys.stderr.write(f"warning: {bb.name} runs on RANDOM weights ({bb.weights_id}): every table "
-                         "and figure of this run is marked 'random weights'; its numbers say nothing "
-                         "about explanations of a trained classifier\n")
-    if config.layer is not None:
-        bb.layer(config.layer)  # validates, listing the valid layers
-    if config.target == "gt":
-        _check_labels(ds, bb)
-    for p in protocols:
-        PROTOCOLS.get(p).check_backbone(popts[p], bb)
-    methods = make_methods(bb, method_names, config.options, config.layer, amp=config.amp)
-    if ds.unlisted and shard.rank == 0:
-        echo(f"warning: {len(ds.unlisted)} image(s) in {ds.root} are not listed in "
-             f"{ds.labels_file} and are not evaluated: {', '.join(ds.unlisted[:5])}"
-             + (", ..." if len(ds.unlisted) > 5 else ""))
-
-    out = config.out or default_out(bb.name if isinstance(config.backbone, Backbone) else config.backbone)
-    if shard.world > 1 and not config.out:
-        raise ValueError("a sharded run needs --out: every shard must write into the same run directory")
-    cfg_path = os.path.join(out, CONFIG_NAME)
-    if not config.resume:
-        mine = [shard.store_name] + ([DB_NAME] if shard.world > 1 else shard_stores(out))
-        held = [f for f in mine if os.path.exists(os.path.join(out, f))]
-        if held:
-            raise FileExistsError(
-                f"{out} already holds a run ({', '.join(held)}); pass resume=True (--resume) to "
-                "continue it, or choose another out directory")
-    cfg = _config_json({"backbone": bb, "dataset": ds, "device": device, "methods": methods,
-                        "protocols": protocols, "popts": popts, "out": out}, config, malloc_tuned)
-    cfg["world_size"] = shard.world
-    # everything above can be refused without a trace; from here on the run directory is ours
-    _writing(out, "the run directory", lambda: os.makedirs(out, exist_ok=True))
-    lock = RunLock(out, shard.lock_name).acquire()
-    try:
-        # the shards of a run start together: config.json is read, checked and written by
-        # one process at a time, so each sees its siblings' (identical) run and adds its own
-        # entry under "shards"
-        with RunLock(out, CONFIG_LOCK, wait=True):
-            old = read_config(out) if os.path.isfile(cfg_path) and (config.resume or shard.world > 1) else None
-            if old is not None:
-                check_world(old, shard, out)
-                cfg["methods"] = check_resume(old, cfg, out)
-                # a resume of some methods keeps the run's method list for the next resume
-                cfg["bench_config"]["methods"] = ",".join(cfg["methods"])
-                # and its protocols, added ones included (no "+NAME" stored)
-                cfg["bench_config"]["metrics"] = ",".join(cfg["protocols"])
-                added = [p for p in cfg["protocols"] if p not in old["protocols"]]
-                if added and shard.rank == 0:
-                    echo(f"adding protocol(s) {', '.join(added)} to {out}: computed for every "
-                         "(method, image) of the run; the stored values are kept")
-                cfg["created"] = old.get("created", cfg["created"])
-                cfg["resumed"] = old.get("resumed", [])
-                if "shards" in old:
-                    cfg["shards"] = old["shards"]
-                if config.resume:
-                    cfg["resumed"] = cfg["resumed"] + [_dt.datetime.now().isoformat(timespec="seconds")]
-                if not cfg["resumed"]:
-                    del cfg["resumed"]
-            if shard.world > 1:
-                entry = cfg.setdefault("shards", {}).get(shard.name, {})
-                cfg["shards"][shard.name] = {
-                    **entry, "device": str(device), "device_name": cfg["device_name"],
-                    "host": platform.node(), "pid": os.getpid(), "torchrun": shard.distributed,
-                    "started": entry.get("started", _dt.datetime.now().isoformat(timespec="seconds")),
-                    "last_start": _dt.datetime.now().isoformat(timespec="seconds")}
-            _writing(out, "config.json", lambda: atomic_write(cfg_path, json.dumps(cfg, indent=2, default=str)))
-            _writing(out, "manifest.csv", lambda: ds.write_manifest(os.path.join(out, MANIFEST_NAME)))
-        bs, ebs = _batch_sizes(config, bb, device, out, echo)
-    except BaseException:
-        lock.release()
-        raise
-    workers = int(config.workers) if config.workers is not None else _default_workers(device, shard)
-    return Plan(config, device, bb, ds, methods, protocols, popts, out, cfg, lock, shard, bs, ebs, workers)
-
-
-def _subset_line(ds: Dataset) -> str:
-    """What a ``--subset`` selected: found / listed, the first missing names, label conflicts."""
-    found = ds.subset_listed - len(ds.subset_missing)
-    line = f"subset {ds.subset}: {found} of its {ds.subset_listed} images found under {ds.root}"
-    if ds.subset_missing:
-        line += (f"; {len(ds.subset_missing)} missing (--allow-missing), e.g. "
-                 + ", ".join(ds.subset_missing[:5]))
-    if ds.label_conflicts:
-        line += (f"; {ds.label_conflicts} image(s) whose folder's label differs from the list's "
-                 "(the list's label is used)")
-    return line
-
-
-def _batch_sizes(config: BenchConfig, bb: Backbone, device: torch.device, out: str,
-                 echo: Echo) -> Tuple[int, int]:
-    """``(batch_size, eval_batch_size)``: as given; else 16 / 64 on CPU and, on CUDA, the
-    largest that fits (probed once, cached in the run directory)."""
-    got = []
-    for kind, cpu_default in (("batch_size", CPU_BATCH_SIZE), ("eval_batch_size", CPU_EVAL_BATCH_SIZE)):
-        v = getattr(config, kind)
-        if v is None:
-            v = cpu_default if device.type != "cuda" else auto_batch_size(bb, kind, config.amp, out)
-            if device.type == "cuda":
-                echo(f"{kind}: {v} (the largest that fits on {device}, cached in {out})")
-        got.append(int(v))
-    return got[0], got[1]
-
-
-def _default_workers(device: torch.device, shard: Shard) -> int:
-    """Decoding processes when not given: none on CPU (the cores compute), on CUDA one per
-    spare core of this process's share of the machine, at most 8."""
-    if device.type != "cuda":
-        return 0
-    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    return max(1, min(8, (os.cpu_count() or 2) // local - 1))
-
-
-def _check_labels(ds: Dataset, bb: Backbone) -> None:
-    """Every ground-truth label must be a class of ``bb`` (refused with the file and line)."""
-    bad = [it for it in ds.items if it.label is not None and not 0 <= int(it.label) < bb.num_classes]
-    if bad:
-        it = bad[0]
-        raise ValueError(f"{it.where or it.image_id}: class_index {it.label} of {it.image_id!r} is "
-                         f"outside the {bb.num_classes} classes of {bb.name} (valid 0.."
-                         f"{bb.num_classes - 1}); {len(bad)} label(s) like it")
-
-
-def _writing(out: str, what: str, write: Callable[[], Any]) -> Any:
-    """Run ``write``; an OS or SQLite error (a full disk, no permission) becomes one
-    :class:`~camzoo.utils.UserError` naming the directory and what failed."""
-    try:
-        return write()
-    except (OSError, sqlite3.OperationalError) as exc:  # not IntegrityError: that is a bug
-        raise UserError(f"cannot write {what} in {out}: {type(exc).__name__}: {exc}. Every batch "
-                        f"stored before this one is kept: free space (or fix the permissions) and "
-                        f"rerun with --resume --out {out}") from None
 
 
 #: seconds a torchrun rank may wait at the final barrier for the slowest rank (a day: shards
@@ -422,7 +105,7 @@ def _evaluate(plan: Plan, echo: Echo, base: Echo, shard: Shard) -> Run:
     the shards' barrier and merge (torchrun, job arrays)."""
     try:
         layout = plan.cfg["columns"]["protocols"]
-        store = _writing(plan.out, "the result store",
+        store = writing(plan.out, "the result store",
                          lambda: ResultStore(os.path.join(plan.out, shard.store_name), protocols=layout))
         with store:
             Runner(plan, store).loop(echo)
@@ -468,12 +151,12 @@ def merge(run_dir: str, echo: Echo = print, *, dataset: Optional[Dataset] = None
     ``config.json`` (the data folder and the backbone must be readable here). Merging twice
     gives the same run.
     """
-    states = _writing(run_dir, "rows.sqlite (the merge)", lambda: merge_shards(run_dir))
+    states = writing(run_dir, "rows.sqlite (the merge)", lambda: merge_shards(run_dir))
     cfg_path = os.path.join(run_dir, CONFIG_NAME)
     with RunLock(run_dir, CONFIG_LOCK, wait=True):
         cfg = read_config(run_dir)
         cfg["merged"] = _dt.datetime.now().isoformat(timespec="seconds")
-        _writing(run_dir, "config.json", lambda: atomic_write(cfg_path, json.dumps(cfg, indent=2, default=str)))
+        writing(run_dir, "config.json", lambda: atomic_write(cfg_path, json.dumps(cfg, indent=2, default=str)))
     echo(f"merged {len(states)} shards into {os.path.join(run_dir, DB_NAME)}")
     bc = BenchConfig.from_dict(cfg["bench_config"])
     if figures and (dataset is None or backbone is None):
@@ -566,7 +249,8 @@ class Runner:
         batches = iterate_maps(plan.dataset, pending, plan.methods, views={MAIN_VIEW: plan.backbone},
                                batch_size=plan.batch_size, target=config.target, done=done,
                                clock=self.clock, warmup=True, amp=config.amp,
-                               model_of=plan.forward_model, workers=plan.workers)
+                               model_of=plan.forward_model, workers=plan.workers,
+                               stored=self.store.stored_pairs())
         try:
             with contextlib.closing(batches):
                 for batch in batches:
@@ -607,7 +291,7 @@ class Runner:
                 b.refresh()
         rows, fails = self.batch(batch, echo)
         t = self.clock.start()
-        _writing(self.plan.out, "the result store (rows.sqlite)",
+        writing(self.plan.out, "the result store (rows.sqlite)",
                  lambda: self.store.write_batch(rows, batch.errors, batch.forwards, fails))
         self.clock.stop("store", t)
 
@@ -621,7 +305,7 @@ class Runner:
                         "eval_batch_size": plan.eval_batch_size, "amp": config.amp,
                         "compile": config.compile, "workers": plan.workers}}
         name = plan.shard.timings_name
-        _writing(plan.out, name, lambda: atomic_write(os.path.join(plan.out, name), json.dumps(timings, indent=2)))
+        writing(plan.out, name, lambda: atomic_write(os.path.join(plan.out, name), json.dumps(timings, indent=2)))
 
     def _open_bars(self, indexed, done) -> None:
         from tqdm.auto import tqdm
@@ -779,7 +463,7 @@ class Runner:
 
         def explain_fn(E: Tensor, c: Tensor) -> Tensor:
             t = clock.start()
-            V = m.explainer.explain(bb, E if same else bb.normalize(clf.denormalize(E)), c)
+            V = explain_checked(m, E if same else bb.normalize(clf.denormalize(E)), c)
             clock.stop(family, t)
             if m.forward_passes:
                 forwards[(m.name, family)] += m.forward_passes * E.shape[0]
@@ -841,7 +525,7 @@ class Runner:
 
 
 def _save_map(out: str, path: str, arr: np.ndarray) -> None:
-    _writing(out, f"the map {os.path.relpath(path, out)}", lambda: atomic_write(path, lambda tmp: np.save(tmp, arr)))
+    writing(out, f"the map {os.path.relpath(path, out)}", lambda: atomic_write(path, lambda tmp: np.save(tmp, arr)))
 
 
 def finish(result: Run, echo: Echo, *, dataset: Optional[Dataset], backbone: Optional[Backbone],
@@ -850,7 +534,7 @@ def finish(result: Run, echo: Echo, *, dataset: Optional[Dataset], backbone: Opt
     ``backbone``; without them only the curves are drawn)."""
     from ..results.tables import write_tables
 
-    md = _writing(result.dir, "the tables", lambda: write_tables(result))
+    md = writing(result.dir, "the tables", lambda: write_tables(result))
     echo(md)
     echo(f"run directory: {result.dir}")
     if figures:
