@@ -50,7 +50,7 @@ def tiny_run(tmp_path_factory):
 
     out = str(tmp_path_factory.mktemp("bench") / "run")
     r = run(BenchConfig(backbone=TINY, weights="random", methods="gradcam,fakecam", data=SAMPLES, limit=6, seed=3,
-                        steps=STEPS, batch_size=4, eval_batch_size=7, out=out, progress=False,
+                        metric_options={"rise": {"steps": STEPS}}, batch_size=4, eval_batch_size=7, out=out, progress=False,
                         grid_images=2), echo=lambda s: None)
     return r
 

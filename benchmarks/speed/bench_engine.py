@@ -162,7 +162,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         def once(name):
             return run(BenchConfig(backbone=bb, methods=args.methods, data=data, limit=args.images,
-                                   seed=0, steps=args.steps, batch_size=engine_bs, eval_batch_size=bs_best,
+                                   seed=0, metric_options={"rise": {"steps": args.steps}}, batch_size=engine_bs, eval_batch_size=bs_best,
                                    out=os.path.join(tmp, name), progress=False, figures=False,
                                    tune_malloc=not args.no_tune_malloc, amp=args.amp),
                        echo=quiet)

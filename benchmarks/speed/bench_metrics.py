@@ -60,7 +60,7 @@ def main() -> None:
     from camzoo.metrics.scorer import Scorer
     from camzoo.metrics.adcc import adcc_scores
     from camzoo.metrics import insertion_deletion
-    from camzoo.metrics.ad_ic import masked_confidence
+    from camzoo.metrics.lcam_protocol import masked_confidence
 
     dev = torch.device(args.device)
     bb = camzoo.load_backbone(args.backbone, device=dev)

@@ -76,7 +76,7 @@ def bench_once(a, name, weights, device, out, images, masks, amp, steps):
 
     methods = a.methods or ",".join(resolve_methods("all", {}))
     return run(BenchConfig(backbone=name, weights=weights, methods=methods, data=a.data, limit=images,
-                           seed=0, steps=steps, options={"rise": {"n_masks": masks}}, device=str(device),
+                           seed=0, metric_options={"rise": {"steps": steps}}, options={"rise": {"n_masks": masks}}, device=str(device),
                            amp=amp, out=out, progress=False, figures=False), echo=quiet)
 
 

@@ -160,7 +160,7 @@ def main() -> None:
             ("held-out imagenette (classes the heads trained on)", a.data, held_labels, a.eval_limit, "bench_heldout"),
             ("imagenet-samples (mostly classes the heads never saw)", a.samples, None, a.samples_limit, "bench_samples")):
         cfg = BenchConfig(backbone=bb, methods=methods, options=options, metrics=a.metrics,
-                          data=data, labels=labels, limit=limit, seed=a.seed, steps=a.steps,
+                          data=data, labels=labels, limit=limit, seed=a.seed, metric_options={"rise": {"steps": a.steps}},
                           device=str(bb.device), out=os.path.join(a.out, sub), resume=True,
                           progress=False, figures=False)
         t = time.perf_counter()

@@ -33,7 +33,7 @@ import camzoo
 from benchmarks._common import IMAGENETTE, REPO, Report, command, machine, parser, quiet
 from camzoo.explainers.base import minmax, upsample
 from camzoo.explainers.learned.lcam import LCAMHead, load_head
-from camzoo.metrics.ad_ic import average_drop, increase_in_confidence, masked_confidence
+from camzoo.metrics.lcam_protocol import average_drop, increase_in_confidence, masked_confidence
 from camzoo.metrics.scorer import Scorer
 from camzoo.train.cache import cached_training_set
 from camzoo.train.data import TrainImages, training_data

@@ -137,7 +137,7 @@ def bench(a, bb, names):
 
     test = os.path.join(a.out, "test_labels.csv")
     common = dict(backbone=bb, metrics=a.metrics, data=a.data, labels=test, target="gt",
-                  steps=a.steps, device=str(bb.device), progress=not a.no_progress,
+                  metric_options={"rise": {"steps": a.steps}}, device=str(bb.device), progress=not a.no_progress,
                   figures=False, tune_malloc=False)  # parallel runs on a shared machine: less RSS
     runs = {}
     opts = {"rise": {"n_masks": a.rise_masks}}

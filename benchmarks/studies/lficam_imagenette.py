@@ -170,7 +170,7 @@ def frozen(a, data: str) -> None:
     cfg = BenchConfig(backbone=bb, methods=["gradcam", "gradcam++", "lcam-img", "lficam"],
                       options={"lcam-img": {"checkpoint": lpath}, "lficam": {"checkpoint": fpath}},
                       metrics=a.metrics, data=data, labels=lab, limit=a.eval_limit, seed=0,
-                      steps=a.steps, device=str(bb.device), out=os.path.join(a.out, "bench_frozen"),
+                      metric_options={"rise": {"steps": a.steps}}, device=str(bb.device), out=os.path.join(a.out, "bench_frozen"),
                       resume=True, progress=False, figures=False)
     t = time.perf_counter()
     r = run(cfg, echo=echo)

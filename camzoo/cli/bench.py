@@ -13,10 +13,16 @@ EXIT_FAILURES = 3
 
 def config_options(command):
     """Add one click option per :class:`~camzoo.engine.config.BenchConfig` field, from its
-    declaration (:func:`camzoo.engine.config.option`): flag, type, default, choices and help."""
+    declaration (:func:`camzoo.engine.config.option`): flag, type, default, choices and help;
+    then one per protocol shorthand (``--steps``), declared by its protocol
+    (:func:`camzoo.metrics.protocol.shorthand_flags`)."""
     import dataclasses
 
     from ..engine.config import BenchConfig, cli_flag
+    from ..metrics.protocol import shorthand_flags
+
+    for opt, (_, kind, help_) in shorthand_flags().items():
+        command = click.option(f"--{opt}", opt, type=kind, default=None, help=help_)(command)
 
     for f in reversed(dataclasses.fields(BenchConfig)):
         m = f.metadata

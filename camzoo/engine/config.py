@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..explainers.base import EXPLAINERS
-from ..metrics.protocol import PROTOCOLS, all_protocols, ordered_protocols
+from ..metrics.protocol import PROTOCOLS, all_protocols, ordered_protocols, shorthand_flags
 from ..models.backbone import Backbone
 from ..results.run import CONFIG_NAME
-from ..utils import dict_diff, jsonable, parse_dotted, split_names
+from ..utils import dict_diff, jsonable, markdown_table, parse_dotted, split_names
 
 
 @dataclass(frozen=True)
@@ -36,13 +36,14 @@ class Preset:
     """Values a preset fills in when the user left them unset.
 
     Attributes:
-        steps: insertion/deletion steps (``None``: the protocol's default).
+        metric_options: protocol options set unless given, for the protocols the run
+            computes (``{"rise": {"steps": 16}}``).
         skip_methods: dropped from an unset ``methods`` (unless options name them).
         options: explainer options set unless given (``{"rise": {"n_masks": 64}}``).
         summary: one line for messages.
     """
 
-    steps: Optional[int] = None
+    metric_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     skip_methods: Tuple[str, ...] = ()
     options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     summary: str = ""
@@ -60,7 +61,7 @@ class Preset:
 #: ``layers`` the layer per backbone name; ``backbone_options`` explainer options per backbone
 #: name; ``needs_data``: refused without ``data``.
 PRESETS: Dict[str, Preset] = {
-    "quick": Preset(steps=16, skip_methods=("scorecam",), options={"rise": {"n_masks": 64}},
+    "quick": Preset(metric_options={"rise": {"steps": 16}}, skip_methods=("scorecam",), options={"rise": {"n_masks": 64}},
                     summary="fast demo settings (default without --data)"),
     "full": Preset(summary="every protocol and method at its defaults (default with --data)"),
     # L-CAM paper, Sec. 4.2-4.3 and Table 1 (Gkartzonika et al., ECCV 2022 Workshops)
@@ -165,9 +166,6 @@ class BenchConfig:
         False, "run a --subset whose images are not all under --data (refused otherwise)", kind=bool)
     limit: Optional[int] = option(None, "a deterministic subset of N images", identity=MANIFEST, kind=int)
     seed: int = option(0, "seed of the --limit subset", identity=MANIFEST, kind=int)
-    steps: Optional[int] = option(
-        None, "insertion/deletion steps of the rise protocol [default: the preset's, else 224]",
-        identity="protocols.rise.steps", kind=int)
     batch_size: Optional[int] = option(
         None, "images per engine batch [default: 16 on CPU; on CUDA the largest that fits]", kind=int)
     eval_batch_size: Optional[int] = option(
@@ -235,17 +233,32 @@ class BenchConfig:
             ValueError for a malformed option or an unknown field.
         """
         fields = dict(given)
-        unknown = set(fields) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown bench option(s): {', '.join(sorted(unknown))}")
         for name, what, lists in (("options", "METHOD", False), ("metric_options", "PROTOCOL", True)):
             if name in fields:
                 parsed = parse_dotted(fields.pop(name), what, lists=lists)
                 if parsed:
                     fields[name] = parsed
+        fields = route_shorthands(fields)
+        unknown = set(fields) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown bench option(s): {', '.join(sorted(unknown))}")
         if fields.get("resume"):
             return resume_config(fields.get("out"), fields)
         return cls(**fields)
+
+
+def route_shorthands(fields: Mapping[str, Any]) -> Dict[str, Any]:
+    """``fields`` with each protocol shorthand (``steps``: :func:`~camzoo.metrics.protocol.shorthand_flags`)
+    moved into ``metric_options`` (``{"rise": {"steps": N}}``); a ``None`` value is dropped. An
+    option also given through ``metric_options`` keeps that value."""
+    out = dict(fields)
+    for opt, (proto, _, _) in shorthand_flags().items():
+        v = out.pop(opt, None)
+        if v is not None:
+            mo = {p: dict(o) for p, o in out.get("metric_options", {}).items()}
+            mo.setdefault(proto, {}).setdefault(opt, v)
+            out["metric_options"] = mo
+    return out
 
 
 def cli_flag(f: dataclasses.Field) -> str:
@@ -254,8 +267,9 @@ def cli_flag(f: dataclasses.Field) -> str:
 
 
 def options_table() -> str:
-    """docs/bench.md's option table of ``camzoo bench``, made from the field declarations."""
-    rows = ["| option | default | run identity | what |", "|---|---|---|---|"]
+    """docs/bench.md's option table of ``camzoo bench``, made from the field declarations and
+    the protocols' shorthands."""
+    rows = []
     for f in dataclasses.fields(BenchConfig):
         m = f.metadata
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
@@ -266,9 +280,10 @@ def options_table() -> str:
             flag += " " + (m["metavar"] or ("{" + ",".join(m["choices"]) + "}" if m["choices"] else
                                             "N" if m["kind"] is int else f.name.upper()))
         shown = "" if default is None or (isinstance(default, dict) and not default) else f"`{default}`"
-        ident = f"`{m['identity']}`" if m["identity"] else ""
-        rows.append(f"| `{flag}` | {shown} | {ident} | {m['help'].replace('|', '/')} |")
-    return "\n".join(rows) + "\n"
+        rows.append([f"`{flag}`", shown, f"`{m['identity']}`" if m["identity"] else "", m["help"]])
+    for opt, (proto, kind, help_) in shorthand_flags().items():
+        rows.append([f"`--{opt} {'N' if kind is int else opt.upper()}`", "", f"`protocols.{proto}.{opt}`", help_])
+    return "\n".join(markdown_table(["option", "default", "run identity", "what"], rows)) + "\n"
 
 
 # -- names ------------------------------------------------------------------------------------
@@ -318,20 +333,14 @@ def resolve_protocols(metrics: Union[None, str, Sequence[str]],
 
 
 def protocol_options(config: BenchConfig, protocols: Sequence[str]) -> Dict[str, Dict[str, Any]]:
-    """Validated options (defaults filled) per protocol, with the config's shorthands
-    (``steps``) applied to the protocols that declare them."""
+    """Validated options (defaults filled) per protocol."""
     bad = sorted(set(config.metric_options) - set(protocols))
     if bad:
         raise ValueError(f"metric options given for protocol(s) not in this run: {', '.join(bad)}")
     popts: Dict[str, Dict[str, Any]] = {}
     for p in protocols:
         proto = PROTOCOLS.get(p)
-        o = dict(config.metric_options.get(p, {}))
-        for fld, opt in proto.shorthands.items():
-            v = getattr(config, fld)
-            if v is not None:
-                o[opt] = v
-        popts[p] = proto.options(**o)  # validates, fills defaults
+        popts[p] = proto.options(**config.metric_options.get(p, {}))  # validates, fills defaults
     return popts
 
 
@@ -365,8 +374,8 @@ def apply_preset(config: BenchConfig) -> Tuple[BenchConfig, List[str]]:
             changes[fld] = value
             picked.append(f"{flag} {value}")
 
-    fill("steps", p.steps, "--steps")
     fill("metrics", p.metrics, "--metrics")
+    changes["metric_options"] = _preset_metric_options(config, p, changes.get("metrics", config.metrics), picked)
     fill("subset", p.subset, "--subset")
     bb_name = config.backbone if isinstance(config.backbone, str) else config.backbone.name
     fill("layer", p.layers.get(bb_name), "--layer")
@@ -394,6 +403,23 @@ def apply_preset(config: BenchConfig) -> Tuple[BenchConfig, List[str]]:
     return dataclasses.replace(config, **changes), picked
 
 
+def _preset_metric_options(config: BenchConfig, p: Preset, metrics, picked: List[str]) -> Dict[str, Dict[str, Any]]:
+    """``config.metric_options`` with the preset's protocol options added where not given, for
+    the protocols of ``metrics`` only (``+NAME`` lists, resolved at resume, get none)."""
+    mo = {n: dict(o) for n, o in config.metric_options.items()}
+    if any(n.startswith("+") for n in split_names(metrics or "")):
+        return mo
+    run_protocols = resolve_protocols(metrics)
+    for proto, opts in p.metric_options.items():
+        if proto in run_protocols:
+            for k, v in opts.items():
+                if k not in mo.get(proto, {}):
+                    mo.setdefault(proto, {})[k] = v
+                    short = shorthand_flags().get(k, ("",))[0] == proto
+                    picked.append(f"--{k} {v}" if short else f"--metric-opt {proto}.{k}={v}")
+    return mo
+
+
 # -- resume -----------------------------------------------------------------------------------
 def stored_config(out: Optional[str]) -> Dict[str, Any]:
     """The ``config.json`` of run directory ``out``; a clear error when there is none."""
@@ -411,8 +437,13 @@ def resume_config(out: Optional[str], given: Mapping[str, Any]) -> BenchConfig:
     Explainer and protocol options given again are merged into the stored ones (given
     values win); every other field not in ``given`` keeps its stored value.
     """
-    stored = dict(stored_config(out)["bench_config"])
+    cfg = stored_config(out)
+    stored = route_shorthands(cfg["bench_config"])  # a run stored with "steps": N
     fields = {k: v for k, v in stored.items() if k in {f.name for f in dataclasses.fields(BenchConfig)}}
+    given = route_shorthands(given)
+    if "metrics" in given:  # stored options of protocols the resumed run drops are not "given"
+        keep = set(resolve_protocols(given["metrics"], stored=list(cfg.get("protocols", {}))))
+        fields["metric_options"] = {p: o for p, o in fields.get("metric_options", {}).items() if p in keep}
     for k, v in given.items():
         if k in ("options", "metric_options"):
             merged = {n: dict(o) for n, o in stored.get(k, {}).items()}
@@ -422,7 +453,7 @@ def resume_config(out: Optional[str], given: Mapping[str, Any]) -> BenchConfig:
         else:
             fields[k] = v
     if "metrics" not in given:  # the stored protocols, not what "all" means today (plugins)
-        fields["metrics"] = ",".join(stored_config(out).get("protocols", {})) or fields.get("metrics")
+        fields["metrics"] = ",".join(cfg.get("protocols", {})) or fields.get("metrics")
     fields["resume"] = True
     fields["out"] = out
     # runs stored before presets were recorded hold their resolved values already

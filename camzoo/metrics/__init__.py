@@ -1,7 +1,7 @@
 """Metric protocols as pure batch-first torch functions (any device), and stability.
 
-- ``lcam``: AD / IC at nu = 100, 50, 15 % (L-CAM paper and code) -- :mod:`.ad_ic`
-- ``rise``: insertion / deletion AUC (RISE paper and code) -- :mod:`.insertion_deletion`
+- ``lcam``: AD / IC at nu = 100, 50, 15 % (L-CAM paper and code) -- :mod:`.lcam_protocol`
+- ``rise``: insertion / deletion AUC (RISE paper and code) -- :mod:`.rise_protocol`
 - ``adcc``: Average Drop of ``E = x*V``, Coherency, Complexity, ADCC (ADCC paper and code)
   -- :mod:`.adcc`
 - ``road``: ROAD MoRF / LeRF with noisy linear imputation (ROAD paper and code; not in
@@ -13,9 +13,9 @@
 their table columns, directions and sources; other packages add protocols through the
 ``camzoo.protocols`` entry-point group. See docs/metrics.md for every protocol choice.
 """
-from .ad_ic import average_drop, increase_in_confidence, lcam_scores, masked_confidence
+from .lcam_protocol import average_drop, increase_in_confidence, lcam_scores, masked_confidence
 from .adcc import adcc, adcc_scores, coherency, complexity
-from .insertion_deletion import auc, insertion_deletion, rise_scores
+from .rise_protocol import auc, insertion_deletion, rise_scores
 from .protocol import PROTOCOLS, MetricInputs, MetricSpec, Protocol, register_protocol, table_metrics
 from .road.solver import impute
 from .road.masks import removal_masks

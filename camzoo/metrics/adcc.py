@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, List
 import torch
 from torch import Tensor
 
-from .ad_ic import average_drop
+from .lcam_protocol import average_drop
 from .protocol import MetricInputs, MetricSpec, Protocol, register_protocol
 from .scorer import Scorer
 

@@ -107,8 +107,10 @@ class Protocol:
         defaults: every option with its default (``--metric-opt NAME.OPTION=VALUE``).
         order: position of its columns in tables (built-ins: lcam 10, rise 20, adcc 30).
         in_all: included in ``--metrics all``.
-        shorthands: :class:`~camzoo.bench.BenchConfig` fields that set an option of this
-            protocol when given (``{"steps": "steps"}``: ``--steps N`` is ``rise.steps=N``).
+        shorthands: options of this protocol that ``camzoo bench`` also takes as a flag of
+            their own, with its help: ``{"steps": "insertion/deletion steps"}`` makes
+            ``--steps N`` mean ``--metric-opt rise.steps=N`` (the flag's type is the default's;
+            see :func:`shorthand_flags`).
         runtime_options: options that change how the values are computed, not what they are
             (the same rows to float rounding: chunk sizes, a solver's code path): not part of
             a run's identity, so a run resumes with other values of them, or with options of
@@ -190,6 +192,20 @@ def ordered_protocols(names: Iterable[str]) -> List[str]:
     names = list(dict.fromkeys(names))
     protos = {n: PROTOCOLS.get(n) for n in names}  # unknown names raise, listing the valid ones
     return sorted(names, key=lambda n: (protos[n].order, n))
+
+
+def shorthand_flags() -> Dict[str, Tuple[str, type, str]]:
+    """``camzoo bench``'s flags that set a protocol option: option name -> (protocol, type, help),
+    from the registered protocols' :attr:`Protocol.shorthands`. Two protocols declaring the
+    same shorthand raise ``ValueError`` (the flag would be ambiguous)."""
+    out: Dict[str, Tuple[str, type, str]] = {}
+    for n in PROTOCOLS.names():
+        proto = PROTOCOLS.get(n)
+        for opt, help_ in proto.shorthands.items():
+            if opt in out:
+                raise ValueError(f"protocols {out[opt][0]} and {n} both declare the shorthand --{opt}")
+            out[opt] = (n, type(proto.defaults[opt]), f"{help_} (= --metric-opt {n}.{opt}=N)")
+    return out
 
 
 def all_protocols() -> List[str]:

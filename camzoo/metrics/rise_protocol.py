@@ -237,7 +237,7 @@ RISE_SOURCE = (
 class RISEProtocol(Protocol):
     name = "rise"
     order = 20
-    shorthands = {"steps": "steps"}
+    shorthands = {"steps": "insertion/deletion steps of the rise protocol [default: the preset's, else 224]"}
     summary = "insertion (from blur) / deletion (to 0) AUC over steps+1 points (RISE paper)"
     source = RISE_SOURCE
     defaults = {"steps": 224, "modes": MODES, "kernel_size": 11, "sigma": 5.0, "kernel": "rise"}

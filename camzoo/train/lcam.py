@@ -259,7 +259,7 @@ class LCAMTask(TrainTask):
         AD/IC(100%) follow :mod:`camzoo.metrics.lcam`: ``O = softmax(f(normalize(x01 * V)))[c]``
         with ``V`` the inference map (min-max, upsampled) and ``c`` the target class.
         """
-        from ..metrics.ad_ic import average_drop, increase_in_confidence, masked_confidence
+        from ..metrics.lcam_protocol import average_drop, increase_in_confidence, masked_confidence
         from ..metrics.scorer import Scorer
 
         tot: Dict[str, float] = {}

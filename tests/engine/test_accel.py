@@ -22,7 +22,7 @@ def test_amp_bf16_through_the_engine_is_close_to_fp32(tmp_path):
     docs/bench.md gives: 0.05 for probabilities and AUCs, 5 points for AD (percent)."""
     kw = dict(backbone=TINY, weights="random", methods="gradcam,gradcam++,xgradcam,smoothgradcam++,scorecam,rise,fakecam",
               options={"rise": {"n_masks": 16}, "smoothgradcam++": {"n_samples": 2}}, limit=2,
-              steps=4, batch_size=2, **QUIET)
+              metric_options={"rise": {"steps": 4}}, batch_size=2, **QUIET)
     a = run(BenchConfig(out=str(tmp_path / "fp32"), **kw), echo=lambda s: None)
     b = run(BenchConfig(out=str(tmp_path / "bf16"), amp="bf16", **kw), echo=lambda s: None)
     assert b.config["amp"] == "bf16" and a.config["amp"] is None
@@ -91,7 +91,7 @@ def test_compile_gives_the_same_rows(tmp_path, monkeypatch):
         inner = lookup_backend(backend)
         return real(model, backend=lambda gm, ex: graphs.append(len(ex)) or inner(gm, ex), **kw)
 
-    kw = dict(backbone=TINY, weights="random", methods="gradcam,fakecam", limit=2, steps=4, **QUIET)
+    kw = dict(backbone=TINY, weights="random", methods="gradcam,fakecam", limit=2, metric_options={"rise": {"steps": 4}}, **QUIET)
     a = run(BenchConfig(out=str(tmp_path / "eager"), **kw), echo=lambda s: None)
     monkeypatch.setattr(torch, "compile", spy)
     # aot_eager: dynamo's graph of the model and AOT autograd, without inductor's C++ build

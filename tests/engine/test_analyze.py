@@ -13,7 +13,7 @@ from camzoo.bench import BenchConfig, run
 from camzoo.cli import main
 from camzoo.engine.analyze import MULTI, NONE, RELATED, _categories, analyze
 from camzoo.explainers.base import explain
-from camzoo.metrics.ad_ic import keep_mask
+from camzoo.metrics.lcam_protocol import keep_mask
 from camzoo.metrics.stability import iou
 from tests.conftest import SAMPLES
 

@@ -6,19 +6,33 @@ import os
 import re
 
 from camzoo.cli import main
-from camzoo.engine.config import BenchConfig, cli_flag, options_table
+from camzoo.engine.config import BenchConfig, cli_flag, options_table, route_shorthands
+from camzoo.metrics.protocol import shorthand_flags
 from tests.conftest import REPO
 
 
 def test_every_field_is_a_bench_option_and_every_option_a_field():
     fields = {f.name: f for f in dataclasses.fields(BenchConfig)}
     params = {p.name: p for p in main.commands["bench"].params}
-    assert set(params) == set(fields)
+    shorthands = shorthand_flags()
+    assert set(params) == set(fields) | set(shorthands)
     for name, f in fields.items():
         assert cli_flag(f) in params[name].opts or f"--{name.replace('_', '-')}" in params[name].opts
         assert f.metadata["help"] and params[name].help == f.metadata["help"]
         if f.metadata["choices"]:
             assert list(params[name].type.choices) == list(f.metadata["choices"])
+
+
+def test_a_protocol_shorthand_is_declared_by_its_protocol_and_sets_its_option():
+    """``--steps`` is the rise protocol's (its ``shorthands``), not a config field: it becomes
+    ``metric_options["rise"]["steps"]``, on the command line and in a stored run's config."""
+    assert shorthand_flags() == {"steps": ("rise", int, shorthand_flags()["steps"][2])}
+    assert "steps" not in {f.name for f in dataclasses.fields(BenchConfig)}
+    cfg = BenchConfig.from_cli({"steps": 8, "metric_options": ("lcam.nus=1",)})
+    assert cfg.metric_options == {"lcam": {"nus": 1}, "rise": {"steps": 8}}
+    assert route_shorthands({"steps": 8, "metric_options": {"rise": {"steps": 4}}})["metric_options"] == \
+        {"rise": {"steps": 4}}  # an explicit --metric-opt wins
+    assert route_shorthands({"steps": None, "limit": 2}) == {"limit": 2}
 
 
 def test_every_option_of_every_command_has_help():

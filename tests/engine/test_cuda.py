@@ -66,7 +66,7 @@ def fp32_run(tmp_path_factory, pair):
     _, _, _, name = pair
     out = tmp_path_factory.mktemp("cuda") / "fp32"
     return run(BenchConfig(backbone=name, weights=None if name == "efficientnet_lite0" else "random",
-                           methods=",".join(METHODS), options=FAST, steps=16, device="cuda",
+                           methods=",".join(METHODS), options=FAST, metric_options={"rise": {"steps": 16}}, device="cuda",
                            out=str(out), **QUIET), echo=lambda s: None)
 
 
@@ -79,7 +79,7 @@ def test_engine_on_cuda_picks_batch_sizes_and_matches_cpu(fp32_run, tmp_path, pa
     _, _, _, name = pair
     if name != "efficientnet_lite0":
         return  # random weights differ between the two loads; the map test covers CPU = GPU
-    cpu = run(BenchConfig(backbone=name, methods="gradcam,fakecam", steps=16, device="cpu",
+    cpu = run(BenchConfig(backbone=name, methods="gradcam,fakecam", metric_options={"rise": {"steps": 16}}, device="cpu",
                           out=str(tmp_path / "cpu"), **QUIET), echo=lambda s: None)
     a, b = _rows(cpu), _rows(r)
     b = b[b.method.isin(["gradcam", "fakecam"])].reset_index(drop=True)
@@ -92,7 +92,7 @@ def test_engine_on_cuda_picks_batch_sizes_and_matches_cpu(fp32_run, tmp_path, pa
 def test_amp_on_cuda_keeps_maps_valid_and_rows_close(fp32_run, tmp_path, pair, amp):
     _, _, _, name = pair
     r = run(BenchConfig(backbone=name, weights=None if name == "efficientnet_lite0" else "random",
-                        methods=",".join(METHODS), options=FAST, steps=16, device="cuda", amp=amp,
+                        methods=",".join(METHODS), options=FAST, metric_options={"rise": {"steps": 16}}, device="cuda", amp=amp,
                         out=str(tmp_path / amp), **QUIET), echo=lambda s: None)
     assert not len(r.failures())  # every map finite and in [0,1]
     a, b = _rows(fp32_run), _rows(r)
@@ -103,7 +103,7 @@ def test_amp_on_cuda_keeps_maps_valid_and_rows_close(fp32_run, tmp_path, pair, a
 def test_compile_on_cuda_gives_the_same_rows(fp32_run, tmp_path, pair):
     _, _, _, name = pair
     kw = dict(backbone=name, weights=None if name == "efficientnet_lite0" else "random",
-              methods="gradcam,fakecam", steps=16, device="cuda", **QUIET)
+              methods="gradcam,fakecam", metric_options={"rise": {"steps": 16}}, device="cuda", **QUIET)
     a = run(BenchConfig(out=str(tmp_path / "eager"), **kw), echo=lambda s: None)
     b = run(BenchConfig(out=str(tmp_path / "compiled"), compile=True, **kw), echo=lambda s: None)
     assert b.timings["process"]["compile"] is True

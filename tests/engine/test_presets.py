@@ -80,13 +80,14 @@ def test_the_api_applies_the_same_preset_as_the_cli():
     from camzoo.engine.config import BenchConfig, apply_preset
 
     cfg, picked = apply_preset(BenchConfig())
-    assert cfg.preset == "quick" and cfg.steps == 16 and cfg.options["rise"] == {"n_masks": 64}
+    assert cfg.preset == "quick" and cfg.metric_options["rise"] == {"steps": 16} and cfg.options["rise"] == {"n_masks": 64}
     assert "scorecam" not in cfg.methods.split(",") and "gradcam" in cfg.methods.split(",")
     assert apply_preset(cfg)[0] == cfg  # idempotent: a resumed run gets nothing new
     full, picked = apply_preset(BenchConfig(data="somewhere"))
-    assert full.preset == "full" and full.steps is None and not picked and "rise" not in full.options
-    explicit, _ = apply_preset(BenchConfig(methods="all", steps=8, options={"rise": {"n_masks": 9}}))
-    assert explicit.methods == "all" and explicit.steps == 8 and explicit.options["rise"] == {"n_masks": 9}
+    assert full.preset == "full" and full.metric_options == {} and not picked and "rise" not in full.options
+    explicit, _ = apply_preset(BenchConfig(methods="all", metric_options={"rise": {"steps": 8}},
+                                           options={"rise": {"n_masks": 9}}))
+    assert explicit.methods == "all" and explicit.metric_options["rise"] == {"steps": 8} and explicit.options["rise"] == {"n_masks": 9}
     cli = BenchConfig.from_cli({"backbone": TINY, "options": ("rise.n_masks=5",),
                                 "metric_options": ("lcam.nus=1,0.5",)})
     assert cli == BenchConfig(backbone=TINY, options={"rise": {"n_masks": 5}},

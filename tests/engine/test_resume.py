@@ -55,7 +55,7 @@ def test_resume_after_sigkill_gives_identical_rows(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     # an uninterrupted reference run in-process
     ref = run(BenchConfig(backbone=TINY, weights="random", data=SAMPLES, limit=40, seed=1, methods="gradcam,fakecam",
-                          steps=4, batch_size=2, eval_batch_size=16, out=str(tmp_path / "ref"),
+                          metric_options={"rise": {"steps": 4}}, batch_size=2, eval_batch_size=16, out=str(tmp_path / "ref"),
                           progress=False, figures=False), echo=lambda s: None)
     got = Run(killed)
     a, b = _comparable(got), _comparable(ref)
@@ -72,7 +72,7 @@ def test_resume_after_sigkill_gives_identical_rows(tmp_path):
 def test_resume_refuses_a_different_run(tmp_path, tiny_run):
     with pytest.raises(ValueError, match="steps"):
         run(BenchConfig(backbone=TINY, weights="random", methods="gradcam,fakecam", data=SAMPLES, limit=6, seed=3,
-                        steps=STEPS + 1, out=tiny_run.dir, resume=True, progress=False))
+                        metric_options={"rise": {"steps": STEPS + 1}}, out=tiny_run.dir, resume=True, progress=False))
     with pytest.raises(FileExistsError, match="resume"):
         run(BenchConfig(backbone=TINY, weights="random", methods="fakecam", data=SAMPLES, limit=6, out=tiny_run.dir,
                         progress=False))
@@ -89,7 +89,7 @@ def test_resuming_with_the_default_layer_named_is_no_difference(tmp_path):
 def small_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("id") / "run"
     r = run(BenchConfig(backbone="py:tests.helpers:tiny1000", weights="random", methods="gradcam,fakecam", data=SAMPLES,
-                        limit=3, seed=1, steps=4, out=str(out), **QUIET), echo=lambda s: None)
+                        limit=3, seed=1, metric_options={"rise": {"steps": 4}}, out=str(out), **QUIET), echo=lambda s: None)
     r.close()
     return str(out)
 
@@ -111,7 +111,7 @@ IDENTITY_CHANGES = [
     ({"options": {"gradcam": {"layer": "nope"}}}, None),
     ({"metric_options": {"lcam": {"nus": [0.5]}}}, "protocols.lcam.nus"),
     ({"metrics": "lcam"}, "protocols"),
-    ({"steps": 5}, "protocols.rise.steps"),
+    ({"metric_options": {"rise": {"steps": 5}}}, "protocols.rise.steps"),
     ({"amp": "bf16"}, "  amp: stored None, now 'bf16'"),  # the engine's own forwards
 ]
 

@@ -25,7 +25,7 @@ from tests.conftest import SAMPLES
 
 TINY = "py:camzoo.models.testing:tiny_backbone"
 COMMON = ["--backbone", TINY, "--weights", "random", "--data", SAMPLES, "--limit", "4", "--methods",
-          "gradcam,fakecam", "--batch-size", "2", "--steps", "4", "--no-progress", "--no-figures"]
+          "gradcam,fakecam", "--batch-size", "2", "--no-progress", "--no-figures"]
 ADCC_KEYS = ["adcc_O", "adcc_ad", "coherency", "complexity", "adcc"]
 
 

@@ -13,8 +13,8 @@ from camzoo.data.datasets import open_dataset
 from camzoo.data.images import load_image
 from camzoo.metrics.scorer import Scorer
 from camzoo.metrics.adcc import adcc_scores
-from camzoo.metrics.ad_ic import average_drop, masked_confidence
-from camzoo.metrics.insertion_deletion import auc, insertion_deletion
+from camzoo.metrics.lcam_protocol import average_drop, masked_confidence
+from camzoo.metrics.rise_protocol import auc, insertion_deletion
 from camzoo.results.tables import summary
 from tests.conftest import SAMPLES, STEPS
 from tests.helpers import TINY

@@ -25,7 +25,7 @@ OPTS = {"rise": {"n_masks": 8}, "smoothgradcam++": {"n_samples": 2}}
 # batch 3: the one process forms batches of images [0-2] [3-5] [6,7]; shard 0 of 2 forms
 # [0,2,4] [6] and shard 1 [1,3,5] [7] -- other batches, same rows
 RUN = dict(methods="gradcam,fakecam,smoothgradcam++,rise", options=OPTS, data=SAMPLES, limit=8,
-           seed=1, steps=4, batch_size=3, eval_batch_size=16)
+           seed=1, metric_options={"rise": {"steps": 4}}, batch_size=3, eval_batch_size=16)
 CLI = ["--methods", "gradcam,fakecam,smoothgradcam++,rise", "--opt", "rise.n_masks=8",
        "--opt", "smoothgradcam++.n_samples=2", "--data", SAMPLES, "--limit", "8", "--seed", "1",
        "--steps", "4", "--batch-size", "3", "--eval-batch-size", "16", "--no-progress"]

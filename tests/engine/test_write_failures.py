@@ -21,7 +21,7 @@ def _comparable(r):
 @pytest.mark.slow
 def test_a_full_disk_gives_one_message_and_resume_completes_identically(tmp_path, monkeypatch):
     # 257-point curves: every batch needs new pages of the store (a full disk shows at once)
-    cfg = dict(backbone=TINY, weights="random", methods="gradcam,fakecam", steps=256, batch_size=2, **QUIET)
+    cfg = dict(backbone=TINY, weights="random", methods="gradcam,fakecam", metric_options={"rise": {"steps": 256}}, batch_size=2, **QUIET)
     ref = run(BenchConfig(out=str(tmp_path / "ref"), **cfg), echo=lambda s: None)
     calls = {"n": 0}
     original = ResultStore.write_batch

@@ -13,8 +13,8 @@ from camzoo.metrics.protocol import PROTOCOLS, MetricInputs, evaluate_all, table
 from camzoo.metrics.scorer import Scorer
 from camzoo.metrics import adcc, insertion_deletion
 from camzoo.metrics.adcc import adcc_scores, coherency, complexity, explanation_map, pearson
-from camzoo.metrics.ad_ic import ascending_rank, average_drop, increase_in_confidence, keep_count, keep_mask, keep_top, masked_confidence
-from camzoo.metrics.insertion_deletion import auc, blur, blur_kernel, step_counts
+from camzoo.metrics.lcam_protocol import ascending_rank, average_drop, increase_in_confidence, keep_count, keep_mask, keep_top, masked_confidence
+from camzoo.metrics.rise_protocol import auc, blur, blur_kernel, step_counts
 
 
 def sigmoid(v: float) -> float:

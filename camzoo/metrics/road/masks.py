@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ...utils import make_generator
-from ..insertion_deletion import descending_rank
+from ..rise_protocol import descending_rank
 
 ORDERS = ("morf", "lerf")
 
