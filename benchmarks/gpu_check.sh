@@ -79,9 +79,9 @@ step() {  # step NAME LIMIT_S FILE COMMAND...   (FILE - : stdout goes to log.txt
 
 photos=(); [ -n "$data" ] && photos=(--data "$data")
 if [ $quick = 1 ]; then
-  eng=(--backbone py:camzoo.models.testing:tiny_backbone --weights random --images 4 --steps 4 --batch-sizes 2,4 --rounds 1 --repeats 1 --ref-forwards 2)
-  sc=(--backbone py:camzoo.models.testing:tiny_backbone --images 2 --batch-sizes 8 --reps 1)
-  road=(--backbone py:camzoo.models.testing:tiny_backbone --weights random --images 2 --repeats 1 --rounds 1)
+  eng=(--backbone py:camzoo.models.testing:tiny_imagenet_backbone --weights random --images 4 --steps 4 --batch-sizes 2,4 --rounds 1 --repeats 1 --ref-forwards 2)
+  sc=(--backbone py:camzoo.models.testing:tiny_imagenet_backbone --images 2 --batch-sizes 8 --reps 1)
+  road=(--backbone py:camzoo.models.testing:tiny_imagenet_backbone --weights random --images 2 --repeats 1 --rounds 1)
 else
   eng=(--images 64 --steps 16 --batch-sizes 64,128,256 --rounds 3)
   sc=(--backbone resnet50 --images 2 --batch-sizes 128 --reps 2)

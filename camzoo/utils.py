@@ -48,6 +48,17 @@ def atomic_write(path: PathLike, content: Union[str, bytes, Callable[[str], None
         raise
 
 
+def file_sha256(path: PathLike) -> str:
+    """The sha256 of a file's bytes (64 hex digits), read in 1 MiB blocks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(os.fspath(path), "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def load_torch_file(path: PathLike, what: str = "file") -> Any:
     """``torch.load(path, map_location="cpu", weights_only=True)`` with one clear message.
 

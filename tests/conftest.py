@@ -44,12 +44,13 @@ STEPS = 8
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """gradcam + fakecam on the tiny backbone, 6 real images, batches of 4 (one partial)."""
+    """gradcam + fakecam on the 1000-class tiny backbone (the photos' ImageNet labels are classes
+    of it), 6 real images, batches of 4 (one partial)."""
     from camzoo.bench import BenchConfig, run
-    from tests.helpers import TINY
+    from tests.helpers import TINY1000
 
     out = str(tmp_path_factory.mktemp("bench") / "run")
-    r = run(BenchConfig(backbone=TINY, weights="random", methods="gradcam,fakecam", data=SAMPLES, limit=6, seed=3,
+    r = run(BenchConfig(backbone=TINY1000, weights="random", methods="gradcam,fakecam", data=SAMPLES, limit=6, seed=3,
                         metric_options={"rise": {"steps": STEPS}}, batch_size=4, eval_batch_size=7, out=out, progress=False,
                         grid_images=2), echo=lambda s: None)
     return r

@@ -16,6 +16,9 @@ from camzoo.results.run import Run
 
 #: the tiny CNN as a ``--backbone`` name (10 classes; random weights: ``--weights random``)
 TINY = "py:camzoo.models.testing:tiny_backbone"
+#: the tiny CNN with 1000 classes (``tiny1000`` below): ImageNet labels are classes of it, so it
+#: runs on labelled photos (a label outside a backbone's classes is refused, for every target)
+TINY1000 = "py:tests.helpers:tiny1000"
 #: the engine without progress bar nor figures (``run(BenchConfig(..., **QUIET))``)
 QUIET = dict(progress=False, figures=False)
 #: the gradient explainers that pytorch-grad-cam also implements
@@ -36,9 +39,10 @@ def tiny1000(weights=None):
 
 
 def slow_rank1_tiny(weights=None):
-    """The tiny CNN (same weights as ``tiny_backbone()``) whose forward sleeps 0.3 s in the
-    process whose torchrun ``RANK`` is 1: that rank is still working when the others are done
-    (tests kill it there). The numbers are those of the tiny CNN."""
+    """The 1000-class tiny CNN (same weights as :func:`tiny1000`: ImageNet labels are classes of
+    it) whose forward sleeps 0.3 s in the process whose torchrun ``RANK`` is 1: that rank is still
+    working when the others are done (tests kill it there). The numbers are those of
+    :func:`tiny1000`."""
     import os
     import time
 
@@ -49,12 +53,12 @@ def slow_rank1_tiny(weights=None):
             time.sleep(0.3)
             return super().forward(x)
 
-    bb = tiny_backbone()
+    bb = tiny1000()
     if os.environ.get("RANK") != "1":
         return bb
-    model = SlowTinyCNN()
+    model = SlowTinyCNN(num_classes=1000)
     model.load_state_dict(bb.model.state_dict())
-    slow = tiny_backbone(model=model)
+    slow = tiny_backbone(num_classes=1000, model=model)
     slow.weights_id = bb.weights_id  # the same (random) weights as the other ranks'
     return slow
 

@@ -227,7 +227,7 @@ def main() -> int:
                     help="backbones whose bf16 forward is also compiled ('' = none; inductor takes a minute each)")
     a = ap.parse_args()
     if a.quick:
-        a.backbones = a.backbones or "py:camzoo.models.testing:tiny_backbone"
+        a.backbones = a.backbones or "py:camzoo.models.testing:tiny_imagenet_backbone"
         a.batch_sizes, a.reps, a.steps = "2,4", 2, 4
         a.rise_masks = a.rise_masks or 16
         a.images = a.images or 2

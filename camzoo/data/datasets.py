@@ -30,7 +30,9 @@ Layouts (detected in this order, see docs/bench.md; the ImageNet forms are in :m
 8. Any other folder: every image file below DIR (recursively), no labels (model truth only).
 
 Image id = path relative to DIR without extension, with ``/`` separators (stable and unique;
-two files differing only by extension keep their extension in the id).
+two files differing only by extension keep their extension in the id). A name holding bytes that
+are not UTF-8 is written with ``%XX`` escapes (``bad%FF``; :func:`~camzoo.data.images.path_text`)
+in the id and in every path camzoo stores or prints; the file itself is read by its real name.
 
 ``subset=NAME_OR_FILE`` (:mod:`.subsets`) then keeps exactly the images of a published list
 (e.g. ``"lcam-2000"``) found under DIR in any of these layouts, matched by file name, with the
@@ -52,7 +54,7 @@ from PIL import Image
 from ..utils import atomic_write
 from . import imagenet
 from .imagenet import wnid_index as _wnid_index
-from .images import IMAGE_EXTENSIONS, load_image, sample_photos
+from .images import IMAGE_EXTENSIONS, load_image, path_text, sample_photos
 from .subsets import SubsetEntry, SubsetList, read_subset
 
 _WNID = re.compile(r"^n\d{8}$")
@@ -125,12 +127,13 @@ class Dataset:
         return load_image(item.path)
 
     def rel_path(self, item: ImageItem) -> str:
-        """The item's path relative to ``root`` (``<sample>`` for the embedded photos)."""
+        """The item's path relative to ``root`` (``<sample>`` for the embedded photos), as
+        :func:`~camzoo.data.images.path_text` writes it (storable, printable)."""
         if item.path is None:
             return f"<sample:{item.image_id}>"
         if self.root is None:
-            return item.path
-        return os.path.relpath(item.path, self.root).replace(os.sep, "/")
+            return path_text(item.path)
+        return path_text(os.path.relpath(item.path, self.root).replace(os.sep, "/"))
 
     def manifest_csv(self) -> str:
         """The chosen file list as CSV text: ``index,image_id,path,label``."""
@@ -153,13 +156,14 @@ class Dataset:
 def files_dataset(paths: Sequence[PathLike], labels: Optional[Sequence[Optional[int]]] = None) -> Dataset:
     """A :class:`Dataset` of the given image files, in the given order (layout ``"files"``).
 
-    Image id = the file name without extension (files of the same name in different folders
-    share an id). ``labels``: one ground-truth class (or None) per file.
+    Image id = the file name without extension, as :func:`~camzoo.data.images.path_text` writes
+    it (files of the same name in different folders share an id). ``labels``: one ground-truth
+    class (or None) per file.
     """
     labels = list(labels) if labels is not None else [None] * len(paths)
     if len(labels) != len(paths):
         raise ValueError(f"{len(paths)} files but {len(labels)} labels")
-    items = [ImageItem(os.path.splitext(os.path.basename(os.fspath(p)))[0], os.path.abspath(os.fspath(p)), lab)
+    items = [ImageItem(path_text(os.path.splitext(os.path.basename(os.fspath(p)))[0]), os.path.abspath(os.fspath(p)), lab)
              for p, lab in zip(paths, labels)]
     return Dataset(None, "files", items)
 
@@ -180,12 +184,26 @@ def _walk_images(root: str) -> List[str]:
 
 
 def _make_ids(rel_paths: Sequence[str]) -> List[str]:
-    """Relative path without extension; paths that would collide keep their extension."""
-    stems = [os.path.splitext(p)[0] for p in rel_paths]
+    """Relative path without extension, as :func:`~camzoo.data.images.path_text` writes it;
+    paths that would collide keep their extension.
+
+    Raises:
+        ValueError: two files with the same id (a name with bytes that are not UTF-8, written
+            ``%XX``, beside one that holds those three characters), both named.
+    """
+    texts = [path_text(p) for p in rel_paths]
+    stems = [os.path.splitext(p)[0] for p in texts]
     counts: Dict[str, int] = {}
     for s in stems:
         counts[s] = counts.get(s, 0) + 1
-    return [s if counts[s] == 1 else p for s, p in zip(stems, rel_paths)]
+    ids = [s if counts[s] == 1 else p for s, p in zip(stems, texts)]
+    first: Dict[str, str] = {}
+    for i, p in zip(ids, rel_paths):
+        if i in first:
+            raise ValueError(f"files {os.fsencode(first[i])!r} and {os.fsencode(p)!r} (names as bytes) "
+                             f"both have the image id {i!r}; rename one")
+        first[i] = p
+    return ids
 
 
 def _parse_label(value: str, wnids: Optional[Dict[str, int]], where: str) -> Tuple[int, Optional[Dict[str, int]]]:

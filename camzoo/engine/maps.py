@@ -11,6 +11,12 @@ compare them). For every batch of readable images it
    probability of ``c``) and the top-1 ``pred``;
 3. lets each method make its maps once, lazily, when the consumer asks for them
    (:meth:`MapBatch.each_method`), skipping the (method, image) pairs already done.
+
+Every method sees the batch as loaded: an explainer that changes its ``x`` or ``y`` in place
+(seen by torch's version counter, or by a checksum of the images) raises
+:class:`InputModifiedError` for that batch -- the engine records it as that method's failure
+-- and the batch is restored from the loader's copy before the next method. Nothing is
+copied per method, except for an explainer that declares ``modifies_input``.
 """
 from __future__ import annotations
 
@@ -36,6 +42,82 @@ CLEAN_METHOD = "*"
 WARMUP_MAX_FORWARDS = 16
 #: the view of the benchmarked backbone (its preprocessing)
 MAIN_VIEW = "backbone"
+
+
+class InputModifiedError(RuntimeError):
+    """An explainer changed, in place, the images or classes it was given (its maps of the
+    batch are not used; the batch is restored for the other methods)."""
+
+
+def _version(t: Tensor) -> int:
+    """``t``'s in-place version counter (-1 for an inference tensor, which has none)."""
+    try:
+        return int(t._version)
+    except RuntimeError:
+        return -1
+
+
+def _checksum(t: Tensor) -> Tensor:
+    """A fingerprint of ``t``'s values: one reduction (float64 for float tensors), no copy;
+    it sees changes made behind the version counter (``x.data``)."""
+    return t.sum(dtype=torch.float64) if t.is_floating_point() else t.sum()
+
+
+class _Watch:
+    """A tensor handed to an explainer: its version and checksum before the call, and what
+    restores it (``source``: its values in any layout / device; None: not restored)."""
+
+    def __init__(self, t: Tensor, source: Optional[Tensor] = None,
+                 checksum: Optional[Tensor] = None) -> None:
+        self.t, self.source, self.version = t, source, _version(t)
+        self.sum = _checksum(t) if checksum is None else checksum
+
+    def changed(self) -> bool:
+        # exact, NaN equal to NaN (a NaN in the images is not a change)
+        return _version(self.t) != self.version or not torch.allclose(
+            _checksum(self.t), self.sum, rtol=0.0, atol=0.0, equal_nan=True)
+
+    def restore(self) -> None:
+        if self.source is not None:
+            with torch.no_grad():
+                self.t.copy_(self.source)
+
+
+def _own_copy(m: "MapMethod", t: Tensor) -> Tensor:
+    """``t`` itself, or a copy for an explainer that declares ``modifies_input``."""
+    return t.clone() if getattr(m.explainer, "modifies_input", False) else t
+
+
+def _check_inputs(name: str, watched: Sequence[Tuple[str, "_Watch"]],
+                  exc: Optional[BaseException] = None) -> None:
+    """Raise :class:`InputModifiedError` (after restoring what can be restored) when the
+    explainer ``name`` changed any of the ``(what, watch)`` tensors it was given."""
+    changed = [what for what, w in watched if w.changed()]
+    if not changed:
+        return
+    for _, w in watched:
+        w.restore()
+    what = " and ".join(dict.fromkeys(changed))
+    msg = (f"{name} modified its input in place (the {what} it was given): its maps of this "
+           "batch are not used, the batch was restored for the other methods; an explainer "
+           "must leave x and y unchanged (or declare modifies_input = True to get a copy)")
+    if exc is not None:
+        msg += f"; it then raised {type(exc).__name__}: {exc}"
+    raise InputModifiedError(msg) from exc
+
+
+def explain_checked(m: "MapMethod", x: Tensor, c: Tensor) -> Tensor:
+    """``m``'s explainer on ``x`` / ``c``, which it must leave as they were (the maps of
+    other inputs, e.g. a protocol's ``E = x * V``): :class:`InputModifiedError` when it
+    changed them (``c`` is restored: it may be the batch's classes)."""
+    watched = [("images", _Watch(x)), ("classes", _Watch(c, c.clone()))]
+    try:
+        V = m.explainer.explain(m.backbone, _own_copy(m, x), _own_copy(m, c))
+    except Exception as exc:
+        _check_inputs(m.name, watched, exc)
+        raise
+    _check_inputs(m.name, watched)
+    return V
 
 Target = Union[str, int]  # "pred", "gt" or a class index
 
@@ -177,6 +259,10 @@ class MapBatch:
     _done: Set[Tuple[str, str]] = field(default_factory=set)
     _clock: Optional[Clock] = None
     _warmup: bool = False
+    #: view -> the loader's copy of ``x`` (restores it after an explainer changed it)
+    _source: Dict[str, Tensor] = field(default_factory=dict)
+    #: view -> the watch of ``x`` while it is known to hold the loaded images
+    _seals: Dict[str, _Watch] = field(default_factory=dict)
 
     def each_method(self) -> Iterator[Tuple[MapMethod, Maps]]:
         """``(method, maps)`` for every method with images left in this batch, in order; each
@@ -191,23 +277,44 @@ class MapBatch:
         """Positions in the batch of the images ``m`` has not done yet."""
         return [j for j, (_, it) in enumerate(self.items) if (m.name, it.image_id) not in self._done]
 
+    def _watch(self, view: str, key: str) -> List[Tuple[str, _Watch]]:
+        """Watches of the batch's images of ``view`` and classes of ``key`` (the images'
+        checksum is computed once per batch, again only after an in-place change)."""
+        x = self.x[view]
+        seal = self._seals.get(view)
+        if seal is None or seal.t is not x or _version(x) != seal.version or seal.version < 0:
+            seal = self._seals[view] = _Watch(x, self._source.get(view))
+        c = self.clean[key].c
+        return [("images", _Watch(x, seal.source, seal.sum)), ("classes", _Watch(c, c.clone()))]
+
     def maps_of(self, m: MapMethod) -> Optional[Maps]:
-        """``m``'s maps of its pending images (``None`` when it has none); timed and counted."""
+        """``m``'s maps of its pending images (``None`` when it has none); timed and counted.
+
+        Raises :class:`InputModifiedError` (the batch restored) when the explainer changed the
+        images or classes it was given."""
         sel = self.pending(m)
         if not sel:
             return None
         x, x01, clean = self.x[m.view], self.x01[m.view], self.clean[m.classifier_key]
-        if self._warmup and not m.warm and m.forward_passes <= WARMUP_MAX_FORWARDS:
-            m.explainer.explain(m.backbone, x[:1], clean.c[:1])
-            m.warm = True
-        n = len(sel)
-        if n < len(self.items):
-            ii = torch.tensor(sel, device=x.device)
-            x, x01, clean = x[ii], x01[ii], clean.take(ii)
-        clock = self._clock
-        t = clock.start() if clock else None
-        V = m.explainer.explain(m.backbone, x, clean.c)
-        dt = clock.stop(f"explain/{m.name}", t) if clock else 0.0
+        watched = self._watch(m.view, m.classifier_key)
+        try:
+            if self._warmup and not m.warm and m.forward_passes <= WARMUP_MAX_FORWARDS:
+                m.explainer.explain(m.backbone, _own_copy(m, x[:1]), _own_copy(m, clean.c[:1]))
+                m.warm = True
+            n = len(sel)
+            if n < len(self.items):
+                ii = torch.tensor(sel, device=x.device)
+                x, x01, clean = x[ii], x01[ii], clean.take(ii)
+                # the method's own copies: its maps and metrics use them
+                watched += [("images", _Watch(x)), ("classes", _Watch(clean.c, clean.c.clone()))]
+            clock = self._clock
+            t = clock.start() if clock else None
+            V = m.explainer.explain(m.backbone, _own_copy(m, x), _own_copy(m, clean.c))
+            dt = clock.stop(f"explain/{m.name}", t) if clock else 0.0
+        except Exception as exc:
+            _check_inputs(m.name, watched, exc)
+            raise
+        _check_inputs(m.name, watched)
         if m.forward_passes:
             self.forwards[(m.name, "explain")] += m.forward_passes * n
         return Maps(sel, V, dt / n, x, x01, clean)
@@ -225,16 +332,33 @@ def _targets(target: Target, items: List[Tuple[int, ImageItem]], pred: Tensor,
     return c
 
 
+def clean_name(m: MapMethod) -> str:
+    """The method name a clean forward of ``m``'s classifier is counted under:
+    :data:`CLEAN_METHOD` for the benchmarked backbone, else ``m``'s own name."""
+    return CLEAN_METHOD if m.classifier_key == "backbone" else m.classifier_key.split(":", 1)[0]
+
+
+def counted_clean(methods: Sequence[MapMethod], stored: Set[Tuple[str, str]]) -> Set[Tuple[str, str]]:
+    """``(clean name, image_id)`` whose clean forward is counted already: an image with a
+    stored pair (a row or a failure) of a method of that classifier (see :func:`clean_name`)."""
+    name = {m.name: clean_name(m) for m in methods}
+    return {(name[m], i) for m, i in stored if m in name}
+
+
 def clean_forwards(methods: Sequence[MapMethod], views: Dict[str, Backbone], x: Dict[str, Tensor],
                    x01: Dict[str, Tensor], items: List[Tuple[int, ImageItem]], target: Target,
                    forwards: Dict[Tuple[str, str], int], amp: Optional[str] = None,
-                   model_of: Optional[Callable[[Backbone], Any]] = None) -> Dict[str, Clean]:
+                   model_of: Optional[Callable[[Backbone], Any]] = None,
+                   counted: Optional[Set[Tuple[str, str]]] = None) -> Dict[str, Clean]:
     """One forward per classifier key of ``methods`` on the batch ``x`` (see :class:`Clean`).
 
     A classifier sees its method's view; when it normalizes differently from that view's
     backbone it gets ``classifier.normalize(x01)``. The forward runs under autocast when
     ``amp`` is given (softmax in float32); ``model_of(clf)`` gives the module to run
     (default ``clf.model``; the engine passes the compiled forward with ``--compile``).
+    ``forwards[(clean name, "clean")]`` counts the images not in ``counted`` (see
+    :func:`counted_clean`: an image's clean forward counts once, also when a resumed run makes
+    it again to retry a failed pair).
     """
     out: Dict[str, Clean] = {}
     for m in methods:
@@ -255,7 +379,8 @@ def clean_forwards(methods: Sequence[MapMethod], views: Dict[str, Backbone], x: 
         # c, Y, pred come out of inference mode: clone them (explainers may save c for
         # backward); xc was made outside it and is used as is
         out[key] = Clean(xc, c.clone(), Y.clone(), pred.clone())
-        forwards[(CLEAN_METHOD if key == "backbone" else key.split(":", 1)[0], "clean")] += xv.shape[0]
+        name = clean_name(m)
+        forwards[(name, "clean")] += sum((name, it.image_id) not in (counted or ()) for _, it in items)
     return out
 
 
@@ -273,6 +398,7 @@ def iterate_maps(
     amp: Optional[str] = None,
     model_of: Optional[Callable[[Backbone], Any]] = None,
     workers: int = 0,
+    stored: Optional[Set[Tuple[str, str]]] = None,
 ) -> Iterator[MapBatch]:
     """Batches of ``items`` of ``ds`` with their clean forwards and lazy maps.
 
@@ -293,11 +419,15 @@ def iterate_maps(
         model_of: the module of a classifier's clean forward (see :func:`clean_forwards`).
         workers: image-decoding worker processes (0 = one background thread); see
             :class:`~camzoo.data.loader.Prefetcher`. With CUDA views, batches come in pinned memory.
+        stored: ``(method, image_id)`` pairs an earlier batch stored (a row or a failure): their
+            images' clean forwards are counted already (a resumed run retrying failed pairs
+            makes them again, but does not count them again).
     Yields:
         :class:`MapBatch`; a batch may hold only ``errors`` (no readable image). Close the
         generator (or exhaust it) to stop the loading thread.
     """
     done = set(done or ())
+    counted = counted_clean(methods, set(stored or ()))
     pin = any(v.device.type == "cuda" for v in views.values())
     with Prefetcher(ds, items, {k: v.preprocess for k, v in views.items()}, batch_size,
                     workers=workers, pin_memory=pin) as loader:
@@ -312,10 +442,14 @@ def iterate_maps(
                     # channels_last: the layout the backbones' convolutions run fastest in
                     xv = lb.x[k].to(v.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
                     batch.x[k] = xv
+                    # restores xv should an explainer change it: the loader's tensor, unless
+                    # xv is that tensor (then one copy per batch)
+                    same = xv.untyped_storage().data_ptr() == lb.x[k].untyped_storage().data_ptr()
+                    batch._source[k] = xv.clone() if same else lb.x[k]
                     batch.x01[k] = v.denormalize(xv).clamp_(0.0, 1.0)
                 tc = clock.start() if clock else None
                 batch.clean = clean_forwards(methods, views, batch.x, batch.x01, lb.items, target,
-                                             batch.forwards, amp, model_of)
+                                             batch.forwards, amp, model_of, counted)
                 if clock:
                     clock.stop("clean", tc)
             yield batch

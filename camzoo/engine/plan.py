@@ -26,15 +26,15 @@ from ..metrics.protocol import PROTOCOLS
 from ..models.backbone import Backbone
 from ..models.zoo import load_backbone
 from ..models.weights import backbone_label, is_random
-from ..results.run import CONFIG_NAME, MANIFEST_NAME, RunLock
+from ..results.run import CONFIG_NAME, LOCK_NAME, MANIFEST_NAME, RunLock, load_run_config
 from ..results.store import DB_NAME
 from ..utils import UserError, atomic_write, check_amp, jsonable, resolve_device
 from ..version import __version__
 from .accel import CPU_BATCH_SIZE, CPU_EVAL_BATCH_SIZE, auto_batch_size, compiled_model
 from .config import (FULL_HINT, BenchConfig, absolute_paths, apply_preset, check_resume,
-                     default_out, protocol_options, resolve_methods, resolve_protocols)
+                     default_out, file_hashes, protocol_options, resolve_methods, resolve_protocols)
 from .maps import MapMethod, make_methods
-from .shard import CONFIG_LOCK, Shard, check_world, read_config, shard_stores
+from .shard import CONFIG_LOCK, Shard, check_world, read_config, shard_stores, stored_methods
 from .timing import malloc_env_set, tune_cpu_allocator
 
 Echo = Callable[[str], None]
@@ -108,14 +108,19 @@ def prepare(config: BenchConfig, echo: Echo = print, shard: Optional[Shard] = No
     malloc_tuned = _malloc_tuned(config, device, echo, shard)
     protocols, method_names, popts = _resolve_names(config)
     _check_counts(config)
+    if config.out:  # a file, below a file, the data folder, a folder of someone else's files
+        _check_out_folder(config.out, config.data)
     ds = _open_data(config, echo, shard)
+    if config.out:
+        _check_apart(config.out, ds)  # the run's outputs never become its data
     bb = _load_checked_backbone(config, device, ds, protocols, popts, shard)
     methods = make_methods(bb, method_names, config.options, config.layer, amp=config.amp)
+    _check_methods(methods)
     if ds.unlisted and shard.rank == 0:
         echo(f"warning: {len(ds.unlisted)} image(s) in {ds.root} are not listed in "
              f"{ds.labels_file} and are not evaluated: {', '.join(map(path_text, ds.unlisted[:5]))}"
              + (", ..." if len(ds.unlisted) > 5 else ""))
-    out = _run_dir(config, bb, shard)
+    out = _run_dir(config, bb, ds, shard)
     cfg = _config_json({"backbone": bb, "dataset": ds, "device": device, "methods": methods,
                         "protocols": protocols, "popts": popts, "out": out}, config, malloc_tuned)
     cfg["world_size"] = shard.world
@@ -210,7 +215,8 @@ def _load_checked_backbone(config: BenchConfig, device: torch.device, ds: Datase
                          "about explanations of a trained classifier\n")
     if config.layer is not None:
         bb.layer(config.layer)  # validates, listing the valid layers
-    _check_labels(ds, bb)  # for every target: the rows store the labels, analyze reads them
+    # for every target: the rows store the labels (accuracy, camzoo analyze)
+    _check_labels(ds, bb)
     for p in protocols:
         PROTOCOLS.get(p).check_backbone(popts[p], bb)
     return bb
@@ -221,12 +227,17 @@ def _backbone_name(config: BenchConfig, bb: Backbone) -> str:
     return bb.name if isinstance(config.backbone, Backbone) else config.backbone
 
 
-def _run_dir(config: BenchConfig, bb: Backbone, shard: Shard) -> str:
+def _run_dir(config: BenchConfig, bb: Backbone, ds: Dataset, shard: Shard) -> str:
     """The run directory (``config.out`` or the default); refused when a sharded run has no
-    ``--out``, or when it already holds this process's store and ``resume`` is False."""
+    ``--out``, when it cannot be the run's folder (:func:`_check_out_folder`,
+    :func:`_check_apart`), or when it already holds this process's store and ``resume`` is
+    False."""
     out = config.out or default_out(_backbone_name(config, bb))
     if shard.world > 1 and not config.out:
         raise ValueError("a sharded run needs --out: every shard must write into the same run directory")
+    if not config.out:  # a given --out was checked before the data was read
+        _check_out_folder(out, config.data)
+        _check_apart(out, ds)
     if not config.resume:
         mine = [shard.store_name] + ([DB_NAME] if shard.world > 1 else shard_stores(out))
         held = [f for f in mine if os.path.exists(os.path.join(out, f))]
@@ -235,6 +246,132 @@ def _run_dir(config: BenchConfig, bb: Backbone, shard: Shard) -> str:
                 f"{out} already holds a run ({', '.join(held)}); pass resume=True (--resume) to "
                 "continue it, or choose another out directory")
     return out
+
+
+def _is_run_dir(folder: str, entries: Optional[Sequence[str]] = None, locks: bool = False) -> bool:
+    """True when ``folder`` holds a camzoo bench run: a ``config.json`` written by camzoo, or a
+    result store (the run's or a shard's); with ``locks``, also a run being created (a run
+    lock is taken before ``config.json`` is written; a sibling shard may be writing it now)."""
+    if entries is None:
+        try:
+            entries = os.listdir(folder)
+        except OSError:
+            return False
+    names = set(entries)
+    if CONFIG_NAME in names:
+        try:
+            with open(os.path.join(folder, CONFIG_NAME)) as f:
+                cfg = json.load(f)
+        except (OSError, ValueError):
+            cfg = None
+        if isinstance(cfg, dict) and ("camzoo_version" in cfg or "bench_config" in cfg):
+            return True
+    locked = locks and any(n in (LOCK_NAME, CONFIG_LOCK) or n.startswith(LOCK_NAME + ".") for n in names)
+    return DB_NAME in names or locked or bool(shard_stores(folder))
+
+
+def _check_out_folder(out: str, data: Any = None) -> None:
+    """Refuse, before anything is written, an ``out`` that is a file or below one, the folder
+    ``data`` (:func:`_check_inside`), or a folder that holds files but no
+    camzoo run: the run writes its ``config.json``, tables and ``timings.json`` there and
+    would replace the user's files of those names."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out {out} is a file, not a folder: give --out a folder for the run "
+                         "(a new one is created), e.g. --out results/<name>")
+    above = os.path.dirname(os.path.abspath(out))
+    while above and not os.path.exists(above):
+        above = os.path.dirname(above) if os.path.dirname(above) != above else ""
+    if above and not os.path.isdir(above):
+        raise ValueError(f"--out {out}: {above} is a file, so no folder can be created below it; "
+                         "give --out a folder path that does not pass through a file")
+    if isinstance(data, (str, os.PathLike)) and os.path.isdir(data):
+        _check_inside(out, os.fspath(data), "")
+    if not os.path.isdir(out):
+        return
+    entries = os.listdir(out)
+    if _is_run_dir(out, entries, locks=True):
+        return
+    theirs = sorted(e for e in entries if not e.startswith("."))  # hidden files are not replaced
+    if theirs:
+        raise FileExistsError(
+            f"--out {out} holds {len(theirs)} file(s) or folder(s) that are not a camzoo run ("
+            + ", ".join(theirs[:5]) + (", ..." if len(theirs) > 5 else "") + "): a run writes "
+            "config.json, its tables (table.csv, ...), figures and timings.json there and would "
+            "replace files of those names; give --out a new folder (it is created), or an empty one")
+
+
+#: the layouts whose images are every image file found below the data folder: a run inside it
+#: would be read as data by the next run (other layouts list their images)
+_WALKED_LAYOUTS = ("folder", "wnid-folders", "torchvision-imagenet")
+
+
+def _check_apart(out: str, ds: Dataset) -> None:
+    """Refuse an ``out`` equal to the folder the images are read from, or inside it when its
+    layout evaluates every image file found there (:data:`_WALKED_LAYOUTS`, no ``--subset``):
+    the run's figures, ``curves.png`` and ``grid.png``, would be images of the next run on that
+    data, and a resume would find other data. Refuse data whose images lie in a camzoo run
+    directory (another run's outputs are not data)."""
+    if ds.root:
+        _check_inside(out, ds.root, ds.layout if ds.layout in _WALKED_LAYOUTS and not ds.subset else "")
+    seen: Dict[str, Optional[str]] = {}
+    for it in ds.items:
+        if not isinstance(it.path, (str, os.PathLike)):
+            continue  # an embedded sample photo
+        d = os.path.dirname(os.path.abspath(it.path))
+        if d in seen or not os.path.isfile(it.path):
+            continue
+        run_dir = _run_above(d, seen)
+        if run_dir:
+            raise ValueError(f"--data: {path_text(it.path)} is in the camzoo run directory {run_dir}: a "
+                             "run's own outputs (curves.png, grid.png) are not data; point --data at a "
+                             "folder of images only, or move the run out of the data folder")
+
+
+def _check_inside(out: str, data: str, walked: str) -> None:
+    """Refuse an ``out`` equal to the data folder ``data``, or inside it when ``walked`` (the
+    layout that reads every image file below ``data``) is not empty."""
+    root, o = os.path.realpath(data), os.path.realpath(out)
+    if o == root:
+        raise ValueError(
+            f"--out {out} is the data folder: the run would write its tables and figures among "
+            "the images, and its figures (curves.png, grid.png) would be read as images by the "
+            f"next run on this data; give --out a folder outside {data}")
+    if walked and o.startswith(root.rstrip(os.sep) + os.sep):
+        raise ValueError(
+            f"--out {out} is inside the data folder {data}, whose every image file is evaluated "
+            f"(layout {walked}): the run's own figures (curves.png, grid.png) would be read as "
+            "images by the next run on this data (and a resume would see other data); give --out "
+            f"a folder outside {data}")
+
+
+def _run_above(folder: str, seen: Dict[str, Optional[str]]) -> Optional[str]:
+    """The camzoo run directory that is ``folder`` or holds it (None when there is none);
+    ``seen`` keeps the answer of every folder looked at."""
+    path: List[str] = []
+    d, hit = folder, None
+    while True:
+        if d in seen:
+            hit = seen[d]
+            break
+        path.append(d)
+        if _is_run_dir(d):
+            hit = d
+            break
+        parent = os.path.dirname(d)
+        if parent == d:
+            break
+        d = parent
+    for p in path:
+        seen[p] = hit
+    return hit
+
+
+def _check_methods(methods: Sequence[MapMethod]) -> None:
+    """Every method's options, layer and checkpoint checked against its backbone
+    (:meth:`~camzoo.explainers.base.Explainer.check_backbone`) before the run directory is
+    created: a ``ValueError`` naming the method, the option and why."""
+    for m in methods:
+        m.explainer.check_backbone(m.backbone)
 
 
 def _write_config(cfg: Dict[str, Any], config: BenchConfig, ds: Dataset, out: str, shard: Shard,
@@ -263,7 +400,15 @@ def _continue(cfg: Dict[str, Any], old: Dict[str, Any], config: BenchConfig, out
     :func:`~camzoo.engine.config.check_resume`): its methods and protocols, creation time,
     resume times and shards are kept; a protocol added now is said (rank 0)."""
     check_world(old, shard, out)
-    cfg["methods"] = check_resume(old, cfg, out)
+    try:
+        cfg["methods"] = check_resume(old, cfg, out)
+    except ValueError:
+        # a method with no stored row (its every map failed, say) may change its options; the
+        # stores are read only here, when something differs
+        unstored = [m for m in old["methods"] if m not in stored_methods(out)]
+        if not unstored:
+            raise
+        cfg["methods"] = check_resume(old, cfg, out, unstored=unstored)
     # a resume of some methods keeps the run's method list for the next resume
     cfg["bench_config"]["methods"] = ",".join(cfg["methods"])
     # and its protocols, added ones included (no "+NAME" stored)
@@ -298,8 +443,7 @@ def _stored_protocols(config: BenchConfig) -> Optional[List[str]]:
     path = os.path.join(config.out, CONFIG_NAME) if config.resume and config.out else None
     if not path or not os.path.isfile(path):
         return None
-    with open(path) as f:
-        return list(json.load(f).get("protocols", {}))
+    return list(load_run_config(config.out, require=()).get("protocols", {}))
 
 
 def _layout(protocols: Sequence[str], popts: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, List[str]]]:
@@ -373,6 +517,8 @@ def _backbone_json(config: BenchConfig, bb: Backbone, label: str) -> Dict[str, A
     return {
         "name": _backbone_name(config, bb),
         "weights": config.weights, "weights_id": bb.weights_id,
+        # the --weights file's content (config_identity): a resume with another file is refused
+        "weights_sha256": file_hashes({"weights": config.weights}).get("weights"),
         "random_weights": is_random(bb.weights_id), "label": label,
         "layer": config.layer or bb.default_layer, "default_layer": bb.default_layer,
         "input_size": bb.input_size, "num_classes": bb.num_classes,
@@ -386,6 +532,8 @@ def _methods_json(methods: Sequence[MapMethod]) -> Dict[str, Any]:
         m.name: {
             "class": f"{type(m.explainer).__module__}.{type(m.explainer).__qualname__}",
             "options": jsonable(m.explainer.options),
+            # the content of every option naming a file (a checkpoint): part of the identity
+            "file_sha256": file_hashes(m.explainer.options),
             "forward_passes": m.forward_passes,
             "classifier": {"key": m.classifier_key, "name": m.classifier.name,
                            "weights_id": m.classifier.weights_id},
@@ -442,23 +590,33 @@ def _default_workers(device: torch.device, shard: Shard) -> int:
 
 
 def _check_labels(ds: Dataset, bb: Backbone) -> None:
-    """Every ground-truth label must be a class of ``bb`` (refused with the file and line), for
-    every ``--target``: a run explaining the top-1 class stores the labels too (accuracy,
-    ``camzoo analyze``)."""
+    """Every ground-truth label must be a class of ``bb``, for every target (the rows store the
+    labels): a negative label or one ``>= bb.num_classes`` is refused with the file and line,
+    the label, the valid range and what to do."""
     bad = [it for it in ds.items if it.label is not None and not 0 <= int(it.label) < bb.num_classes]
     if bad:
         it = bad[0]
         raise ValueError(f"{it.where or it.image_id}: class_index {it.label} of {it.image_id!r} is "
                          f"outside the {bb.num_classes} classes of {bb.name} (valid 0.."
-                         f"{bb.num_classes - 1}); {len(bad)} label(s) like it")
+                         f"{bb.num_classes - 1}); {len(bad)} label(s) like it. Use a backbone "
+                         f"whose classes include these labels, or data without labels (or a "
+                         f"--labels file of this model's classes)")
 
 
-def writing(out: str, what: str, write: Callable[[], Any]) -> Any:
+def writing(out: str, what: str, write: Callable[[], Any], retry: Optional[str] = None) -> Any:
     """Run ``write``; an OS or SQLite error (a full disk, no permission) becomes one
-    :class:`~camzoo.utils.UserError` naming the directory and what failed."""
+    :class:`~camzoo.utils.UserError` naming the directory and what failed, and what to do:
+    ``retry`` (a command), else rerun with ``--resume`` when ``out`` holds a ``config.json`` (a
+    run to resume), else run the command again (nothing of the run was stored)."""
     try:
         return write()
     except (OSError, sqlite3.OperationalError) as exc:  # not IntegrityError: that is a bug
-        raise UserError(f"cannot write {what} in {out}: {type(exc).__name__}: {exc}. Every batch "
-                        f"stored before this one is kept: free space (or fix the permissions) and "
-                        f"rerun with --resume --out {out}") from None
+        fix = "free space (or fix the permissions)"
+        if retry:
+            hint = f"{fix} and run {retry}"
+        elif os.path.isfile(os.path.join(out, CONFIG_NAME)):
+            hint = (f"every batch stored before this one is kept: {fix} and rerun with --resume "
+                    f"--out {out}")
+        else:
+            hint = f"nothing of the run was stored: {fix} and run the command again"
+        raise UserError(f"cannot write {what} in {out}: {type(exc).__name__}: {exc}. {hint[0].upper()}{hint[1:]}") from None

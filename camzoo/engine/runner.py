@@ -48,7 +48,8 @@ from .accel import ieee_fp32
 from .config import BenchConfig
 from .maps import MAIN_VIEW, MapBatch, MapMethod, Maps, explain_checked, iterate_maps, same_normalization
 from .plan import Echo, Plan, prepare, writing
-from .shard import CONFIG_LOCK, Shard, merge_shards, read_config, resolve_shard, shard_states
+from .shard import (CONFIG_LOCK, Shard, merge_shards, read_config, reading_store, resolve_shard,
+                    shard_states)
 from .timing import Clock
 
 
@@ -105,8 +106,9 @@ def _evaluate(plan: Plan, echo: Echo, base: Echo, shard: Shard) -> Run:
     the shards' barrier and merge (torchrun, job arrays)."""
     try:
         layout = plan.cfg["columns"]["protocols"]
-        store = writing(plan.out, "the result store",
-                         lambda: ResultStore(os.path.join(plan.out, shard.store_name), protocols=layout))
+        with reading_store(plan.out, shard.store_name):  # a damaged store: which, and what to do
+            store = writing(plan.out, "the result store",
+                             lambda: ResultStore(os.path.join(plan.out, shard.store_name), protocols=layout))
         with store:
             Runner(plan, store).loop(echo)
         if shard.world == 1:
@@ -151,12 +153,14 @@ def merge(run_dir: str, echo: Echo = print, *, dataset: Optional[Dataset] = None
     ``config.json`` (the data folder and the backbone must be readable here). Merging twice
     gives the same run.
     """
-    states = writing(run_dir, "rows.sqlite (the merge)", lambda: merge_shards(run_dir))
+    states = writing(run_dir, "rows.sqlite (the merge)", lambda: merge_shards(run_dir),
+                     retry=f"camzoo merge {run_dir}")
     cfg_path = os.path.join(run_dir, CONFIG_NAME)
     with RunLock(run_dir, CONFIG_LOCK, wait=True):
         cfg = read_config(run_dir)
         cfg["merged"] = _dt.datetime.now().isoformat(timespec="seconds")
-        writing(run_dir, "config.json", lambda: atomic_write(cfg_path, json.dumps(cfg, indent=2, default=str)))
+        writing(run_dir, "config.json", lambda: atomic_write(cfg_path, json.dumps(cfg, indent=2, default=str)),
+                retry=f"camzoo merge {run_dir}")
     echo(f"merged {len(states)} shards into {os.path.join(run_dir, DB_NAME)}")
     bc = BenchConfig.from_dict(cfg["bench_config"])
     if figures and (dataset is None or backbone is None):

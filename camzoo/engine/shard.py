@@ -17,14 +17,16 @@ shards). The tables and figures are written by :func:`camzoo.engine.runner.merge
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 import re
+import sqlite3
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Set, Tuple
 
-from ..results.run import CONFIG_NAME, LOCK_NAME, MANIFEST_NAME, TIMINGS_NAME, RunLock
+from ..results.run import LOCK_NAME, MANIFEST_NAME, TIMINGS_NAME, RunLock, load_run_config
 from ..results.store import DB_NAME, MAP, ResultStore
 from ..utils import UserError, atomic_write
 
@@ -109,6 +111,68 @@ def shard_stores(run_dir: str) -> List[str]:
         return []
 
 
+class DamagedStoreError(UserError, ValueError):
+    """A result store of a run that SQLite cannot read (a truncated or overwritten file)."""
+
+
+def damaged_store(run_dir: str, name: str, exc: BaseException) -> DamagedStoreError:
+    """The error for the store ``name`` of ``run_dir`` that cannot be read (``exc``): which
+    file is damaged and what to do -- delete it and compute its part again (a shard's store:
+    that shard with ``--resume``; the merged ``rows.sqlite`` of a sharded run: ``camzoo
+    merge``, from the shard stores; the store of a one-process run: the run with ``--resume``)."""
+    path = os.path.join(run_dir, name)
+    files = f"{path} (and {name}-wal, {name}-shm beside it, if there)"
+    m = _SHARD_STORE.match(name)
+    if m:
+        sh = Shard(int(m.group(1)), int(m.group(2)))
+        what = f"the result store of shard {sh.rank}/{sh.world}"
+        todo = (f"its rows cannot be recovered: delete {files}, rerun that shard ({sh.rerun_hint(run_dir)}: "
+                f"it computes its images again), then camzoo merge {run_dir} if the last shard to "
+                "finish did not merge")
+    elif shard_stores(run_dir):
+        what = "the merged store of a sharded run"
+        todo = f"delete {files} and run camzoo merge {run_dir}: it is made again from the shard stores"
+    else:
+        what = "the run's result store"
+        todo = (f"its rows cannot be recovered: delete {files} and rerun with --resume --out "
+                f"{run_dir} (every image is computed again), or start a new run with another --out")
+    return DamagedStoreError(f"{path} is damaged: {what} cannot be read ({exc}); {todo}")
+
+
+def stored_methods(run_dir: str) -> Set[str]:
+    """The methods with a stored row (some image evaluated) in any store of the run in
+    ``run_dir`` (its ``rows.sqlite`` and the shards'); :class:`DamagedStoreError` when a store
+    cannot be read."""
+    found: Set[str] = set()
+    for name in [DB_NAME] + shard_stores(run_dir):
+        path = os.path.join(run_dir, name)
+        if not os.path.isfile(path):
+            continue
+        with reading_store(run_dir, name):
+            with ResultStore(path, readonly=True) as st:
+                found |= {m for m, _ in st.done_pairs(protocols=[])}  # every bookkeeping row
+    return found
+
+
+@contextlib.contextmanager
+def reading_store(run_dir: str, name: str) -> Iterator[None]:
+    """Turn the error of the store ``name`` that cannot be read -- not an SQLite file, a
+    corrupt page, an SQLite file that is no camzoo store -- into :func:`damaged_store`'s
+    message. Other errors pass: a locked or busy database (``OperationalError``), a store of
+    other protocols (``ValueError`` without an SQLite error behind it)."""
+    try:
+        yield
+    except DamagedStoreError:
+        raise
+    except (ValueError, sqlite3.DatabaseError) as exc:
+        cause = exc if isinstance(exc, sqlite3.DatabaseError) else exc.__context__
+        sqlite_damage = (isinstance(cause, sqlite3.DatabaseError)
+                         and not isinstance(cause, sqlite3.OperationalError))
+        if not (sqlite_damage or "not a camzoo result store" in str(exc)):
+            raise
+        raise damaged_store(run_dir, name, exc) from None
+
+
 def describe_world(world: int) -> str:
     return "one process" if world == 1 else f"{world} shards"
 
@@ -169,11 +233,8 @@ class ShardState:
 
 
 def read_config(run_dir: str) -> Dict[str, Any]:
-    path = os.path.join(run_dir, CONFIG_NAME)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{run_dir} is not a camzoo run (no {CONFIG_NAME})")
-    with open(path) as f:
-        return json.load(f)
+    """The run's ``config.json``, its shape checked (:func:`~camzoo.results.run.load_run_config`)."""
+    return load_run_config(run_dir)
 
 
 def shard_states(run_dir: str, cfg: Optional[Dict[str, Any]] = None) -> List[ShardState]:
@@ -190,7 +251,7 @@ def shard_states(run_dir: str, cfg: Optional[Dict[str, Any]] = None) -> List[Sha
         if not os.path.isfile(path):
             out.append(ShardState(sh, False, len(own) * len(methods), len(own) * len(methods)))
             continue
-        with ResultStore(path, readonly=True) as st:
+        with reading_store(run_dir, sh.store_name), ResultStore(path, readonly=True) as st:
             settled = st.done_units(protocols) | st.failed_units()
             unreadable = st.error_ids()
         missing = sum(not _settled(settled, m, i, protocols) for i in own if i not in unreadable
@@ -250,7 +311,9 @@ def merge_shards(run_dir: str) -> List[ShardState]:
     with RunLock(run_dir):
         sources = [ResultStore(os.path.join(run_dir, s.shard.store_name), readonly=True) for s in states]
         try:
-            with ResultStore(os.path.join(run_dir, DB_NAME), **store_columns(cfg)) as dst:
+            with reading_store(run_dir, DB_NAME):
+                dst = ResultStore(os.path.join(run_dir, DB_NAME), **store_columns(cfg))
+            with dst:
                 dst.replace_with(sources)
         finally:
             for s in sources:

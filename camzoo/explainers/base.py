@@ -11,7 +11,8 @@ Conventions (the L-CAM paper's protocol):
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Dict, List, Optional, Tuple
+import contextlib
+from typing import Any, ClassVar, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -113,6 +114,9 @@ class Explainer:
     needs_checkpoint: ClassVar[bool] = False
     #: True when the maps depend on gradients (explain() then enables autograd)
     uses_gradients: ClassVar[bool] = False
+    #: True when ``_explain`` changes its ``x`` or ``y`` in place: the engine then hands it a
+    #: copy (an undeclared change is detected, the batch restored and the method failed)
+    modifies_input: ClassVar[bool] = False
     #: one-line description for ``camzoo list``
     summary: ClassVar[str] = ""
 
@@ -122,6 +126,34 @@ class Explainer:
         self.options: Dict[str, Any] = check_options(f"explainer {self.name!r}", self.defaults, options)
         if "amp" in self.options:
             check_amp(self.options["amp"], f"{self.name}: amp")
+
+    def check_backbone(self, model) -> None:
+        """Refuse, before any map is made, options that cannot work with backbone ``model``.
+
+        The engine calls it for every method before it creates a run directory (like
+        :meth:`camzoo.metrics.Protocol.check_backbone`). The base class checks the ``layer``
+        option of an explainer that has one; a learned explainer also loads and checks its
+        checkpoint (missing, unreadable, or trained for another setup). Raises ``ValueError``
+        naming the method, the option and why (:meth:`option_errors`).
+        """
+        if "layer" in self.options:
+            with self.option_errors("layer"):
+                model.layer(self.options["layer"])  # validates, listing the valid layers
+
+    @contextlib.contextmanager
+    def option_errors(self, key: str) -> Iterator[None]:
+        """Turn an ``OSError`` / ``ValueError`` / ``KeyError`` raised inside into one
+        ``ValueError``: ``"<method>: option <key>=<value>: <why>"``."""
+        try:
+            yield
+        except (OSError, ValueError, KeyError) as exc:
+            why = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+            for prefix in (f"{self.name}: ", f"{self.name} "):  # said once
+                if why.startswith(prefix):
+                    why = why[len(prefix):]
+                    break
+            raise ValueError(f"{self.name}: option {key}={self.options.get(key)!r} cannot be "
+                             f"used: {why}") from None
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())

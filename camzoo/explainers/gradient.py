@@ -145,6 +145,11 @@ class SmoothGradCAMPlusPlus(_PGCExplainer):
     summary = "Smooth Grad-CAM++ (Omeiza et al. 2019): Grad-CAM++ weights averaged over noisy inputs"
     defaults = {"layer": None, "n_samples": 4, "noise_std": 0.3, "seed": 0, "amp": None}
 
+    def __init__(self, **options) -> None:
+        super().__init__(**options)
+        if int(self.options["n_samples"]) < 1:  # refused before any run starts
+            raise ValueError(f"smoothgradcam++: n_samples must be >= 1, got {self.options['n_samples']!r}")
+
     def forward_passes(self, model) -> int:
         return int(self.options["n_samples"]) + 1
 

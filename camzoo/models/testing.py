@@ -49,6 +49,12 @@ def tiny_backbone(num_classes: int = 10, channels: int = 16, seed: int = 0,
     )
 
 
+def tiny_imagenet_backbone(seed: int = 0) -> Backbone:
+    """:func:`tiny_backbone` with ImageNet's 1000 classes, so that labelled ImageNet photos are
+    valid classes of it (``py:camzoo.models.testing:tiny_imagenet_backbone --weights random``)."""
+    return tiny_backbone(num_classes=1000, seed=seed)
+
+
 # -- tiny vision transformers (timm's own constructors, random weights) ------------------------
 def _tiny_timm(arch: str, name: str, weights, seed: int, **kwargs) -> Backbone:
     """timm ``arch`` with ``kwargs``, initialized from ``seed`` (global RNG untouched), then

@@ -17,7 +17,8 @@ Tables (schema version 3; docs/bench.md):
   on each of its first batches), a protocol's name is that protocol on that map (``error``,
   or ``skipped`` once the protocol was stopped for the method). Exception type, message and
   traceback are kept. A resumed run retries them; a success deletes the record.
-- ``forwards``: forward passes the engine made, per (method, family), summed over batches.
+- ``forwards``: forward passes the engine made, per (method, family), summed over batches;
+  an image's clean forward counts once, also when a resumed run retries its pairs.
 - ``meta``: key/value: ``schema_version``, and ``columns``: the value and curve keys in table
   order, and by protocol (:class:`Layout`).
 
@@ -441,6 +442,11 @@ class ResultStore:
     def error_ids(self) -> Set[str]:
         """Image ids recorded as unreadable."""
         return {r[0] for r in self.conn.execute("SELECT image_id FROM errors")}
+
+    def stored_pairs(self) -> Set[Tuple[str, str]]:
+        """The ``(method, image_id)`` pairs of some written batch: those with a bookkeeping row
+        or a failure record (the batch's forward counts were written with them)."""
+        return set(self.conn.execute("SELECT method, image_id FROM rows").fetchall()) | self.failed_pairs()
 
     def failed_pairs(self) -> Set[Tuple[str, str]]:
         """The ``(method, image_id)`` pairs with a record in ``failures`` (any protocol)."""

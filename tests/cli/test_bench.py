@@ -6,13 +6,14 @@ from click.testing import CliRunner
 from camzoo.bench import Run
 from camzoo.cli import main
 from tests.conftest import SAMPLES
-from tests.helpers import TINY
+from tests.helpers import TINY, TINY1000
 
 
 def test_cli_bench_table_compare(tmp_path):
     runner = CliRunner()
     out = str(tmp_path / "cli")
-    res = runner.invoke(main, ["bench", "--backbone", TINY, "--weights", "random", "--data", SAMPLES, "--limit", "3",
+    # the 1000-class tiny CNN: the photos' ImageNet labels are classes of it
+    res = runner.invoke(main, ["bench", "--backbone", TINY1000, "--weights", "random", "--data", SAMPLES, "--limit", "3",
                                "--methods", "fakecam,gradcam", "--steps", "4", "--out", out,
                                "--no-progress", "--metric-opt", "lcam.nus=1,0.5", "--opt",
                                "gradcam.layer=features"])
@@ -29,7 +30,7 @@ def test_cli_bench_table_compare(tmp_path):
     assert len(per) == 6 and {"method", "image_id", "Y", "O_50", "adcc", "ins_auc", "seconds"} <= set(per.columns)
     res = runner.invoke(main, ["compare", out, out, "--format", "markdown"])
     assert res.exit_code == 0, res.output
-    assert res.output.count("| fakecam |") == 2 and f"| {TINY} (random weights) (2) | fakecam |" in res.output
+    assert res.output.count("| fakecam |") == 2 and f"| {TINY1000} (random weights) (2) | fakecam |" in res.output
     # resume with only --out: everything else comes from the stored config; nothing left to do
     res = runner.invoke(main, ["bench", "--resume", "--out", out, "--no-progress"])
     assert res.exit_code == 0, res.output

@@ -105,10 +105,12 @@ def test_worker_processes_load_the_same_batches_and_are_joined(tmp_path):
     from camzoo.data.loader import Prefetcher
     from camzoo.data.datasets import open_dataset
 
+    imgs = tmp_path / "imgs"  # the runs below go beside it: a run is never inside its data
+    imgs.mkdir()
     for k in range(5):
-        Image.new("RGB", (40, 30), (40 * k, 10, 200)).save(tmp_path / f"im{k}.png")
-    (tmp_path / "im2.png").write_bytes(b"not a png")
-    ds = open_dataset(str(tmp_path))
+        Image.new("RGB", (40, 30), (40 * k, 10, 200)).save(imgs / f"im{k}.png")
+    (imgs / "im2.png").write_bytes(b"not a png")
+    ds = open_dataset(str(imgs))
     items = list(enumerate(ds.items))
     bb = tiny_backbone()
 
@@ -127,7 +129,7 @@ def test_worker_processes_load_the_same_batches_and_are_joined(tmp_path):
         next(iter(p))
     assert not multiprocessing.active_children()
     # through the engine: the same rows
-    kw = dict(backbone=TINY, weights="random", methods="gradcam", metrics="lcam", data=str(tmp_path), **QUIET)
+    kw = dict(backbone=TINY, weights="random", methods="gradcam", metrics="lcam", data=str(imgs), **QUIET)
     a = run(BenchConfig(out=str(tmp_path / "thread"), **kw), echo=lambda s: None)
     b = run(BenchConfig(out=str(tmp_path / "workers"), workers=2, **kw), echo=lambda s: None)
     assert b.timings["process"]["workers"] == 2 and "load_wait" in b.timings["wall_s"]

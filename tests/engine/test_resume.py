@@ -12,13 +12,13 @@ import torch
 
 from camzoo.bench import BenchConfig, Run, run
 from tests.conftest import REPO, SAMPLES, STEPS
-from tests.helpers import QUIET, TINY
+from tests.helpers import QUIET, TINY1000
 from tests.helpers import bench_cli as _bench
 from tests.helpers import count_rows as _count_rows
 
 
 def _bench_cmd(out, *extra):
-    return [sys.executable, "-m", "camzoo", "bench", "--backbone", TINY, "--weights", "random", "--data", SAMPLES,
+    return [sys.executable, "-m", "camzoo", "bench", "--backbone", TINY1000, "--weights", "random", "--data", SAMPLES,
             "--limit", "40", "--seed", "1", "--methods", "gradcam,fakecam", "--steps", "4",
             "--batch-size", "2", "--eval-batch-size", "16", "--out", out, "--no-progress", *extra]
 
@@ -54,7 +54,7 @@ def test_resume_after_sigkill_gives_identical_rows(tmp_path):
     res = subprocess.run(_bench_cmd(killed, "--resume"), cwd=REPO, env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     # an uninterrupted reference run in-process
-    ref = run(BenchConfig(backbone=TINY, weights="random", data=SAMPLES, limit=40, seed=1, methods="gradcam,fakecam",
+    ref = run(BenchConfig(backbone=TINY1000, weights="random", data=SAMPLES, limit=40, seed=1, methods="gradcam,fakecam",
                           metric_options={"rise": {"steps": 4}}, batch_size=2, eval_batch_size=16, out=str(tmp_path / "ref"),
                           progress=False, figures=False), echo=lambda s: None)
     got = Run(killed)
@@ -71,10 +71,10 @@ def test_resume_after_sigkill_gives_identical_rows(tmp_path):
 
 def test_resume_refuses_a_different_run(tmp_path, tiny_run):
     with pytest.raises(ValueError, match="steps"):
-        run(BenchConfig(backbone=TINY, weights="random", methods="gradcam,fakecam", data=SAMPLES, limit=6, seed=3,
+        run(BenchConfig(backbone=TINY1000, weights="random", methods="gradcam,fakecam", data=SAMPLES, limit=6, seed=3,
                         metric_options={"rise": {"steps": STEPS + 1}}, out=tiny_run.dir, resume=True, progress=False))
     with pytest.raises(FileExistsError, match="resume"):
-        run(BenchConfig(backbone=TINY, weights="random", methods="fakecam", data=SAMPLES, limit=6, out=tiny_run.dir,
+        run(BenchConfig(backbone=TINY1000, weights="random", methods="fakecam", data=SAMPLES, limit=6, out=tiny_run.dir,
                         progress=False))
 
 
@@ -88,7 +88,7 @@ def test_resuming_with_the_default_layer_named_is_no_difference(tmp_path):
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("id") / "run"
-    r = run(BenchConfig(backbone="py:tests.helpers:tiny1000", weights="random", methods="gradcam,fakecam", data=SAMPLES,
+    r = run(BenchConfig(backbone=TINY1000, weights="random", methods="gradcam,fakecam", data=SAMPLES,
                         limit=3, seed=1, metric_options={"rise": {"steps": 4}}, out=str(out), **QUIET), echo=lambda s: None)
     r.close()
     return str(out)
@@ -97,7 +97,9 @@ def small_run(tmp_path_factory):
 #: one change per BenchConfig field declared part of the run identity (tests/engine/test_config.py
 #: checks that every such field is here), and the key the refusal must name
 IDENTITY_CHANGES = [
-    ({"backbone": "py:camzoo.models.testing:tiny_backbone"}, "backbone.name"),
+    # another backbone whose classes include the photos' labels (a 10-class one is refused for
+    # the labels before the identity is checked)
+    ({"backbone": "efficientnet_lite0"}, "backbone.name"),
     ({"weights": "TINY1000_FILE"}, "backbone.weights_id"),  # trained weights instead of random ones
     ({"layer": "nope"}, None),  # refused by the backbone before the identity check
     ({"methods": "gradcam,fakecam,gradcam++"}, "not in the stored run"),

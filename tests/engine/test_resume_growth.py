@@ -1,7 +1,8 @@
 """A store that can grow (issue 22): a finished run gains a protocol (``--resume --metrics
 +NAME``) and computes only its values; a protocol that raises costs only its own values; a
 resumed run computes exactly the (method, image, protocol) units that are missing. Tiny
-backbone on random weights, a few shared photos."""
+backbone (1000 classes: the photos' labels are classes of it) on random weights, a few
+shared photos."""
 import json
 import os
 
@@ -22,9 +23,9 @@ from camzoo.models.testing import tiny_backbone
 from camzoo.results.store import ResultStore
 
 from tests.conftest import SAMPLES
+from tests.helpers import TINY1000
 
-TINY = "py:camzoo.models.testing:tiny_backbone"
-COMMON = ["--backbone", TINY, "--weights", "random", "--data", SAMPLES, "--limit", "4", "--methods",
+COMMON = ["--backbone", TINY1000, "--weights", "random", "--data", SAMPLES, "--limit", "4", "--methods",
           "gradcam,fakecam", "--batch-size", "2", "--no-progress", "--no-figures"]
 ADCC_KEYS = ["adcc_O", "adcc_ad", "coherency", "complexity", "adcc"]
 
@@ -80,13 +81,13 @@ def test_a_finished_run_gains_a_protocol_and_computes_only_its_values(lcam_run, 
     both = _rows(ref)
     np.testing.assert_allclose(after[ADCC_KEYS].to_numpy(float), both[ADCC_KEYS].to_numpy(float),
                                rtol=0, atol=1e-6)
-    # forwards: adcc's counted as in that run, lcam's unchanged; the maps (and their clean
-    # forwards) were made again for the added protocol
+    # forwards: adcc's counted as in that run, lcam's unchanged; the maps were made again for
+    # the added protocol (and their clean forwards, counted once per image)
     fw, fw_ref = _forwards(out), _forwards(ref)
     for key, n in fw_ref.items():
         if key[1].startswith("adcc"):
             assert fw[key] == n, key
-        elif key[1] == "lcam":
+        elif key[1] in ("lcam", "clean"):
             assert fw[key] == fw0[key] == n, key
         else:
             assert fw[key] == 2 * fw0[key], key
@@ -183,7 +184,7 @@ def flaky(monkeypatch):
     monkeypatch.setattr(PROTOCOLS, "_items", dict(PROTOCOLS._items))
     PROTOCOLS.add("flaky", Flaky())
     item = open_dataset(SAMPLES, limit=4).items[2]  # in the second batch of two
-    Flaky.marker = float(tiny_backbone().preprocess(load_image(item.path))[0, 0, 0])
+    Flaky.marker = float(tiny_backbone(num_classes=1000).preprocess(load_image(item.path))[0, 0, 0])
     Flaky.broken, Flaky.seen = True, []
     return item.image_id
 
@@ -228,7 +229,7 @@ def test_a_protocol_failing_on_its_first_batches_is_stopped_the_method_goes_on(f
             raise ValueError("never works")
 
     PROTOCOLS.add("flaky", Always(), overwrite=True)
-    r = run(BenchConfig(backbone=TINY, weights="random", data=SAMPLES, limit=4, methods="fakecam",
+    r = run(BenchConfig(backbone=TINY1000, weights="random", data=SAMPLES, limit=4, methods="fakecam",
                         metrics="lcam,flaky", batch_size=1, max_failed_batches=2, out=str(tmp_path / "run"),
                         progress=False, figures=False), echo=lambda s: None)
     f = r.failures()

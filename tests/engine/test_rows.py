@@ -17,13 +17,13 @@ from camzoo.metrics.lcam_protocol import average_drop, masked_confidence
 from camzoo.metrics.rise_protocol import auc, insertion_deletion
 from camzoo.results.tables import summary
 from tests.conftest import SAMPLES, STEPS
-from tests.helpers import TINY
+from tests.helpers import TINY1000
 
 
 def test_engine_rows_equal_independent_per_image_computation(tiny_run):
     from camzoo.models.testing import tiny_backbone
 
-    bb = tiny_backbone()
+    bb = tiny_backbone(num_classes=1000)  # tiny_run's backbone (the photos' labels are its classes)
     rows = tiny_run.rows(curves=True)
     ds = open_dataset(SAMPLES, limit=6, seed=3)
     assert len(rows) == 12 and set(rows.method) == {"gradcam", "fakecam"}
@@ -72,7 +72,7 @@ def test_lcam_fusion_only_for_a_plain_normalization(tmp_path):
     from camzoo.engine.runner import _mean_std
     from camzoo.models.testing import tiny_backbone
 
-    bb = tiny_backbone()
+    bb = tiny_backbone(num_classes=1000)  # the photos' ImageNet labels are classes of it
     ms = _mean_std(bb)
     assert ms is not None and ms[0] is bb.mean and ms[1] is bb.std
 
@@ -128,7 +128,7 @@ def test_evaluated_backbone_is_used_for_y_and_metrics(tmp_path):
     from camzoo.explainers.base import EXPLAINERS, Explainer
     from camzoo.models.testing import tiny_backbone
 
-    other = tiny_backbone(seed=5)
+    other = tiny_backbone(num_classes=1000, seed=5)
 
     class OwnClassifier(Explainer):
         name = "_test_own_classifier"
@@ -145,7 +145,7 @@ def test_evaluated_backbone_is_used_for_y_and_metrics(tmp_path):
 
     EXPLAINERS.add(OwnClassifier.name, OwnClassifier)
     try:
-        r = run(BenchConfig(backbone=TINY, weights="random", methods=f"{OwnClassifier.name},fakecam", metrics="lcam",
+        r = run(BenchConfig(backbone=TINY1000, weights="random", methods=f"{OwnClassifier.name},fakecam", metrics="lcam",
                             data=SAMPLES, limit=2, out=str(tmp_path / "run"), progress=False,
                             figures=False), echo=lambda s: None)
     finally:

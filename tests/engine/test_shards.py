@@ -16,11 +16,11 @@ from camzoo.cli import main
 from camzoo.engine.shard import IncompleteShardsError, Shard, parse_shard, resolve_shard
 from camzoo.results.run import RunLock
 from tests.conftest import REPO, SAMPLES
-from tests.helpers import QUIET, TINY, Boom, assert_rows_close, comparable, registered
+from tests.helpers import QUIET, TINY, TINY1000, Boom, assert_rows_close, comparable, registered
 from tests.helpers import count_rows as _count_rows
 from tests.helpers import marker_of as _marker_of
 
-SLOW = "py:tests.helpers:slow_rank1_tiny"  # the tiny CNN; sleeps in torchrun's rank 1
+SLOW = "py:tests.helpers:slow_rank1_tiny"  # TINY1000; sleeps in torchrun's rank 1
 OPTS = {"rise": {"n_masks": 8}, "smoothgradcam++": {"n_samples": 2}}
 # batch 3: the one process forms batches of images [0-2] [3-5] [6,7]; shard 0 of 2 forms
 # [0,2,4] [6] and shard 1 [1,3,5] [7] -- other batches, same rows
@@ -37,7 +37,7 @@ pytestmark = pytest.mark.skipif(not os.path.isdir(SAMPLES), reason="../shared/da
 def reference(tmp_path_factory):
     """The one-process run every sharded run must equal."""
     out = tmp_path_factory.mktemp("ref") / "run"
-    return run(BenchConfig(backbone=TINY, weights="random", out=str(out), **RUN, **QUIET), echo=lambda s: None)
+    return run(BenchConfig(backbone=TINY1000, weights="random", out=str(out), **RUN, **QUIET), echo=lambda s: None)
 
 
 def assert_same_run(got: Run, ref: Run) -> None:
@@ -91,7 +91,7 @@ def test_shard_specs():
 @pytest.mark.slow
 def test_torchrun_two_processes_equal_one_process(tmp_path, reference):
     out = str(tmp_path / "run")
-    r = subprocess.run(torchrun("--backbone", TINY, "--weights", "random", *CLI, "--out", out), cwd=REPO, env=ENV,
+    r = subprocess.run(torchrun("--backbone", TINY1000, "--weights", "random", *CLI, "--out", out), cwd=REPO, env=ENV,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert "merged 2 shards" in r.stdout and "| gradcam |" in r.stdout  # rank 0 wrote the tables
@@ -147,7 +147,7 @@ def test_job_array_shards_merge_and_the_rules_of_a_sharded_run(tmp_path, referen
     cli = CliRunner()
 
     def bench(*extra):
-        return cli.invoke(main, ["bench", "--backbone", TINY, "--weights", "random", *CLI, "--out", out, *extra])
+        return cli.invoke(main, ["bench", "--backbone", TINY1000, "--weights", "random", *CLI, "--out", out, *extra])
 
     res = bench("--shard", "0/2")
     assert res.exit_code == 0, res.output
@@ -166,7 +166,7 @@ def test_job_array_shards_merge_and_the_rules_of_a_sharded_run(tmp_path, referen
     assert res.exit_code == 1 and "it was run as 2 shards" in res.output and "--shard I/2" in res.output
     res = cli.invoke(main, ["bench", "--resume", "--out", out])
     assert res.exit_code == 1 and "cannot continue" in res.output and "as one process" in res.output
-    res = cli.invoke(main, ["bench", "--backbone", TINY, "--weights", "random", *CLI, "--out", out, "--shard", "1/2", "--steps", "5"])
+    res = cli.invoke(main, ["bench", "--backbone", TINY1000, "--weights", "random", *CLI, "--out", out, "--shard", "1/2", "--steps", "5"])
     assert res.exit_code == 1 and "protocols.rise.steps" in res.output  # a sibling must be the same run
     with RunLock(out):  # as if the other shard, done at the same moment, were merging
         res = bench("--shard", "1/2")

@@ -13,8 +13,8 @@ from camzoo.results.reference import (PAPER_SUBSET, REFERENCES, ROW_COLUMNS, com
 from camzoo.results.tables import Table, summary
 
 from ..conftest import SAMPLES
+from ..helpers import TINY1000
 
-TINY = "py:camzoo.models.testing:tiny_backbone"
 COLS = ["AD(100%)", "IC(100%)", "AD(50%)", "IC(50%)", "AD(15%)", "IC(15%)", "#FW"]
 VGG = ["gradcam", "gradcam++", "scorecam", "rise", "lcam-fm*", "lcam-fm", "lcam-img*", "lcam-img",
        "lcam-img-pool5"]
@@ -186,8 +186,9 @@ def test_expected_notes_name_only_the_methods_compared():
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("reference") / "run")
-    # 40 images: enough for the tiny random network's AD / IC to vary (intervals exist)
-    return run(BenchConfig(backbone=TINY, weights="random", methods="gradcam,fakecam", metrics="lcam",
+    # 40 images: enough for the tiny random network's AD / IC to vary (intervals exist); 1000
+    # classes: the photos' ImageNet labels are classes of it
+    return run(BenchConfig(backbone=TINY1000, weights="random", methods="gradcam,fakecam", metrics="lcam",
                            data=SAMPLES, limit=40, seed=2, out=out, progress=False, figures=False),
                echo=lambda s: None)
 
@@ -231,7 +232,7 @@ def test_compare_a_run_with_the_paper(tiny_run, ref):
 
 
 def test_a_backbone_the_reference_does_not_cover(tiny_run):
-    with pytest.raises(ValueError, match=r"no values for backbone 'py:camzoo.*covers: vgg16, resnet50"):
+    with pytest.raises(ValueError, match=r"no values for backbone 'py:tests\.helpers:tiny1000.*covers: vgg16, resnet50"):
         compare_to_reference(tiny_run, "lcam-table1")
     with pytest.raises(ValueError, match="covers: vgg16, resnet50"):
         compare_to_reference(tiny_run, "lcam-table1", backbone="resnet18")

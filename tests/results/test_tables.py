@@ -10,7 +10,7 @@ import pytest
 from camzoo.bench import BenchConfig, run
 from camzoo.results.tables import compare, marks, summary, to_latex, to_markdown
 from tests.conftest import SAMPLES
-from tests.helpers import TINY
+from tests.helpers import TINY1000
 
 
 def test_table_values_and_exports_parse_back(tiny_run):
@@ -29,7 +29,7 @@ def test_table_values_and_exports_parse_back(tiny_run):
     back = pd.read_csv(os.path.join(tiny_run.dir, "table.csv"))
     back = back[[c for c in back.columns if not c.endswith(("_lo", "_hi"))]]  # intervals: test_stats.py
     assert list(back.columns) == ["Backbone", "Method"] + list(df.columns)
-    assert set(back["Backbone"]) == {f"{TINY} (random weights)"}  # the tiny CNN is untrained
+    assert set(back["Backbone"]) == {f"{TINY1000} (random weights)"}  # the tiny CNN is untrained
     np.testing.assert_allclose(back.drop(columns=["Backbone", "Method"]).to_numpy(float), df.to_numpy(float),
                                rtol=1e-5)
     # Markdown: a pipe table, values at 2 decimals, marks and intervals stripped
@@ -96,7 +96,7 @@ def test_latex_escapes_every_special_character():
 
 
 def test_compare_stacks_blocks(tiny_run, tmp_path):
-    r2 = run(BenchConfig(backbone=TINY, weights="random", methods="fakecam", metrics="lcam", data=SAMPLES, limit=2,
+    r2 = run(BenchConfig(backbone=TINY1000, weights="random", methods="fakecam", metrics="lcam", data=SAMPLES, limit=2,
                          out=str(tmp_path / "r2"), progress=False, figures=False), echo=lambda s: None)
     t = compare([tiny_run, r2])
     assert t.df.index.names == ["Backbone", "Method"]

@@ -212,6 +212,12 @@ class _LCAM(Explainer):
     def forward_passes(self, model) -> int:
         return 1
 
+    def check_backbone(self, model) -> None:
+        """The checkpoint given, readable, and trained for ``model`` (loaded once, kept)."""
+        super().check_backbone(model)
+        with self.option_errors("checkpoint"):
+            self.head(model)
+
     def head(self, model) -> Tuple[LCAMHead, Dict[str, Any]]:
         """The trained head and its metadata, checked against ``model``."""
         path = self.options["checkpoint"]

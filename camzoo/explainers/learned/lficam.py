@@ -411,8 +411,16 @@ class LFICAMExplainer(Explainer):
         """``"frozen"`` or ``"end-to-end"`` (from the checkpoint's metadata)."""
         return self._model(model)[1]["mode"]
 
+    def check_backbone(self, model) -> None:
+        """The checkpoint given, readable, and trained for ``model`` (loaded once, cached)."""
+        super().check_backbone(model)
+        with self.option_errors("checkpoint"):
+            self._model(model)
+
     def evaluated_backbone(self, model):
-        """Frozen mode: ``model``. End-to-end: the LFI-CAM model as a Backbone (cached)."""
+        """Frozen mode: ``model``. End-to-end: the LFI-CAM model as a Backbone (cached).
+        A checkpoint that cannot be used is refused by :meth:`check_backbone`."""
+        self.check_backbone(model)
         return self._model(model)[2]
 
     def _explain(self, model, x: Tensor, y: Tensor) -> Tensor:
