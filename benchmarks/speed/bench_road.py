@@ -146,8 +146,8 @@ def main() -> None:
     print(f"forward limit    : {lim_w / n:8.3f} s/img wall  {lim_c / n:8.3f} s/img CPU  "
           f"-> camzoo / limit = {w_ours / lim_w:.2f} wall, {c_ours / lim_c:.2f} CPU; "
           f"imputation / forwards = {imp / lim_w:.2f} wall, {imp_c / lim_c:.2f} CPU")
-    print(f"camzoo ROAD-MoRF {ours['road_morf'].mean():.4f} ROAD-LeRF {ours['road_lerf'].mean():.4f} "
-          f"ROAD {ours['road'].mean():.4f}")
+    print(f"camzoo ROAD-MoRF(p) {ours['road_morf'].mean():.4f} ROAD-LeRF(p) {ours['road_lerf'].mean():.4f} "
+          f"ROAD(p) {ours['road'].mean():.4f} (probability of c; pytorch-grad-cam's scale)")
     if metric is not None:
         w_th, c_th = best["theirs"]
         print(f"pytorch-grad-cam : {w_th / n:8.3f} s/img wall  {c_th / n:8.3f} s/img CPU  "

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -27,8 +26,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 from ..explainers.base import EXPLAINERS
 from ..metrics.protocol import PROTOCOLS, all_protocols, ordered_protocols, shorthand_flags
 from ..models.backbone import Backbone
-from ..results.run import CONFIG_NAME
-from ..utils import dict_diff, jsonable, markdown_table, parse_dotted, split_names
+from ..results.run import CONFIG_NAME, load_run_config
+from ..utils import dict_diff, file_sha256, jsonable, markdown_table, parse_dotted, split_names
 
 
 @dataclass(frozen=True)
@@ -422,13 +421,29 @@ def _preset_metric_options(config: BenchConfig, p: Preset, metrics, picked: List
 
 # -- resume -----------------------------------------------------------------------------------
 def stored_config(out: Optional[str]) -> Dict[str, Any]:
-    """The ``config.json`` of run directory ``out``; a clear error when there is none."""
+    """The ``config.json`` of run directory ``out``; a clear error when there is none, or when
+    it is damaged (:func:`~camzoo.results.run.load_run_config`; the keys a resume reads first)."""
     path = os.path.join(out, CONFIG_NAME) if out else None
     if not path or not os.path.isfile(path):
         raise ValueError("--resume needs --out pointing at an existing run directory"
                          + (f" ({out} has no {CONFIG_NAME})" if out else ""))
-    with open(path) as f:
-        return json.load(f)
+    return load_run_config(out, require=("bench_config", "protocols"))
+
+
+def _keep_added_options(cfg: Dict[str, Any], fields: Dict[str, Any]) -> None:
+    """Give each stored protocol the resumed run computes, for every option the protocol added
+    since the run was stored (:attr:`~camzoo.metrics.protocol.Protocol.added_options`: one that
+    adds stored keys, say), the value the run had in effect, unless given again:
+    ``fields["metric_options"]`` updated."""
+    keep = set(resolve_protocols(fields["metrics"], stored=list(cfg.get("protocols", {}))))
+    mo = {n: dict(o) for n, o in fields.get("metric_options", {}).items()}
+    for p, entry in cfg.get("protocols", {}).items():
+        if p in keep and p in PROTOCOLS:
+            was = entry.get("options", {})
+            added = {k: v for k, v in PROTOCOLS.get(p).stored_options(was).items() if k not in was}
+            if added:
+                mo[p] = {**added, **mo.get(p, {})}
+    fields["metric_options"] = mo
 
 
 def resume_config(out: Optional[str], given: Mapping[str, Any]) -> BenchConfig:
@@ -454,6 +469,7 @@ def resume_config(out: Optional[str], given: Mapping[str, Any]) -> BenchConfig:
             fields[k] = v
     if "metrics" not in given:  # the stored protocols, not what "all" means today (plugins)
         fields["metrics"] = ",".join(cfg.get("protocols", {})) or fields.get("metrics")
+    _keep_added_options(cfg, fields)
     fields["resume"] = True
     fields["out"] = out
     # runs stored before presets were recorded hold their resolved values already
@@ -486,12 +502,20 @@ def config_identity(cfg: Dict[str, Any]) -> Dict[str, Any]:
         return {k: (layer if k == "layer" and v is None else v) for k, v in o.items()}
 
     def protocol_options(p: str, o: Dict[str, Any]) -> Dict[str, Any]:
-        runtime = PROTOCOLS.get(p).runtime_options if p in PROTOCOLS else ()
-        return {k: v for k, v in o.items() if k not in runtime}
+        if p not in PROTOCOLS:
+            return dict(o)
+        proto = PROTOCOLS.get(p)
+        # as in effect: an option the protocol added since the run was stored (absent) counts
+        # as the value the run had (Protocol.added_options)
+        return {k: v for k, v in proto.stored_options(o).items() if k not in proto.runtime_options}
 
     return jsonable({
-        "backbone": {k: cfg["backbone"][k] for k in ("name", "weights_id", "layer")},
-        "methods": {m: {"options": options(v["options"]), "classifier": v["classifier"]}
+        # the --weights file's and each option file's content (sha256); None / {}: not recorded
+        # (a run stored before camzoo recorded them) or no file
+        "backbone": {**{k: cfg["backbone"][k] for k in ("name", "weights_id", "layer")},
+                     "weights_sha256": cfg["backbone"].get("weights_sha256")},
+        "methods": {m: {"options": options(v["options"]), "classifier": v["classifier"],
+                        "file_sha256": v.get("file_sha256") or {}}
                     for m, v in cfg["methods"].items()},
         # not their docs, nor their runtime options (Protocol.runtime_options)
         "protocols": {p: protocol_options(p, v["options"]) for p, v in cfg["protocols"].items()},
@@ -501,7 +525,41 @@ def config_identity(cfg: Dict[str, Any]) -> Dict[str, Any]:
     })
 
 
-def check_resume(old: Dict[str, Any], new: Dict[str, Any], out: str) -> Dict[str, Any]:
+def file_hashes(options: Mapping[str, Any]) -> Dict[str, str]:
+    """``{option: sha256 of the file}`` for each option whose value names an existing file (an
+    explainer's ``checkpoint``; ``{"weights": --weights}``): recorded in ``config.json`` and
+    part of the run identity, so that a resume never mixes two files' rows."""
+    return {k: file_sha256(v) for k, v in options.items()
+            if isinstance(v, (str, os.PathLike)) and os.path.isfile(v)}
+
+
+def _changed_files(a: Dict[str, Any], b: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
+    """One line per file of the stored identity ``a`` (the backbone's ``--weights``, an option
+    naming a file) whose content differs in ``b`` (this run's): changed or gone since the run
+    started. The hashes are taken out of ``a`` and ``b`` (the paths stay). A hash the stored
+    run lacks (stored before camzoo recorded them) is unknown: accepted, and this run's
+    ``config.json`` records the file as it is now."""
+    files = [("backbone.weights", a["backbone"].pop("weights_sha256"),
+              b["backbone"].pop("weights_sha256"), new["backbone"].get("weights"))]
+    stored = {m: v.pop("file_sha256") for m, v in a["methods"].items()}
+    now = {m: v.pop("file_sha256") for m, v in b["methods"].items()}
+    for m in now:
+        for opt, h in stored.get(m, {}).items():
+            files.append((f"methods.{m}.options.{opt}", h, now[m].get(opt),
+                          new["methods"][m]["options"].get(opt)))
+    out = []
+    for key, then, here, path in files:
+        if then is None or then == here:
+            continue
+        state = ("is not there any more" if here is None else
+                 f"changed since the run started (sha256 {then[:16]}... then, {here[:16]}... now)")
+        out.append(f"{key}: the file {path} {state}: the run's remaining images would be computed "
+                   "with another file; restore the original file, or start a new run with another --out")
+    return out
+
+
+def check_resume(old: Dict[str, Any], new: Dict[str, Any], out: str,
+                 unstored: Sequence[str] = ()) -> Dict[str, Any]:
     """Check that ``new`` may resume the run stored as ``old``; return the merged methods.
 
     The identity (:func:`config_identity`) must be equal, except that ``new`` may run a
@@ -509,13 +567,19 @@ def check_resume(old: Dict[str, Any], new: Dict[str, Any], out: str) -> Dict[str
     protocols (``--metrics +road``: computed for the stored images, the stored values kept);
     every stored protocol must be in ``new``, with the same options. An explainer
     option that names a value equal to its resolved default (``layer`` = the backbone's
-    layer) is no difference. Raises ``ValueError`` listing every difference.
+    layer) is no difference. A method of ``unstored`` (no stored row in the run's stores,
+    e.g. every map failed) may change its options, files and classifier: nothing of it would
+    mix. Raises ``ValueError`` listing every difference.
 
     Returns:
         ``config.json``'s ``methods``: every stored method, in stored order, updated with
         ``new``'s entries.
     """
     a, b = config_identity(old), config_identity(new)
+    for m in unstored:  # compared with itself (a copy: _changed_files pops from both)
+        if m in a["methods"] and m in b["methods"]:
+            a["methods"][m] = jsonable(b["methods"][m])
+    changed = _changed_files(a, b, new)
     extra = sorted(set(b["methods"]) - set(a["methods"]))
     both = [m for m in b["methods"] if m in a["methods"]]  # the methods this process runs
     a["methods"] = {m: a["methods"][m] for m in both}
@@ -524,7 +588,7 @@ def check_resume(old: Dict[str, Any], new: Dict[str, Any], out: str) -> Dict[str
     # protocols new adds are no difference; a stored protocol left out is
     b["protocols"] = {p: o for p, o in b["protocols"].items() if p in a["protocols"]}
     a["protocols"] = {p: o for p, o in a["protocols"].items() if p in b["protocols"]}
-    diffs = dict_diff(a, b)
+    diffs = changed + dict_diff(a, b)
     if dropped:
         diffs.append(f"protocols: {', '.join(dropped)} stored but not in this run (stored: "
                      f"{', '.join(old['protocols'])}); a resumed run computes every stored protocol "

@@ -289,7 +289,7 @@ class LCAMProtocol(Protocol):
             specs.append(MetricSpec(f"ad_{L}", f"AD({L}%)", False, 1.0, LCAM_SOURCE + ", Eq. (10)",
                                     f"Average Drop (%) with the top {L}% of the map kept"))
             specs.append(MetricSpec(f"ic_{L}", f"IC({L}%)", True, 1.0, LCAM_SOURCE + ", Eq. (11)",
-                                    f"Increase in Confidence (%) with the top {L}% kept"))
+                                    f"Increase in Confidence (%) with the top {L}% kept", binary=True))
         return specs
 
     def row_keys(self, **opts: Any) -> List[str]:

@@ -34,6 +34,9 @@ class MetricSpec:
         source: paper and authors' code the definition follows.
         description: one line for docs and ``--help``.
         in_table: False for values stored per image but not in the default table.
+        binary: the per-image values are indicators, 0 or 100 in table units (``scale *
+            value``), so the column is a percentage of images (IC): its cells get exact
+            Clopper-Pearson intervals and its comparisons the exact McNemar test.
     """
 
     key: str
@@ -43,6 +46,7 @@ class MetricSpec:
     source: str
     description: str = ""
     in_table: bool = True
+    binary: bool = False
 
     @property
     def arrow(self) -> str:
@@ -115,6 +119,10 @@ class Protocol:
             (the same rows to float rounding: chunk sizes, a solver's code path): not part of
             a run's identity, so a run resumes with other values of them, or with options of
             this kind added after it was stored.
+        added_options: options added after runs of this protocol were stored, with the value
+            such a run had in effect (an option that changes the stored keys, say): a stored
+            run whose options lack one is read and resumed with that value
+            (:meth:`stored_options`), so it keeps its layout and its identity.
     """
 
     name: ClassVar[str] = ""
@@ -125,6 +133,12 @@ class Protocol:
     in_all: ClassVar[bool] = True
     shorthands: ClassVar[Dict[str, str]] = {}
     runtime_options: ClassVar[Tuple[str, ...]] = ()
+    added_options: ClassVar[Dict[str, Any]] = {}
+
+    def stored_options(self, opts: Dict[str, Any]) -> Dict[str, Any]:
+        """A stored run's options (its ``config.json``'s) as they were in effect: ``opts``
+        completed with the :attr:`added_options` they lack."""
+        return {**{k: v for k, v in self.added_options.items() if k not in opts}, **opts}
 
     def options(self, **opts: Any) -> Dict[str, Any]:
         """Defaults updated with ``opts``, checked: unknown options and values of the wrong

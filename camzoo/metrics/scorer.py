@@ -4,11 +4,13 @@ Every protocol reduces to "softmax probability of class c for many perturbed inp
 :class:`Scorer` does exactly that: it packs inputs into forwards of ``eval_batch_size``
 images (channels_last, ``torch.inference_mode``) and counts every image it sends through the
 model, per metric family, so the engine can report and benchmark against forward counts.
+With ``hits=True`` the same forwards also say whether each input's top-1 class is ``c``
+(ROAD's accuracy), at no extra forward.
 """
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -57,8 +59,10 @@ class Scorer:
         """Forget the forward counts."""
         self.counts.clear()
 
-    def _forward(self, x: Tensor, c: Tensor, family: str) -> Tensor:
-        """One forward of at most ``eval_batch_size`` images -> float32 ``[n]`` probs of ``c``."""
+    def _forward(self, x: Tensor, c: Tensor, family: str) -> Tuple[Tensor, Tensor]:
+        """One forward of at most ``eval_batch_size`` images -> float32 ``[n]`` probs of ``c``
+        and bool ``[n]`` hits (``argmax == c``, the engine's top-1 rule: the first maximum of
+        the float32 softmax)."""
         if self.device is not None:
             x = x.to(self.device, self.dtype or x.dtype, non_blocking=True)
             c = c.to(self.device, non_blocking=True)
@@ -67,19 +71,38 @@ class Scorer:
             logits = self.model(x)
         p = torch.softmax(logits.float(), dim=1)
         self.counts[family] += int(x.shape[0])
-        return p.gather(1, c.long().reshape(-1, 1)).squeeze(1)
+        c = c.long().reshape(-1)
+        return p.gather(1, c.reshape(-1, 1)).squeeze(1), p.argmax(dim=1) == c
+
+    def _empty(self, like: Tensor, hits: bool) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+        dev = self.device or like.device
+        p = torch.zeros(0, dtype=torch.float32, device=dev)
+        return (p, torch.zeros(0, dtype=torch.bool, device=dev)) if hits else p
+
+    @staticmethod
+    def _joined(outs: List[Tuple[Tensor, Tensor]], hits: bool) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+        p = outs[0][0] if len(outs) == 1 else torch.cat([o[0] for o in outs])
+        if not hits:
+            return p
+        return p, (outs[0][1] if len(outs) == 1 else torch.cat([o[1] for o in outs]))
 
     @torch.inference_mode()
-    def probs(self, x: Tensor, c: Tensor, family: str) -> Tensor:
-        """Softmax probability of class ``c[i]`` for input ``x[i]``.
+    def probs(self, x: Tensor, c: Tensor, family: str,
+              hits: bool = False) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+        """Softmax probability of class ``c[i]`` for input ``x[i]`` (and, with ``hits``,
+        whether ``c[i]`` is its top-1 class, from the same forward).
 
         Args:
             x: normalized float batch ``[N,3,H,W]`` (any N; split into chunks of
                 ``eval_batch_size``).
             c: LongTensor ``[N]`` of class indices in ``[0, num_classes)``.
-            family: the metric family the forwards are counted under (``counts[family] += N``).
+            family: the metric family the forwards are counted under (``counts[family] += N``,
+                with or without ``hits``).
+            hits: also return ``argmax_k softmax(f(x[i]))_k == c[i]`` (the first maximum, as the
+                engine picks the top-1 class of the clean image).
         Returns:
-            float32 ``[N]`` in [0,1], on the model's device.
+            float32 ``[N]`` in [0,1], on the model's device; with ``hits`` the pair
+            ``(probs, hits)``, ``hits`` bool ``[N]``.
         """
         if x.ndim != 4 or c.reshape(-1).shape[0] != x.shape[0]:
             raise ValueError(
@@ -88,21 +111,23 @@ class Scorer:
         c = c.reshape(-1)
         n, bs = x.shape[0], self.eval_batch_size
         if n == 0:
-            return torch.zeros(0, dtype=torch.float32, device=self.device or x.device)
-        outs = [self._forward(x[i:i + bs], c[i:i + bs], family) for i in range(0, n, bs)]
-        return outs[0] if len(outs) == 1 else torch.cat(outs)
+            return self._empty(x, hits)
+        return self._joined([self._forward(x[i:i + bs], c[i:i + bs], family)
+                             for i in range(0, n, bs)], hits)
 
     @torch.inference_mode()
-    def probs_stream(self, chunks: Iterable[Tuple[Tensor, Tensor]], family: str) -> Tensor:
+    def probs_stream(self, chunks: Iterable[Tuple[Tensor, Tensor]], family: str,
+                     hits: bool = False) -> Union[Tensor, Tuple[Tensor, Tensor]]:
         """:meth:`probs` over a stream of ``(x_chunk [n,3,H,W], c_chunk [n])`` pairs.
 
         The chunks are built lazily by the caller (a generator), so no more than one chunk of
         perturbed images exists at a time. Chunks larger than ``eval_batch_size`` are split.
 
         Returns:
-            float32 ``[sum n]`` in [0,1]: the probabilities of all chunks, concatenated in order.
+            float32 ``[sum n]`` in [0,1]: the probabilities of all chunks, concatenated in order
+            (with ``hits``: the pair ``(probs, hits)`` as :meth:`probs`).
         """
-        outs: List[Tensor] = []
+        outs: List[Tuple[Tensor, Tensor]] = []
         bs = self.eval_batch_size
         for x, c in chunks:
             c = c.reshape(-1)
@@ -111,8 +136,10 @@ class Scorer:
             for i in range(0, x.shape[0], bs):
                 outs.append(self._forward(x[i:i + bs], c[i:i + bs], family))
         if not outs:
-            return torch.zeros(0, dtype=torch.float32, device=self.device)
-        return torch.cat(outs)
+            dev = self.device
+            p = torch.zeros(0, dtype=torch.float32, device=dev)
+            return (p, torch.zeros(0, dtype=torch.bool, device=dev)) if hits else p
+        return self._joined(outs, hits)
 
 
 

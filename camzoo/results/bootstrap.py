@@ -16,7 +16,7 @@ from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
-from scipy.stats import norm
+from scipy.stats import binomtest, norm
 
 DEFAULT_RESAMPLES = 10_000
 DEFAULT_SEED = 0
@@ -59,11 +59,12 @@ def table_matrices(rows: pd.DataFrame, specs, methods: Sequence[str]) -> Dict[st
 
 
 def cell_intervals(mats: Dict[str, pd.DataFrame], n_resamples: int = DEFAULT_RESAMPLES,
-                   seed: int = DEFAULT_SEED, level: float = LEVEL,
-                   ci_method: str = "bca") -> Tuple[pd.DataFrame, pd.DataFrame]:
-    """``(lo, hi)``: the bootstrap interval of every (method, column) cell of ``mats``
-    (:func:`table_matrices`), DataFrames indexed by method with one column per matrix; one
-    bootstrap over all columns at once, so every cell uses the same resampled images."""
+                   seed: int = DEFAULT_SEED, level: float = LEVEL, ci_method: str = "bca",
+                   binary: Sequence[str] = ()) -> Tuple[pd.DataFrame, pd.DataFrame]:
+    """``(lo, hi)``: the interval of every (method, column) cell of ``mats``
+    (:func:`table_matrices`), DataFrames indexed by method with one column per matrix: one
+    bootstrap over all columns at once, so every cell uses the same resampled images; the
+    columns named in ``binary`` (0/100 values) get :func:`proportion_ci` instead."""
     cols = list(mats)
     if not cols:
         return pd.DataFrame(), pd.DataFrame()
@@ -71,7 +72,22 @@ def cell_intervals(mats: Dict[str, pd.DataFrame], n_resamples: int = DEFAULT_RES
     allX = np.concatenate([mats[c].to_numpy(np.float64) for c in cols], axis=1)
     lo, hi = bootstrap_ci(allX, n_resamples, seed, level, ci_method)
     shape = lambda v: pd.DataFrame(v.reshape(len(cols), len(methods)).T, index=methods, columns=cols)  # noqa: E731
-    return shape(lo), shape(hi)
+    lo, hi = shape(lo), shape(hi)
+    for c in (c for c in cols if c in binary):
+        for m in methods:
+            lo.loc[m, c], hi.loc[m, c] = proportion_ci(mats[c][m].to_numpy(np.float64), level)
+    return lo, hi
+
+
+def proportion_ci(v: np.ndarray, level: float = LEVEL) -> Tuple[float, float]:
+    """The exact (Clopper-Pearson) interval of the percentage of images whose 0/100 value is
+    100, from ``scipy.stats.binomtest(...).proportion_ci(method="exact")``, in percent; it
+    exists at 0 % and 100 % too (0 of 30: [0, 11.57]). NaN without a value."""
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return float("nan"), float("nan")
+    ci = binomtest(int(np.sum(v > 0)), len(v)).proportion_ci(confidence_level=level, method="exact")
+    return 100.0 * ci.low, 100.0 * ci.high
 
 
 # -- bootstrap -------------------------------------------------------------------------------

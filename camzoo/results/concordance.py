@@ -1,7 +1,7 @@
 """Do the metrics of a run rank the methods alike? From its stored values only.
 
-**Metric agreement** (:func:`agreement`; Tomsett, Harborne, Chakraborty, Gurram, Preece,
-"Sanity checks for saliency metrics", AAAI 2020, "inter-method reliability"): per image,
+**Metric agreement** (:func:`agreement`; in the spirit of Tomsett et al., AAAI 2020, whose own
+reliability measures are in :mod:`.reliability`): per image,
 each metric ranks the methods (1 = best, ties averaged); Spearman and Kendall (tau-b)
 correlations of the rankings of two metrics, averaged over images; overall agreement of
 all metrics by Kendall's coefficient of concordance W with the tie correction (Kendall &

@@ -1,5 +1,6 @@
-"""Text renderings of a run's statistics (:mod:`.paired`, :mod:`.concordance`): Markdown
-(through :func:`camzoo.utils.markdown_table`) and CSV. Nothing here computes a statistic."""
+"""Text renderings of a run's statistics (:mod:`.paired`, :mod:`.concordance`,
+:mod:`.reliability`): Markdown (through :func:`camzoo.utils.markdown_table`) and CSV. Nothing
+here computes a statistic."""
 from __future__ import annotations
 
 from typing import List
@@ -11,6 +12,7 @@ from ..utils import markdown_table
 from .bootstrap import LEVEL
 from .concordance import Agreement
 from .paired import ALPHA, POWER
+from .reliability import ALPHA_RELIABLE, ALPHA_TENTATIVE, Reliability
 
 STATS_FORMATS = ("markdown", "csv")
 
@@ -54,11 +56,12 @@ def format_pairwise(df: pd.DataFrame, fmt: str = "markdown", level: float = LEVE
         out.append("")
     out.append(f"<sub>A − B: mean paired difference over the images both methods have, in table "
                f"units, with its {100 * level:g} % BCa bootstrap interval (the same resampled images "
-               f"for every pair). p: Wilcoxon signed-rank test (scipy, two-sided); Holm: adjusted "
-               f"over the pairs of the metric; better in bold where the adjusted p < {alpha:g}. "
-               f"Images needed: Noether's (1987) sample size for the signed-rank test to detect "
-               f"the observed effect with power {power:g} at the Bonferroni level alpha/pairs "
-               f"(conservative for Holm).</sub>")
+               f"for every pair). p: two-sided paired sign-flip permutation test of the mean "
+               f"difference (exact McNemar test for 0/1 columns such as IC); Holm: adjusted over "
+               f"all pairs of the metric (the tables' ≈ uses the same family); better in bold where "
+               f"the adjusted p < {alpha:g}. Images needed: normal-approximation sample size of a "
+               f"test of the mean difference to detect the observed effect with power {power:g} at "
+               f"the Bonferroni level alpha/pairs (conservative for Holm).</sub>")
     return "\n".join(out) + "\n"
 
 
@@ -99,6 +102,71 @@ def format_agreement(ag: Agreement, fmt: str = "markdown") -> str:
                 f"**{_num(ag.kendall_w, 3)}**", "",
             f"<sub>Per image, each metric ranks the {len(ag.methods)} methods (1 = best by its "
             f"direction, ties averaged); two metrics agree when their rankings correlate "
-            f"(Tomsett et al., AAAI 2020, inter-method reliability). Averages over {n_txt} images "
+            f"(Tomsett et al.'s reliability measures: camzoo stats --reliability). Averages over {n_txt} images "
             f"(an image whose ranking is constant under a metric is left out of that pair).</sub>"]
+    return "\n".join(out) + "\n"
+
+
+def _ci(lo: float, hi: float, d: int = 2) -> str:
+    return "—" if lo is None or not np.isfinite(lo) else f"[{lo:.{d}f}, {hi:.{d}f}]"
+
+
+def format_reliability(res: Reliability, fmt: str = "markdown") -> str:
+    """:class:`~camzoo.results.reliability.Reliability` as text: ``"csv"`` (one long table:
+    ``measure, metric, metric_b, method, method_b, value, lo, hi, n_images``, every
+    coefficient) or ``"markdown"`` (a section per measure, named as in Tomsett et al. 2020:
+    inter-rater, inter-method and internal consistency reliability)."""
+    if fmt == "csv":
+        recs = [{"measure": "inter-rater", "metric": m, "value": r.alpha, "lo": r.lo, "hi": r.hi,
+                 "n_images": r.n_images} for m, r in res.inter_rater.iterrows()]
+        recs += [{"measure": "inter-method (mean)", "metric": m, "value": r.rho, "lo": r.lo, "hi": r.hi,
+                  "n_images": r.n_images} for m, r in res.inter_method.iterrows()]
+        recs += [{"measure": "inter-method", "metric": r.metric, "method": r.a, "method_b": r.b,
+                  "value": r.rho, "lo": r.lo, "hi": r.hi, "n_images": r.n_images}
+                 for r in res.inter_method_pairs.itertuples()]
+        recs += [{"measure": "internal consistency", "metric": r.metric_a, "metric_b": r.metric_b,
+                  "method": r.method, "value": r.rho, "lo": r.lo, "hi": r.hi, "n_images": r.n_images}
+                 for r in res.internal.itertuples()]
+        recs += [{"measure": "internal consistency (mean)", "metric": r.metric_a, "metric_b": r.metric_b,
+                  "value": r.rho, "lo": r.lo, "hi": r.hi} for r in res.internal_mean.itertuples()]
+        cols = ["measure", "metric", "metric_b", "method", "method_b", "value", "lo", "hi", "n_images"]
+        return pd.DataFrame(recs, columns=cols).to_csv(index=False, float_format="%.6g")
+    if fmt not in ("markdown", "md"):
+        raise ValueError(f"unknown stats format {fmt!r}; valid: {', '.join(STATS_FORMATS)}")
+    pct = f"{100 * res.level:g} %"
+    out = [f"### Inter-rater reliability (Krippendorff's α, {res.level_of_measurement}; each image a rater "
+           f"ranking the {len(res.methods)} methods)", ""]
+    out += markdown_table(["metric", "α", f"{pct} CI", "images"],
+                          [[m, _num(r.alpha, 3), _ci(r.lo, r.hi, 3), int(r.n_images)]
+                           for m, r in res.inter_rater.iterrows()], "lrrr")
+    out += ["", f"<sub>α = 1: every image ranks the methods alike; 0: agreement at chance level. "
+                f"Krippendorff (2004): α ≥ {ALPHA_RELIABLE:.3f} reliable, ≥ {ALPHA_TENTATIVE:.3f} tentative "
+                f"conclusions.</sub>", ""]
+    out += ["### Inter-method reliability (Spearman's ρ across images between the methods' values)", ""]
+    out += markdown_table(["metric", "mean ρ", f"{pct} CI", "min", "max", "images"],
+                          [[m, _num(r.rho), _ci(r.lo, r.hi), _num(r["min"]), _num(r["max"]), int(r.n_images)]
+                           for m, r in res.inter_method.iterrows()], "lrrrrr")
+    npairs = len(res.methods) * (len(res.methods) - 1) // 2
+    out += ["", f"<sub>Mean over the {npairs} method pair{'s' if npairs != 1 else ''} (min / max: the extreme pairs; every pair "
+                f"with its interval in the CSV): does the metric rank the images alike whichever "
+                f"method made the maps?</sub>", ""]
+    out += ["### Internal consistency reliability (Spearman's ρ across images between metrics of one "
+            "construct, per method)", ""]
+    if res.internal.empty:
+        out += ["No two metrics of one construct (AD at several kept fractions, IC at several kept "
+                "fractions, insertion / deletion, ROAD MoRF / LeRF) among the metrics compared.", ""]
+    else:
+        rows = []
+        for r in res.internal_mean.itertuples():
+            g = res.internal[(res.internal.metric_a == r.metric_a) & (res.internal.metric_b == r.metric_b)]
+            per = g.set_index("method").rho
+            rows.append([r.construct, f"{r.metric_a} – {r.metric_b}"] + [_num(per.get(m)) for m in res.methods]
+                        + [_num(r.rho), _ci(r.lo, r.hi)])
+        out += markdown_table(["construct", "metrics"] + list(res.methods) + ["mean ρ", f"{pct} CI"], rows,
+                              "ll" + "r" * (len(res.methods) + 2))
+        out += ["", "<sub>Both metrics oriented so that higher = better: ρ > 0 means they agree on "
+                    "which images a method explains well.</sub>", ""]
+    out += [f"<sub>Tomsett et al., *Sanity checks for saliency metrics*, AAAI 2020. Intervals: "
+            f"percentile bootstrap over images, {res.n_resamples} resamples, seed {res.seed} (the "
+            f"same resampled images for every coefficient).</sub>"]
     return "\n".join(out) + "\n"

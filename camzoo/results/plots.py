@@ -264,3 +264,45 @@ def training_curves(rows: Sequence[dict], path: str, title: str = "") -> None:
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
     _save(fig, path, 100, title, fontsize=10)
+
+
+def reliability_bars(res, path: str, title: str = "") -> None:
+    """Save the metric reliability of a run (:class:`~camzoo.results.reliability.Reliability`)
+    as one PNG: three panels of bars with their bootstrap intervals, inter-rater reliability
+    (Krippendorff's alpha per metric, Krippendorff's 0.667 / 0.8 thresholds dashed),
+    inter-method reliability (mean Spearman rho per metric) and internal consistency
+    reliability (mean Spearman rho per metric pair of a construct)."""
+    plt = _plt()
+    panels = [
+        ("inter-rater reliability", "Krippendorff's α", list(res.inter_rater.index),
+         res.inter_rater["alpha"], res.inter_rater["lo"], res.inter_rater["hi"]),
+        ("inter-method reliability", "mean Spearman ρ", list(res.inter_method.index),
+         res.inter_method["rho"], res.inter_method["lo"], res.inter_method["hi"]),
+        ("internal consistency reliability", "mean Spearman ρ",
+         [f"{a} – {b}" for a, b in zip(res.internal_mean.metric_a, res.internal_mean.metric_b)],
+         res.internal_mean["rho"], res.internal_mean["lo"], res.internal_mean["hi"]),
+    ]
+    width = max(4.0, 0.45 * max(len(p[2]) for p in panels) + 1.5)
+    fig, axes = plt.subplots(1, 3, figsize=(3 * width, 4.2), squeeze=False)
+    for ax, (name, ylabel, labels, v, lo, hi) in zip(axes[0], panels):
+        v, lo, hi = (np.asarray(a, dtype=np.float64) for a in (v, lo, hi))
+        x = np.arange(len(labels))
+        if len(labels):
+            ax.bar(x, np.nan_to_num(v), color=np.where(v >= 0, "C0", "C3"), alpha=0.8)
+            ok = np.isfinite(lo) & np.isfinite(v)
+            ax.errorbar(x[ok], v[ok], yerr=[v[ok] - lo[ok], hi[ok] - v[ok]], fmt="none", ecolor="k",
+                        capsize=3, lw=1)
+            ax.set_xticks(x, labels, rotation=60, ha="right", fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "no metric pair of one construct", ha="center", va="center",
+                    transform=ax.transAxes, fontsize=8)
+            ax.set_xticks([])
+        if name == "inter-rater reliability":
+            for t in (0.667, 0.8):
+                ax.axhline(t, color="gray", ls="--", lw=0.8)
+        ax.axhline(0.0, color="k", lw=0.6)
+        ax.set_ylim(-1.05, 1.05)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.set_title(name, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    _save(fig, path, 110, title, fontsize=10)

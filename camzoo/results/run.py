@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import pandas as pd
 
@@ -23,6 +23,115 @@ LOCK_NAME = ".lock"
 
 class RunLockedError(UserError):
     """Another process holds the run directory's lock."""
+
+
+class DamagedConfigError(UserError, ValueError):
+    """A run's ``config.json`` that is not what camzoo wrote: invalid JSON, not a JSON object,
+    a key its readers need missing or of the wrong type (:func:`load_run_config`)."""
+
+
+#: the top-level keys of every ``config.json`` camzoo has written, which its readers need
+RUN_KEYS = ("backbone", "methods", "protocols", "target", "data", "bench_config")
+#: ``bench_config`` fields holding a whole number or null (the engine reads them with ``int()``;
+#: tests/results/test_damaged_config.py keeps this equal to BenchConfig's integer options)
+BENCH_INT_FIELDS = ("limit", "seed", "batch_size", "eval_batch_size", "grid_images",
+                    "max_failed_batches", "workers", "steps")
+_OBJ, _STR, _NULL, _INT, _NUM = (dict,), (str,), (type(None),), (int,), (int, float)
+#: the shape the readers of ``config.json`` rely on: ``(key path, JSON types, required)``, a
+#: ``*`` standing for every entry of an object; a required key must be there when its parent
+#: is (a top-level key when the reader asks for it: ``load_run_config(require=...)``)
+CONFIG_SHAPE: Tuple[Tuple[str, Tuple[type, ...], bool], ...] = (
+    ("backbone", _OBJ, True), ("backbone.name", _STR, True),
+    ("backbone.layer", _STR + _NULL, True), ("backbone.weights_id", _STR + _NULL, True),
+    ("methods", _OBJ, True), ("methods.*", _OBJ, True), ("methods.*.options", _OBJ, True),
+    ("methods.*.classifier", _OBJ, True), ("methods.*.forward_passes", _NUM, True),
+    ("protocols", _OBJ, True), ("protocols.*", _OBJ, True), ("protocols.*.options", _OBJ, True),
+    ("target", _STR, True),
+    ("data", _OBJ, True), ("data.n_images", _INT, True), ("data.manifest_hash", _STR, True),
+    ("bench_config", _OBJ, True),
+    *((f"bench_config.{k}", _INT + _NULL, False) for k in BENCH_INT_FIELDS),
+    ("columns", _OBJ, False), ("world_size", _INT, False), ("shards", _OBJ, False),
+    ("resumed", (list,), False),
+)
+_KIND = {dict: "an object", list: "a list", str: "a string", int: "a whole number",
+         float: "a number", bool: "true/false", type(None): "null"}
+
+
+def load_run_config(run_dir: str, require: Sequence[str] = RUN_KEYS) -> Dict[str, Any]:
+    """The ``config.json`` of run directory ``run_dir``, its shape checked: the one reader of
+    that file (:class:`Run`, a resume, a merge).
+
+    Args:
+        run_dir: the run directory.
+        require: the top-level keys the caller needs (default: every run's, :data:`RUN_KEYS`).
+            Keys present are checked against :data:`CONFIG_SHAPE` whether required or not.
+    Raises:
+        FileNotFoundError: ``run_dir`` has no ``config.json``.
+        DamagedConfigError: (a ``ValueError``) one message naming the file, what is wrong
+            (invalid JSON at line N, not a JSON object, a key missing or of the wrong type) and
+            what to do.
+    """
+    path = os.path.join(os.fspath(run_dir), CONFIG_NAME)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{run_dir} is not a camzoo run (no {CONFIG_NAME})")
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        cfg = json.loads(data.decode("utf-8"))
+        problem = config_problem(cfg, require)
+    except UnicodeDecodeError as exc:
+        problem = f"not UTF-8 text (byte {exc.start})"
+    except json.JSONDecodeError as exc:
+        problem = f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+    except RecursionError:
+        problem = "JSON nested too deeply"
+    if problem:
+        raise DamagedConfigError(f"{path} is damaged: {problem}; restore it from a backup, or start "
+                                 "a new run with another --out")
+    return cfg
+
+
+def config_problem(cfg: Any, require: Sequence[str] = RUN_KEYS) -> Optional[str]:
+    """What is wrong with a parsed ``config.json`` (see :func:`load_run_config`), or None."""
+    if not isinstance(cfg, dict):
+        return f"not a JSON object (it holds {_KIND.get(type(cfg), 'a value')})"
+    for k in require:
+        if k not in cfg:
+            return f"missing key {k!r}"
+    for path, types, required in CONFIG_SHAPE:
+        *parents, key = path.split(".")
+        for where, parent in _entries(cfg, parents, ""):
+            name = f"{where}.{key}" if where else key
+            if not isinstance(parent, dict):
+                continue  # reported at the parent's own entry
+            if key == "*":
+                items = list(parent.items())
+            elif key in parent:
+                items = [(key, parent[key])]
+            else:
+                if required and (parents or key in require):
+                    return f"missing key {name!r}"
+                continue
+            for k, v in items:
+                if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
+                    what = " or ".join(_KIND[t] for t in types)
+                    return (f"{where + '.' if where else ''}{k} should be {what}, not "
+                            f"{json.dumps(v)[:60]}")
+                if path == "world_size" and v < 1:
+                    return f"world_size should be a whole number >= 1, not {v}"
+    return None
+
+
+def _entries(obj: Any, parts: Sequence[str], where: str) -> Iterator[Tuple[str, Any]]:
+    """``(key path, value)`` of the objects at ``parts`` (``*``: every entry) below ``obj``."""
+    if not parts:
+        yield where, obj
+        return
+    if not isinstance(obj, dict):
+        return
+    head, rest = parts[0], parts[1:]
+    for k in (obj if head == "*" else [head] if head in obj else []):
+        yield from _entries(obj[k], rest, f"{where}.{k}" if where else k)
 
 
 class RunLock:
@@ -102,11 +211,7 @@ class Run:
 
     def __init__(self, path: str, store: str = DB_NAME) -> None:
         self.dir = os.fspath(path)
-        cfg = os.path.join(self.dir, CONFIG_NAME)
-        if not os.path.isfile(cfg):
-            raise FileNotFoundError(f"{self.dir} is not a camzoo run (no {CONFIG_NAME})")
-        with open(cfg) as f:
-            self.config: Dict[str, Any] = json.load(f)
+        self.config: Dict[str, Any] = load_run_config(self.dir)
         self.store = ResultStore(os.path.join(self.dir, store), readonly=True)
         tpath = os.path.join(self.dir, TIMINGS_NAME)
         self.timings: Dict[str, Any] = {}
@@ -144,10 +249,12 @@ class Run:
         """The :class:`~camzoo.metrics.protocol.MetricSpec` of every table column of the run (its
         protocols with their stored options, in table order), or only those of ``metrics`` named
         by column header without the arrow, with it, or row key (case-insensitive)."""
-        from ..metrics.protocol import table_metrics
+        from ..metrics.protocol import PROTOCOLS, table_metrics
 
         protos = self.config["protocols"]
-        specs = table_metrics(list(protos), {p: v["options"] for p, v in protos.items()})
+        # as they were in effect: options a protocol added since take the run's value
+        specs = table_metrics(list(protos), {p: PROTOCOLS.get(p).stored_options(v["options"])
+                                             for p, v in protos.items()})
         if not metrics:
             return specs
         out = []

@@ -16,6 +16,10 @@ no interval can be claimed (fewer than 2 images, or every value equal). A method
 significantly different from the best of its column (paired Wilcoxon signed-rank test on
 the per-image values, Holm-corrected over the methods compared with the best, alpha 0.05)
 gets ``≈`` and a footnote.
+
+Only methods compared on the same images compete: a method whose values of a column cover
+fewer images than another method's (it failed on some) is never marked best, second or ``≈``
+in that column, and a footnote says so (``boom: values on 2 of 6 images; not ranked``).
 """
 from __future__ import annotations
 
@@ -61,6 +65,9 @@ class Table:
         show_ci: render the intervals (``--no-ci`` turns them off).
         unmarked: index keys (methods, or (backbone, method) in :func:`compare`) that never
             compete for best or second: methods with an invalid map (see :func:`contenders`).
+        n_images: images with a value, per metric cell (same index and metric columns as
+            ``df``); a cell with fewer than the most of its column (within a backbone block)
+            is not ranked. ``None``: not known (every cell competes).
     """
 
     df: pd.DataFrame
@@ -76,6 +83,10 @@ class Table:
     #: the backbone as tables name it (``"vgg16"``, ``"tiny (random weights)"``); a one-run
     #: table's CSV carries it as its first column (a compare table has it in its index)
     backbone: str = ""
+    n_images: Optional[pd.DataFrame] = None
+    #: metric columns of 0/1 values (``MetricSpec.binary``: IC): exact Clopper-Pearson
+    #: intervals shown as ``[lo, hi]``, exact McNemar tests for the ``≈``
+    binary: Set[str] = field(default_factory=set)
 
     def to(self, fmt: str) -> str:
         """Render as ``"csv"``, ``"markdown"`` or ``"latex"``."""
@@ -107,10 +118,13 @@ def summary(run, ci: bool = True, n_resamples: int = bootstrap.DEFAULT_RESAMPLES
     specs = run.specs()
     methods = run.methods
     df, better = _method_means(run, rows, specs)
+    n_images = _image_counts(run, rows, specs)
     bbn = run_backbone_label(run)
     fail_notes, unmarked = failure_notes(run)
     table = Table(df, better, _summary_notes(run, rows, bbn) + fail_notes, alpha=alpha,
-                  unmarked=unmarked, backbone=bbn)
+                  unmarked=unmarked, backbone=bbn, n_images=n_images,
+                  binary={s.header for s in specs if s.binary})
+    table.footnotes += coverage_notes(table)
     if not (ci or tests) or not specs:
         return table
     mats = bootstrap.table_matrices(rows, specs, methods)
@@ -142,6 +156,53 @@ def _method_means(run, rows: pd.DataFrame, specs) -> Tuple[pd.DataFrame, Dict[st
     data[TIME_COL] = [float(grouped.get_group(m)["seconds"].mean()) if m in grouped.groups else float("nan")
                       for m in methods]
     return pd.DataFrame(data, index=pd.Index(methods, name=METHOD_COL)), better
+
+
+def _image_counts(run, rows: pd.DataFrame, specs) -> pd.DataFrame:
+    """Images with a value per (method, metric column) of :func:`summary`'s table."""
+    methods = run.methods
+    grouped = rows.groupby("method", sort=False)
+    data = {s.header: [int(pd.to_numeric(grouped.get_group(m)[s.key], errors="coerce").notna().sum())
+                       if m in grouped.groups else 0 for m in methods] for s in specs}
+    return pd.DataFrame(data, index=pd.Index(methods, name=METHOD_COL), columns=[s.header for s in specs])
+
+
+def _covered(table: Table, col: str) -> np.ndarray:
+    """True per row where ``col``'s value covers as many images as the most of any method of
+    its block (always True when the counts are not known)."""
+    out = np.ones(len(table.df), dtype=bool)
+    if table.n_images is None or col not in table.n_images.columns:
+        return out
+    n = table.n_images[col].reindex(table.df.index).fillna(0).to_numpy(float)
+    for blk in _blocks(table.df):
+        out[blk] = n[blk] >= n[blk].max()
+    return out
+
+
+def coverage_notes(table: Table) -> List[str]:
+    """A footnote per method whose values of some metric column cover fewer images than
+    another method's (those cells are not ranked: see :func:`contenders`)."""
+    if table.n_images is None:
+        return []
+    cols = [c for c in table.df.columns if c in table.higher_is_better and c in table.n_images.columns]
+    short: Dict = {}
+    for col in cols:
+        n = table.n_images[col].reindex(table.df.index).fillna(0)
+        covered = _covered(table, col)
+        for blk in _blocks(table.df):
+            most = int(n[blk].max())
+            for key, k, ok in zip(table.df.index[blk], n[blk], covered[blk]):
+                if not ok and k > 0:
+                    short.setdefault(key, {}).setdefault((int(k), most), []).append(col)
+    notes = []
+    for key, groups in short.items():
+        name = " ".join(key) if isinstance(key, tuple) else key
+        parts = [f"values on {k} of {most} images" + ("" if len(groups) == 1 and len(c) == len(cols)
+                                                       else f" in {', '.join(c)}")
+                 for (k, most), c in groups.items()]
+        notes.append(f"{name}: {'; '.join(parts)}; not ranked (compared on fewer images than the "
+                     "other methods).")
+    return notes
 
 
 def _summary_notes(run, rows: pd.DataFrame, bbn: str) -> List[str]:
@@ -176,13 +237,16 @@ def _add_intervals(table: Table, mats: Dict[str, pd.DataFrame], n_resamples: int
                    level: float, ci_method: str) -> None:
     """Set ``table.lo`` / ``hi`` (the bootstrap interval of every metric cell, from the
     per-image ``mats``) and ``table.ci_note`` saying how they were computed."""
-    lo, hi = bootstrap.cell_intervals(mats, n_resamples, seed, level, ci_method)
+    lo, hi = bootstrap.cell_intervals(mats, n_resamples, seed, level, ci_method, binary=table.binary)
     table.lo, table.hi = lo.set_axis(table.df.index), hi.set_axis(table.df.index)
     kind = {"bca": "BCa", "percentile": "percentile"}[ci_method]
     table.ci_note = (f"\u00b1: half-width of the {100 * level:g} % {kind} bootstrap interval over "
                      f"images ({n_resamples:,} resamples, seed {seed}, the same resampled images "
                      f"for every method); {NO_CI}: no interval (fewer than 2 images or all "
-                     "values equal).")
+                     "values equal)."
+                     + (f" [lo, hi] in {', '.join(sorted(table.binary))}: the exact (Clopper-Pearson) "
+                        f"{100 * level:g} % interval of the percentage of images."
+                        if table.binary & set(mats) else ""))
 
 
 def run_backbone_label(run) -> str:
@@ -228,8 +292,10 @@ def near_best_tests(table: Table, mats: Dict[str, pd.DataFrame]) -> pd.DataFrame
 
     For every metric column, the reference is the contender marked best (:func:`marks`; of
     several tied at the printed precision, the one with the best unrounded mean); every
-    other contender is compared with it by a paired Wilcoxon signed-rank test on the images
-    both have (:func:`paired.wilcoxon_p`); Holm's correction runs over those comparisons.
+    pair of contenders is tested on the mean difference over the images both have (sign-flip
+    permutation test; exact McNemar on 0/1 columns) and Holm's correction runs over **all**
+    those pairs (:func:`paired.vs_best`), so the ``≈`` keeps its family-wise error although
+    the best is chosen from the data (docs/stats.md).
 
     Args:
         table: a one-run table (no backbone blocks).
@@ -247,9 +313,11 @@ def near_best_tests(table: Table, mats: Dict[str, pd.DataFrame]) -> pd.DataFrame
             continue
         sign = 1.0 if table.higher_is_better[col] else -1.0
         ref = max(best, key=lambda m: sign * float(table.df.loc[m, col]))
-        others = [m for m in table.df.index if comp.loc[m, col] and mk.loc[m, col] != "best"]
-        p = [paired.wilcoxon_p(X[ref].to_numpy(), X[m].to_numpy()) for m in others]
-        out.loc[others, col] = paired.holm(p)
+        family = [m for m in table.df.index if comp.loc[m, col]]
+        p = paired.vs_best(X[family].to_numpy(), table.higher_is_better[col], best=family.index(ref),
+                           binary=col in table.binary)
+        others = [m for m in family if mk.loc[m, col] != "best"]
+        out.loc[others, col] = [p[family.index(m)] for m in others]
     return out
 
 
@@ -293,7 +361,8 @@ def compare(runs: Sequence, **options) -> Table:
 
     unmarked = {(name, m) for name, t in zip(names, tables) for m in t.unmarked}
     out = Table(pd.concat(frames), better, notes, stack("lo"), stack("hi"), stack("p_best"),
-                tables[0].ci_note, tables[0].alpha, unmarked=unmarked)
+                tables[0].ci_note, tables[0].alpha, unmarked=unmarked, n_images=stack("n_images"),
+                binary=set().union(*(t.binary for t in tables)))
     return out
 
 
@@ -321,15 +390,17 @@ def _blocks(df: pd.DataFrame) -> List[np.ndarray]:
 def contenders(table: Table) -> pd.DataFrame:
     """The cells that compete for best / second (and are tested against the best): bool, like
     ``table.df``, True for every metric cell with a value of a method not in
-    ``table.unmarked``. The one place that decides it:
-    :func:`marks` and :func:`near_best_tests` both ask here."""
+    ``table.unmarked`` whose values cover as many images as any method's of its column and
+    block (``table.n_images``; a method that failed on some images is not ranked: its mean is
+    over other images). The one place that decides it: :func:`marks`,
+    :func:`near_best_tests` and :func:`near_best` all ask here."""
     df = table.df
     out = pd.DataFrame(False, index=df.index, columns=df.columns)
     # a method with an invalid map competes for nothing (its means leave images out)
     eligible = np.array([k not in table.unmarked for k in df.index], dtype=bool)
     for col in df.columns:
         if col in table.higher_is_better:
-            out[col] = df[col].astype(float).notna().to_numpy() & eligible
+            out[col] = df[col].astype(float).notna().to_numpy() & eligible & _covered(table, col)
     return out
 
 
@@ -364,24 +435,27 @@ def marks(table: Table) -> pd.DataFrame:
 
 
 def near_best(table: Table) -> pd.DataFrame:
-    """True for the cells not significantly different from the best of their column
-    (``p_best >= alpha``); all False without tests."""
+    """True for the :func:`contenders` cells not significantly different from the best of
+    their column (``p_best >= alpha``); all False without tests."""
     out = pd.DataFrame(False, index=table.df.index, columns=table.df.columns)
     if table.p_best is not None:
+        comp = contenders(table)
         for col in table.p_best.columns:
-            out[col] = (table.p_best[col] >= table.alpha).to_numpy()
+            ok = comp[col].to_numpy() if col in comp.columns else False
+            out[col] = (table.p_best[col] >= table.alpha).to_numpy() & ok
     return out
 
 
-def _half_width(table: Table, i: int, col: str) -> Optional[float]:
-    """The half-width of cell (row ``i``, ``col``); None = no interval claimed; NaN = the
-    table has no intervals for this column."""
+def _half_width(table: Table, i: int, col: str):
+    """The half-width of cell (row ``i``, ``col``); ``(lo, hi)`` for a 0/1 column (its exact
+    interval is not symmetric); None = no interval claimed; NaN = the table has no intervals
+    for this column."""
     if table.lo is None or col not in table.lo.columns:
         return float("nan")
     lo, hi = float(table.lo.iloc[i][col]), float(table.hi.iloc[i][col])
     if math.isnan(lo) or math.isnan(hi):
         return None
-    return (hi - lo) / 2.0
+    return (lo, hi) if col in table.binary else (hi - lo) / 2.0
 
 
 def legend(table: Table) -> List[str]:
@@ -390,9 +464,9 @@ def legend(table: Table) -> List[str]:
     if table.show_ci and table.lo is not None and table.ci_note:
         out.append(table.ci_note)
     if near_best(table).to_numpy().any():
-        out.append(f"{NEAR}: not significantly different from the best of its column (paired "
-                   f"Wilcoxon signed-rank test on the per-image values, Holm-corrected over the "
-                   f"methods compared with the best, alpha = {table.alpha:g}).")
+        out.append(f"{NEAR}: not significantly worse than the best of its column (paired test of "
+                   f"the mean difference: sign-flip permutation test, exact McNemar for 0/1 columns; "
+                   f"Holm-corrected over all pairs of the column's methods, alpha = {table.alpha:g}).")
     return out
 
 
@@ -440,7 +514,8 @@ def to_csv(table: Table) -> str:
 class CellStyle:
     """How a format writes a metric cell: ``best`` / ``second`` wrap the value (``{}``),
     ``ci`` follows it with the half-width (``{}``), ``no_ci`` where no interval is claimed,
-    ``near`` is the ``≈`` marker, ``wrap`` encloses the whole cell."""
+    ``near`` is the ``≈`` marker, ``wrap`` encloses the whole cell, ``interval`` follows the
+    value with the ends of a 0/1 column's exact interval."""
 
     best: str
     second: str
@@ -448,12 +523,15 @@ class CellStyle:
     no_ci: str
     near: str
     wrap: str = "{}"
+    interval: str = " [{}, {}]"
 
-    def cell(self, s: str, hw: Optional[float], mark: str, near: bool) -> str:
-        """The cell of printed value ``s``; ``hw``: half-width, None = no interval claimed,
-        NaN = intervals not shown."""
+    def cell(self, s: str, hw, mark: str, near: bool) -> str:
+        """The cell of printed value ``s``; ``hw``: half-width, ``(lo, hi)`` (a 0/1 column),
+        None = no interval claimed, NaN = intervals not shown."""
         s = self.best.format(s) if mark == "best" else self.second.format(s) if mark == "second" else s
-        if hw is None:
+        if isinstance(hw, tuple):
+            s += self.interval.format(*(f"{v:.{DECIMALS}f}" for v in hw))
+        elif hw is None:
             s += self.no_ci
         elif not math.isnan(hw):
             s += self.ci.format(f"{hw:.{DECIMALS}f}")
@@ -462,7 +540,7 @@ class CellStyle:
 
 MARKDOWN = CellStyle("**{}**", "<u>{}</u>", " \u00b1 {}", f" \u00b1 {NO_CI}", f" {NEAR}")
 LATEX = CellStyle(r"\mathbf{{{}}}", r"\underline{{{}}}", r"_{{\pm {}}}", r"_{\pm\textrm{---}}", r"^{\approx}",
-                  "${}$")
+                  "${}$", r"_{{[{}, {}]}}")
 
 
 def to_markdown(table: Table) -> str:

@@ -1,7 +1,9 @@
 """Protocol ``road``: the imputation vs an independent scipy solve, the multigrid's Galerkin
 operators and SPD V-cycle, pytorch-grad-cam's ROAD, the protocol and its CLI (resuming runs
-stored with the retired option ``kernels``)."""
+stored with the retired option ``kernels``). The accuracy scale: test_road_accuracy.py."""
 import json
+import os
+import shutil
 import sqlite3
 
 import numpy as np
@@ -365,13 +367,19 @@ def test_protocol_rows_columns_options_and_all_road():
     proto = PROTOCOLS.get("road")
     rows = proto.evaluate(MetricInputs(sc, x, V, c, p.max(1).values, bb.normalize, bb.denormalize,
                                        x01=x01), fractions=(0.25, 0.5))
+    # both scales (tests/metrics/test_road_accuracy.py): accuracy (the paper's) and probability of c
     assert set(rows) == set(proto.row_keys()) | set(proto.curve_keys()) == {
+        "road_acc_morf", "road_acc_lerf", "road_acc", "road_acc_morf_curve", "road_acc_lerf_curve",
         "road_morf", "road_lerf", "road", "road_morf_curve", "road_lerf_curve"}
     assert rows["road_morf_curve"].shape == (2, 2) and sc.counts["road"] == 2 * 2 * 2
-    torch.testing.assert_close(rows["road_morf"], rows["road_morf_curve"].mean(1))
+    for scale in ("", "acc_"):
+        torch.testing.assert_close(rows[f"road_{scale}morf"], rows[f"road_{scale}morf_curve"].mean(1))
+        torch.testing.assert_close(rows[f"road_{scale}lerf"], rows[f"road_{scale}lerf_curve"].mean(1))
     torch.testing.assert_close(rows["road"], (rows["road_lerf"] - rows["road_morf"]) / 2)
-    cols = [(m.column + m.arrow, m.scale) for m in table_metrics(["road"])]
-    assert cols == [("ROAD-MoRF\u2193", 100.0), ("ROAD-LeRF\u2191", 100.0), ("ROAD\u2191", 100.0)]
+    torch.testing.assert_close(rows["road_acc"], (rows["road_acc_lerf"] - rows["road_acc_morf"]) / 2)
+    cols = [(m.column + m.arrow, m.key, m.scale) for m in table_metrics(["road"])]
+    assert cols == [("ROAD-MoRF\u2193", "road_acc_morf", 100.0), ("ROAD-LeRF\u2191", "road_acc_lerf", 100.0),
+                    ("ROAD\u2191", "road_acc", 100.0)]
     with pytest.raises(ValueError, match="has no option.*fractions="):
         proto.options(steps=3)
     # the retired option kernels (compiled CPU kernels, removed): any old value is accepted and
@@ -412,11 +420,15 @@ def test_cli_bench_tiny_vit_weights_all_and_road(tmp_path):
 
     path = tmp_path / "vit.pt"
     torch.save(tiny_vit(seed=4).model.state_dict(), path)
-    common = ["bench", "--backbone", VIT, "--weights", "random", "--weights", str(path), "--data", SAMPLES, "--limit", "2",
-              "--methods", "gradcam,scorecam,rise", "--opt", "rise.n_masks=16", "--steps", "4",
-              "--no-progress"]
+    # two of the photos without their labels (ImageNet classes are not the tiny ViT's 10)
+    data = tmp_path / "photos"
+    data.mkdir()
+    for it in open_dataset(SAMPLES, limit=2).items:
+        shutil.copy(it.path, data / os.path.basename(it.path))
+    common = ["bench", "--backbone", VIT, "--weights", "random", "--weights", str(path), "--data", str(data), "--limit", "2",
+              "--methods", "gradcam,scorecam,rise", "--opt", "rise.n_masks=16", "--no-progress"]
     runner = CliRunner()
-    res = runner.invoke(main, common + ["--metrics", "all", "--out", str(tmp_path / "all")])
+    res = runner.invoke(main, common + ["--metrics", "all", "--steps", "4", "--out", str(tmp_path / "all")])
     assert res.exit_code == 0, res.output
     assert "| scorecam |" in res.output and "AD(100%)↓" in res.output and "ADCC↑" in res.output
     assert "ROAD" not in res.output
@@ -429,7 +441,7 @@ def test_cli_bench_tiny_vit_weights_all_and_road(tmp_path):
     assert len(rows) == 6 and len(rows.iloc[0].road_morf_curve) == 9
     # the stored gradcam rows equal an independent per-image computation with the file's weights
     bb = tiny_vit(weights=str(path))
-    for it in open_dataset(SAMPLES, limit=2).items:
+    for it in open_dataset(str(data), limit=2).items:
         x = bb.preprocess(load_image(it.path)).unsqueeze(0)
         with torch.inference_mode():
             c = bb.model(x).argmax(1)

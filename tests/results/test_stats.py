@@ -18,7 +18,7 @@ from camzoo.cli import main
 from camzoo.results import bootstrap, concordance, paired
 from camzoo.results.tables import NEAR, Table, marks, near_best_tests, summary, to_csv, to_latex, to_markdown
 from tests.conftest import SAMPLES
-from tests.helpers import TINY
+from tests.helpers import TINY1000
 
 
 # -- bootstrap intervals ---------------------------------------------------------------------
@@ -131,7 +131,14 @@ def test_pairwise_tests_on_a_hand_built_matrix():
     assert r.loc[("a", "b"), "diff_lo"] < r.loc[("a", "b"), "diff"] < r.loc[("a", "b"), "diff_hi"]
     assert r.loc[("a", "b"), "better"] == "b"  # lower is better
     np.testing.assert_allclose(df.p_holm, paired.holm(df.p))
-    assert r.loc[("a", "b"), "p"] == ss.wilcoxon(X.a, X.b).pvalue
+    # the p-value is the sign-flip permutation test of the mean difference (scipy's, 9999 draws)
+    ref = ss.permutation_test((X.a.to_numpy(), X.b.to_numpy()), lambda x, y, axis: np.mean(x - y, axis=axis),
+                              permutation_type="samples", vectorized=True, random_state=0).pvalue
+    assert r.loc[("a", "b"), "p"] == pytest.approx(ref, abs=0.01)
+    # the images needed: ((z_.9833 + z_.8) sd / mean)^2 of the b - c differences, by hand
+    d = (X.b - X.c).dropna().to_numpy()
+    z = ss.norm.ppf(1 - 0.05 / 3 / 2) + ss.norm.ppf(0.8)
+    assert r.loc[("b", "c"), "n_needed"] == np.ceil((z * d.std(ddof=1) / d.mean()) ** 2) > 50
 
 
 # -- agreement ---------------------------------------------------------------------------------
@@ -251,15 +258,16 @@ def test_markers_one_clearly_best_and_two_tied():
     assert (t.p_best["X↑"].drop("a") < 0.05).all()
     assert t.p_best.loc["b", "Y↑"] >= 0.05 > t.p_best.loc["c", "Y↑"]
     assert np.isnan(t.p_best.loc["a", "X↑"])
-    # Holm over the two comparisons with the best of Y
-    raw = [paired.wilcoxon_p(mats["Y↑"]["a"], mats["Y↑"][m]) for m in ("b", "c")]
-    np.testing.assert_allclose(t.p_best.loc[["b", "c"], "Y↑"], paired.holm(raw))
+    # the test of the mean difference, Holm over all three pairs of Y (a-b, a-c, b-c)
+    Y = mats["Y↑"][["a", "b", "c"]].to_numpy()
+    raw = paired.sign_flip_p(np.stack([Y[:, 0] - Y[:, 1], Y[:, 0] - Y[:, 2], Y[:, 1] - Y[:, 2]], axis=1))
+    np.testing.assert_allclose(t.p_best.loc[["b", "c"], "Y↑"], paired.holm(raw)[:2])
     md = to_markdown(t)
     rows = {ln.split("|")[1].strip(): ln for ln in md.splitlines() if ln.startswith("| ") and "Method" not in ln}
     assert rows["b"].count(NEAR) == 1 and NEAR not in rows["a"] and NEAR not in rows["c"]
     hw = (t.hi.loc["a", "X↑"] - t.lo.loc["a", "X↑"]) / 2
     assert f"**{t.df.loc['a', 'X↑']:.2f}** ± {hw:.2f}" in rows["a"]
-    assert "not significantly different from the best" in md and "± note" in md and "a footnote" in md
+    assert "not significantly worse than the best" in md and "± note" in md and "a footnote" in md
     t.show_ci = False  # --no-ci: the markers stay, the intervals go
     md = to_markdown(t)
     assert "±" not in md and NEAR in md
@@ -324,8 +332,15 @@ def test_run_tables_carry_intervals_from_the_stored_rows(lite0_run):
     back = pd.read_csv(pd.io.common.StringIO(res.output))
     assert len(back) == 4 and "ADCC↑_lo" in back.columns
     # fewer than 2 images: no interval anywhere
-    one = run(BenchConfig(backbone=TINY, weights="random", methods="fakecam,gradcam", metrics="lcam", data=SAMPLES, limit=1,
+    one = run(BenchConfig(backbone=TINY1000, weights="random", methods="fakecam,gradcam", metrics="lcam", data=SAMPLES, limit=1,
                           out=os.path.join(os.path.dirname(lite0_run.dir), "one"), progress=False,
                           figures=False), echo=lambda s: None)
     t1 = summary(one, n_resamples=100)
-    assert t1.lo.isna().all().all() and "± —" in to_markdown(t1)
+    ad = [c for c in t1.lo.columns if c.startswith("AD")]
+    ic = [c for c in t1.lo.columns if c.startswith("IC")]
+    assert t1.lo[ad].isna().all().all() and "± —" in to_markdown(t1)
+    # a 0/1 column has its exact interval even on one image: 0 of 1 is [0, 97.5] %, 1 of 1 [2.5, 100]
+    for c in ic:
+        for m in t1.df.index:
+            expect = (0.0, 97.5) if t1.df.loc[m, c] == 0 else (2.5, 100.0)
+            assert (t1.lo.loc[m, c], t1.hi.loc[m, c]) == pytest.approx(expect)

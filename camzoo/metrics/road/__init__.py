@@ -23,9 +23,15 @@ Per image ``x01`` in [0,1], map ``V`` and class ``c``, and per removal fraction 
 
   then ``+ noise * N(0,1)`` at the removed pixels (noise 0.01, the authors' default; one noise
   field per order and fraction, shared by all images, so a row does not depend on its batch);
-- **score** (:mod:`.curves`): ``softmax(f(normalize(imputed)))[c]``; curves ``[B, P]``; the
-  row values are the curve means ``ROAD-MoRF`` (lower is better), ``ROAD-LeRF`` (higher is
-  better) and ``ROAD = (LeRF - MoRF) / 2`` (pytorch-grad-cam's ``ROADCombined``).
+- **score** (:mod:`.curves`), both from one forward of ``f(normalize(imputed))``: the
+  accuracy, 1.0 where ``c`` is still its top-1 class (the paper's ROAD: the authors'
+  ``run_road`` reports ``res_acc``, the fraction of imputed images still classified as their
+  class, from ``road_eval``), and the softmax probability of ``c`` (pytorch-grad-cam's scale);
+  curves ``[B, P]`` of each; the row values are the curve means ``ROAD-MoRF`` (lower is
+  better), ``ROAD-LeRF`` (higher is better) and ``ROAD = (LeRF - MoRF) / 2``
+  (pytorch-grad-cam's ``ROADCombined``) on the accuracy (keys ``road_acc_*``, the table's
+  default) and ``ROAD-MoRF(p)`` ... on the probability (keys ``road_morf``, ``road_lerf``,
+  ``road``; option ``scale`` says which the table shows).
 
 The system matrix is the graph Laplacian of the removed pixels with Dirichlet values at the
 kept ones: symmetric positive definite whenever a pixel is kept. It is solved batched over many

@@ -1,4 +1,11 @@
-"""The protocol ``road``: MoRF / LeRF curves of noisy imputed images, their table columns."""
+"""The protocol ``road``: MoRF / LeRF curves of noisy imputed images, their table columns.
+
+Each imputed image is scored twice from its one forward: the softmax probability of ``c``
+and whether ``c`` is still its top-1 class. The paper's ROAD is the *accuracy* (the fraction of
+images still classified as their class: ``res_acc`` of the authors' ``road/road.py``
+``run_road``, from ``road/retraining.py`` ``road_eval``); the probability curves are
+pytorch-grad-cam's scale. The protocol stores both and shows the accuracy by default.
+"""
 from __future__ import annotations
 
 import time
@@ -17,8 +24,11 @@ DEFAULT_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 ROAD_SOURCE = (
     "Rong, Leemann, Borisov, Kasneci, Kasneci, 'A Consistent and Efficient Evaluation Strategy "
     "for Attribution Methods', ICML 2022; code github.com/tleemann/road_evaluation "
-    "(road/imputations.py NoisyLinearImputer, road/imputed_dataset.py ImputedDataset)"
+    "(road/imputations.py NoisyLinearImputer, road/imputed_dataset.py ImputedDataset, "
+    "road/road.py run_road, road/retraining.py road_eval)"
 )
+#: which columns the table shows (option ``scale``; every value is stored either way)
+SCALES = ("accuracy", "probability", "both")
 
 
 class _Clock:
@@ -67,21 +77,22 @@ def _solve_batch(scorer: Scorer, device: torch.device, solve_batch: Optional[int
 
 
 def _score_held(scorer: Scorer, held: List[Tuple[Tensor, Tensor]],
-                last: bool) -> Tuple[Tensor, List[Tuple[Tensor, Tensor]]]:
+                last: bool) -> Tuple[Tensor, Tensor, List[Tuple[Tensor, Tensor]]]:
     """Score the held ``(normalized images, classes)`` in forwards of ``eval_batch_size``: all
-    of them when ``last``, else the full forwards only. Returns the probabilities and what
-    stays held."""
+    of them when ``last``, else the full forwards only. Returns the probabilities of the
+    classes, the hits (top-1 == class, from the same forwards) and what stays held."""
     xs, cs = torch.cat([h[0] for h in held]), torch.cat([h[1] for h in held])
     n = xs.shape[0]
     full = n if last else n - n % scorer.eval_batch_size
-    probs = scorer.probs(xs[:full], cs[:full], FAMILY)
-    return probs, ([(xs[full:], cs[full:])] if full < n else [])
+    probs, hits = scorer.probs(xs[:full], cs[:full], FAMILY, hits=True)
+    return probs, hits, ([(xs[full:], cs[full:])] if full < n else [])
 
 
-def _order_probs(scorer: Scorer, x01: Tensor, c: Tensor, masks: Tensor, noise: Optional[Tensor],
-                 normalize: Callable[[Tensor], Tensor], P: int, chunk: int, tol: float,
-                 clock: _Clock) -> Tensor:
-    """Probabilities ``[B*P]`` of class ``c`` on the noisy imputed images of one order.
+def _order_scores(scorer: Scorer, x01: Tensor, c: Tensor, masks: Tensor, noise: Optional[Tensor],
+                  normalize: Callable[[Tensor], Tensor], P: int, chunk: int, tol: float,
+                  clock: _Clock) -> Tuple[Tensor, Tensor]:
+    """Probabilities ``[B*P]`` of class ``c`` on the noisy imputed images of one order, and
+    hits ``[B*P]`` (bool: ``c`` is the imputed image's top-1), both from the same forwards.
 
     Pair ``q = i * P + j`` (image ``i``, fraction ``j``, removed pixels ``masks[q]``) is imputed
     when its chunk of ``chunk`` pairs is reached, plus ``noise[j]`` (``[P,C,H,W]`` or None) at
@@ -90,6 +101,7 @@ def _order_probs(scorer: Scorer, x01: Tensor, c: Tensor, masks: Tensor, noise: O
     """
     n = masks.shape[0]
     probs: List[Tensor] = []
+    hits: List[Tensor] = []
     held: List[Tuple[Tensor, Tensor]] = []
     n_held = 0
     for a in range(0, n, chunk):
@@ -104,10 +116,11 @@ def _order_probs(scorer: Scorer, x01: Tensor, c: Tensor, masks: Tensor, noise: O
         held.append((normalize(imp), c[img]))
         n_held += e - a
         if n_held >= scorer.eval_batch_size or e == n:
-            p, held = _score_held(scorer, held, last=e == n)
+            p, h, held = _score_held(scorer, held, last=e == n)
             probs.append(p)
+            hits.append(h)
             n_held -= p.shape[0]
-    return torch.cat(probs)
+    return torch.cat(probs), torch.cat(hits)
 
 
 @torch.inference_mode()
@@ -129,7 +142,9 @@ def road_curves(
     """ROAD curves of many images, batched across (image, fraction) pairs.
 
     The pairs of each order are imputed in chunks of ``solve_batch`` and scored in forwards of
-    ``eval_batch_size`` (counted under family ``"road"``); see :func:`_order_probs`.
+    ``eval_batch_size`` (counted under family ``"road"``); see :func:`_order_scores`. Each
+    forward gives both curves of its images: the probability of ``c`` and the accuracy (1 where
+    ``c`` is still the top-1 class), so the accuracy costs no forward.
 
     Args:
         scorer: the counting :class:`Scorer` of the evaluated classifier.
@@ -148,7 +163,9 @@ def road_curves(
         timing: if a dict, receives the seconds spent imputing: ``"impute"`` (wall, CUDA
             synchronized) and ``"impute_cpu"`` (this process's CPU time), added to its values.
     Returns:
-        ``{order: float32 [B, P]}`` softmax probabilities of ``c``.
+        ``{order: float32 [B, P]}`` softmax probabilities of ``c`` and
+        ``{order + "_acc": float32 [B, P]}`` accuracies: 1.0 where ``c`` is the imputed image's
+        top-1 class (the first maximum of its float32 softmax), else 0.0.
     """
     B, C, H, W = x01.shape
     fractions = _checked_fractions(x01, V, fractions, orders)
@@ -166,24 +183,63 @@ def road_curves(
         k = ORDERS.index(order)
         own = slice(k * P, (k + 1) * P)
         masks = removal_masks(V.to(dev), fractions, order, None if ties is None else ties[own])
-        out[order] = _order_probs(scorer, x01, c, masks.reshape(B * P, H, W),
-                                  None if noises is None else noises[own], normalize, P, chunk,
-                                  tol, clock).view(B, P)
+        probs, hits = _order_scores(scorer, x01, c, masks.reshape(B * P, H, W),
+                                    None if noises is None else noises[own], normalize, P, chunk,
+                                    tol, clock)
+        out[order] = probs.view(B, P)
+        out[order + "_acc"] = hits.view(B, P).to(torch.float32)
     if timing is not None:
         timing["impute"] = timing.get("impute", 0.0) + clock.wall
         timing["impute_cpu"] = timing.get("impute_cpu", 0.0) + clock.cpu
     return out
 
 
+#: per-image keys (values, curves) of the accuracy scale (the paper's) and of the probability scale
+ACC_VALUES = ("road_acc_morf", "road_acc_lerf", "road_acc")
+ACC_CURVES = ("road_acc_morf_curve", "road_acc_lerf_curve")
+PROB_VALUES = ("road_morf", "road_lerf", "road")
+PROB_CURVES = ("road_morf_curve", "road_lerf_curve")
+
+
 def road_scores(scorer: Scorer, x01: Tensor, V: Tensor, c: Tensor,
-                normalize: Callable[[Tensor], Tensor], **opts: Any) -> Dict[str, Tensor]:
-    """Per-image ROAD values: ``road_morf``, ``road_lerf`` (curve means, [B]), ``road``
-    ``= (road_lerf - road_morf) / 2`` and the curves ``road_morf_curve``, ``road_lerf_curve``
-    ``[B, P]``. Options as :func:`road_curves` (both orders are needed for ``road``)."""
+                normalize: Callable[[Tensor], Tensor], accuracy: bool = True,
+                **opts: Any) -> Dict[str, Tensor]:
+    """Per-image ROAD values of both scales, from the same forwards.
+
+    Accuracy (the paper's scale): ``road_acc_morf``, ``road_acc_lerf`` (the means over the
+    fractions of 1.0 / 0.0 = ``c`` still top-1 or not, ``[B]``), ``road_acc = (road_acc_lerf -
+    road_acc_morf) / 2`` and the curves ``road_acc_morf_curve``, ``road_acc_lerf_curve``
+    ``[B, P]``. Probability of ``c``: ``road_morf``, ``road_lerf``, ``road`` and the curves
+    ``road_morf_curve``, ``road_lerf_curve``. ``accuracy=False`` leaves the accuracy keys out
+    (the layout of runs stored before they existed). Options as :func:`road_curves` (both
+    orders are needed for the combined values)."""
     cur = road_curves(scorer, x01, V, c, normalize, orders=ORDERS, **opts)
-    morf, lerf = cur["morf"].mean(1), cur["lerf"].mean(1)
-    return {"road_morf": morf, "road_lerf": lerf, "road": (lerf - morf) / 2,
-            "road_morf_curve": cur["morf"], "road_lerf_curve": cur["lerf"]}
+    out: Dict[str, Tensor] = {}
+    for (m_key, l_key, comb), (m_curve, l_curve), suffix in (
+            (ACC_VALUES, ACC_CURVES, "_acc"), (PROB_VALUES, PROB_CURVES, "")):
+        if suffix and not accuracy:
+            continue
+        morf, lerf = cur["morf" + suffix], cur["lerf" + suffix]
+        out.update({m_key: morf.mean(1), l_key: lerf.mean(1), comb: (lerf.mean(1) - morf.mean(1)) / 2,
+                    m_curve: morf, l_curve: lerf})
+    return out
+
+
+def _specs(scale_values: Sequence[str], curve_name: str, suffix: str, what: str,
+           in_table: bool) -> List[MetricSpec]:
+    """The three columns of one scale: MoRF, LeRF, combined."""
+    morf, lerf, comb = scale_values
+    return [
+        MetricSpec(morf, "ROAD-MoRF" + suffix, False, 100.0, ROAD_SOURCE + " (MoRF)",
+                   f"{what} over the MoRF fractions (most relevant removed, imputed), x100",
+                   in_table=in_table),
+        MetricSpec(lerf, "ROAD-LeRF" + suffix, True, 100.0, ROAD_SOURCE + " (LeRF)",
+                   f"{what} over the LeRF fractions (least relevant removed, imputed), x100",
+                   in_table=in_table),
+        MetricSpec(comb, "ROAD" + suffix, True, 100.0,
+                   ROAD_SOURCE + "; combined as pytorch-grad-cam's ROADCombined",
+                   f"(ROAD-LeRF{suffix} - ROAD-MoRF{suffix}) / 2 ({curve_name}), x100", in_table=in_table),
+    ]
 
 
 @register_protocol
@@ -191,18 +247,24 @@ class ROADProtocol(Protocol):
     name = "road"
     order = 40
     in_all = False  # --metrics all,road adds it; 'all' stays the three papers' protocols
-    summary = ("ROAD: MoRF/LeRF at 10..90% removed, noisy linear imputation (Rong et al. 2022); "
-               "not in 'all' (use --metrics all,road)")
+    summary = ("ROAD: accuracy on MoRF/LeRF images with 10..90% removed by noisy linear imputation "
+               "(Rong et al. 2022; probability of c with road.scale=probability|both); not in 'all' "
+               "(use --metrics all,road)")
     source = ROAD_SOURCE
     defaults = {"fractions": DEFAULT_FRACTIONS, "noise": 0.01, "tie_noise": 1e-4, "seed": 0,
-                "tol": DEFAULT_TOL, "solve_batch": None}
+                "tol": DEFAULT_TOL, "solve_batch": None, "accuracy": True, "scale": "accuracy"}
     #: options of earlier versions and the values they took: accepted and ignored, so that
     #: runs stored with them resume and their tables are read. ``kernels`` (auto|c|torch)
     #: chose compiled CPU kernels for the imputation, removed: the torch solver, which gave
     #: the same values to float32 rounding, is the only path.
     retired_options = {"kernels": ("auto", "c", "torch")}
-    # not part of a run's identity: the chunking (rows do not depend on it), the retired options
-    runtime_options = ("solve_batch", *retired_options)
+    #: options added after runs of this protocol were stored, with the value such a run had in
+    #: effect (:meth:`stored_options`): ``accuracy`` -- runs stored before the accuracy curves
+    #: existed hold the probability values only, and keep that layout when read and resumed.
+    added_options = {"accuracy": False}
+    # not part of a run's identity: the chunking (rows do not depend on it), which stored
+    # values the table shows (scale), the retired options
+    runtime_options = ("solve_batch", "scale", *retired_options)
 
     def options(self, **opts: Any) -> Dict[str, Any]:
         """As :meth:`Protocol.options`, after dropping the :attr:`retired_options` (their
@@ -214,24 +276,31 @@ class ROADProtocol(Protocol):
                                  f"one of {', '.join(valid)}; got {v!r}")
         return super().options(**opts)
 
+    def validate(self, opts: Dict[str, Any]) -> None:
+        if opts["scale"] not in SCALES:
+            raise ValueError(f"protocol 'road': option scale must be one of {', '.join(SCALES)} "
+                             f"(which stored values the table shows); got {opts['scale']!r}")
+
     def metrics(self, **opts: Any) -> List[MetricSpec]:
-        self.options(**opts)
-        return [
-            MetricSpec("road_morf", "ROAD-MoRF", False, 100.0, ROAD_SOURCE + " (MoRF)",
-                       "mean prob of c over the MoRF fractions (most relevant removed, imputed), x100"),
-            MetricSpec("road_lerf", "ROAD-LeRF", True, 100.0, ROAD_SOURCE + " (LeRF)",
-                       "mean prob of c over the LeRF fractions (least relevant removed, imputed), x100"),
-            MetricSpec("road", "ROAD", True, 100.0,
-                       ROAD_SOURCE + "; combined as pytorch-grad-cam's ROADCombined",
-                       "(ROAD-LeRF - ROAD-MoRF) / 2, x100"),
-        ]
+        """Both scales' columns: accuracy (the paper's; with ``accuracy``) and probability of
+        ``c`` (headers ``...(p)``). ``scale`` says which are in the table (``in_table``): both
+        are stored either way. Without accuracy values only the probability columns exist, and
+        they are shown whatever ``scale`` says."""
+        o = self.options(**opts)
+        acc = bool(o["accuracy"])
+        scale = o["scale"] if acc else "probability"
+        specs = _specs(ACC_VALUES, "accuracy", "", "fraction of imputed images whose top-1 class is still c, "
+                       "mean", scale in ("accuracy", "both")) if acc else []
+        return specs + _specs(PROB_VALUES, "probability of c", "(p)", "mean softmax probability of c",
+                              scale in ("probability", "both"))
 
     def curve_keys(self, **opts: Any) -> List[str]:
-        return ["road_morf_curve", "road_lerf_curve"]
+        o = self.options(**opts)
+        return [*(ACC_CURVES if o["accuracy"] else ()), *PROB_CURVES]
 
     def evaluate(self, inputs: MetricInputs, **opts: Any) -> Dict[str, Tensor]:
         o = self.options(**opts)
         return road_scores(inputs.scorer, inputs.images01(), inputs.V, inputs.c, inputs.normalize,
-                           fractions=tuple(o["fractions"]), noise=float(o["noise"]),
-                           tie_noise=float(o["tie_noise"]), seed=int(o["seed"]), tol=float(o["tol"]),
-                           solve_batch=o["solve_batch"])
+                           accuracy=bool(o["accuracy"]), fractions=tuple(o["fractions"]),
+                           noise=float(o["noise"]), tie_noise=float(o["tie_noise"]), seed=int(o["seed"]),
+                           tol=float(o["tol"]), solve_batch=o["solve_batch"])
