@@ -155,6 +155,13 @@ def bootstrap_ci(X: np.ndarray, n_resamples: int = DEFAULT_RESAMPLES, seed: int 
 
     One function on purpose: BCa needs each column's jackknife and its resampled means
     together, and every column is computed in one pass over the shared resamples.
+
+    Why not ``scipy.stats.bootstrap(..., method="BCa")`` (which this equals within resampling
+    noise, tested in tests/results/test_stats.py): a table needs the *same* resampled images
+    for every cell while each cell leaves out its own missing images, and scipy resamples the
+    rows of one array (a NaN would poison its mean, a per-column call would draw other
+    resamples); here the resamples are counts ``[B, n]`` multiplied with the values, one
+    matrix product for all cells, with each column's missing images masked out.
     """
     if method not in CI_METHODS:
         raise ValueError(f"unknown interval method {method!r}; valid: {', '.join(CI_METHODS)}")
