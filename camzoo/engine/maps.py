@@ -119,6 +119,7 @@ def explain_checked(m: "MapMethod", x: Tensor, c: Tensor) -> Tensor:
     _check_inputs(m.name, watched)
     return V
 
+
 Target = Union[str, int]  # "pred", "gt" or a class index
 
 
