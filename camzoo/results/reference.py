@@ -292,7 +292,8 @@ def compare_to_reference(run, name: str = "lcam-table1", backbone: Optional[str]
     kind = {"bca": "BCa", "percentile": "percentile"}.get(opts.get("ci_method", "bca"), "")
     ci_txt = (f"CI: the {100 * level:g} % {kind} bootstrap interval over images of camzoo's mean "
               f"({opts.get('n_resamples', bootstrap.DEFAULT_RESAMPLES):,} resamples, seed "
-              f"{opts.get('seed', bootstrap.DEFAULT_SEED)}); {NO_CI}: no interval."
+              f"{opts.get('seed', bootstrap.DEFAULT_SEED)}); IC and other 0/1 columns: the exact "
+              f"(Clopper-Pearson) interval of the percentage; {NO_CI}: no interval."
               if opts.get("ci", True) else f"{NO_CI}: intervals not computed.")
     legend = f"Paper: {SOURCES.get(name, name)}, as printed. {ci_txt}"
     arrows = {_bare(c): c for c in table.higher_is_better}
