@@ -186,9 +186,25 @@ def combined(runs, image_ids=None):
         def __getattr__(self, name):  # anything else summary() may read: the run's own
             return getattr(self.run, name)
 
-    tables = [summary(r if image_ids is None else Subset(r)) for r in runs]
-    return Table(pd.concat([x.df for x in tables]), tables[0].higher_is_better,
-                 list(dict.fromkeys(n for x in tables for n in x.footnotes)))
+    from camzoo.results import bootstrap
+    from camzoo.results.tables import near_best_tests
+
+    seen = [r if image_ids is None else Subset(r) for r in runs]
+    tables = [summary(r, ci=False, tests=False) for r in seen]
+    out = Table(pd.concat([x.df for x in tables]), tables[0].higher_is_better,
+                list(dict.fromkeys(n for x in tables for n in x.footnotes)))
+    # intervals and the ≈ marker over every method of every run (the same images): the runs'
+    # per-image matrices side by side, as one run's table would have them
+    specs = runs[0].specs()
+    mats = {s.header: pd.concat([bootstrap.table_matrices(r.rows(), [s], r.methods)[s.header] for r in seen],
+                                axis=1) for s in specs}
+    out.binary = {s.header for s in specs if s.binary}
+    lo, hi = bootstrap.cell_intervals(mats, binary=out.binary)
+    out.lo, out.hi = lo.reindex(out.df.index), hi.reindex(out.df.index)
+    out.ci_note = ("±: half-width of the 95 % BCa bootstrap interval over images (10,000 resamples, "
+                   "seed 0); [lo, hi] in IC: the exact interval of the percentage.")
+    out.p_best = near_best_tests(out, mats)
+    return out
 
 
 def report(a, names) -> None:
