@@ -23,16 +23,21 @@ def _mm(t):
 
 
 # -- independent reference loops: one image and one channel / mask at a time -------------
+def _activations(bb, xb):
+    """The default layer's activations of ``bb`` on ``xb`` (a plain forward hook)."""
+    feats = {}
+    h = bb.layer().register_forward_hook(lambda m, i, o: feats.__setitem__("a", o))
+    bb.model(xb)
+    h.remove()
+    return feats["a"]
+
+
 def ref_scorecam_official(bb, x, y):
     out = []
     for b in range(x.shape[0]):
         xb = x[b:b + 1]
         with torch.no_grad():
-            feats = {}
-            h = bb.layer().register_forward_hook(lambda m, i, o: feats.__setitem__("a", o))
-            bb.model(xb)
-            h.remove()
-            a = feats["a"]
+            a = _activations(bb, xb)
             H, W = xb.shape[-2:]
             cam = torch.zeros(1, 1, H, W)
             for k in range(a.shape[1]):
@@ -51,11 +56,7 @@ def ref_scorecam_gradcam(bb, x, y):
     for b in range(x.shape[0]):
         xb = x[b:b + 1]
         with torch.no_grad():
-            feats = {}
-            h = bb.layer().register_forward_hook(lambda m, i, o: feats.__setitem__("a", o))
-            bb.model(xb)
-            h.remove()
-            a = feats["a"]
+            a = _activations(bb, xb)
             H, W = xb.shape[-2:]
             logits = []
             for k in range(a.shape[1]):
