@@ -6,6 +6,7 @@ Files (see docs/bench.md): ``config.json`` (everything the run depends on), ``ma
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -134,12 +135,24 @@ def _entries(obj: Any, parts: Sequence[str], where: str) -> Iterator[Tuple[str, 
         yield from _entries(obj[k], rest, f"{where}.{k}" if where else k)
 
 
+class _Replaced(Exception):
+    """The lock file was unlinked (and maybe recreated) by its last holder before our flock."""
+
+
 class RunLock:
     """An exclusive lock on a run directory, held while a process writes to it.
 
     A :class:`filelock.FileLock` on ``<dir>/<name>`` (an OS lock: ``flock`` on POSIX,
     ``msvcrt`` on Windows), so the OS releases it when the holder exits, however it exits (a
     ``SIGKILL`` included), and a stale lock file never blocks a later ``--resume``.
+
+    The holder unlinks the file on release, while still holding it (a finished run keeps no
+    lock files; a killed holder leaves its file, which is harmless). That is safe because each
+    acquisition checks, with the flock held, that the path still names the locked file
+    (filelock's ``on_acquired`` hook, filelock >= 4.0), and otherwise lets it go and takes the
+    path's file: a waiter that locked the file just unlinked never holds it, so two processes
+    never hold two files of one name. Where the check did not run (an older filelock, which
+    ignores the hook; filelock's soft lock on a filesystem without ``flock``), the file is kept.
 
     Args:
         run_dir: the run directory.
@@ -154,23 +167,67 @@ class RunLock:
         import filelock
 
         self.path = os.path.join(run_dir, name)
-        self._lock = filelock.FileLock(self.path, timeout=-1 if wait else 0)
+        self._timeout = -1 if wait else 0
+        self._verified = False  # the held file was checked to be the path's: unlink it on release
+        try:
+            self._lock = filelock.FileLock(self.path, timeout=self._timeout, on_acquired=self._check_inode)
+            self._checking = True
+        except TypeError:  # a filelock without the hook that rejects it
+            self._plain_lock()
+
+    def _plain_lock(self) -> None:
+        import filelock
+
+        self._lock = filelock.FileLock(self.path, timeout=self._timeout)
+        self._checking = False
+
+    def _check_inode(self, fd: int) -> None:
+        """With the flock on ``fd`` held: refuse it unless ``self.path`` still names its file."""
+        try:
+            same = os.path.samestat(os.fstat(fd), os.lstat(self.path))
+        except FileNotFoundError:
+            same = False
+        if not same:
+            raise _Replaced(self.path)  # filelock lets it go and closes fd; acquire() retries
+        self._verified = True
 
     def acquire(self) -> "RunLock":
         """Take the lock; with ``wait=False`` (the default) a held lock raises
         :class:`RunLockedError` naming the run directory, with ``wait=True`` it blocks until free."""
         import filelock
 
-        try:
-            self._lock.acquire()
-        except filelock.Timeout:
-            raise RunLockedError(
-                f"{os.path.dirname(self.path)} is in use by another camzoo process (it holds "
-                f"{self.path}); wait for it to finish, or stop it, before writing to this run") from None
-        return self
+        tries = 0
+        while True:
+            self._verified = False
+            try:
+                self._lock.acquire()
+                return self
+            except _Replaced:
+                continue  # a fresh open of the path, on the file now there
+            except filelock.Timeout:  # (an OSError: caught first)
+                # once more without waiting: filelock gives up on a file unlinked between its
+                # open and its flock (the holder had just released); the path's file may be free
+                tries += 1
+                if self._timeout < 0 or tries > 1:
+                    break
+            except OSError as exc:
+                # no flock on this filesystem: filelock's soft lock (a marker file) has no
+                # descriptor to check, and filelock refuses it with the hook
+                if exc.errno != errno.ENOSYS or not self._checking:
+                    raise
+                self._plain_lock()
+        raise RunLockedError(
+            f"{os.path.dirname(self.path)} is in use by another camzoo process (it holds "
+            f"{self.path}); wait for it to finish, or stop it, before writing to this run")
 
     def release(self) -> None:
         if self._lock.is_locked:
+            if self._verified:  # still held: a waiter that locks this file finds it gone, retries
+                try:
+                    os.unlink(self.path)
+                except OSError:
+                    pass
+            self._verified = False
             self._lock.release(force=True)
 
     def __enter__(self) -> "RunLock":

@@ -1,4 +1,5 @@
-"""Crash-safe result store of a bench run: one SQLite file (``rows.sqlite``) in WAL mode.
+"""Crash-safe result store of a bench run: one SQLite file (``rows.sqlite``), in WAL mode while a
+writer has it open (a rollback-journal file, without ``-wal`` / ``-shm``, once it is closed).
 
 Tables (schema version 3; docs/bench.md):
 
@@ -660,6 +661,19 @@ class ResultStore:
         return np.stack([decode_curve(b) for b in blobs]) if blobs else None
 
     def close(self) -> None:
+        """Close the connection. A writer that is the last connection to the file leaves it in
+        rollback-journal mode (the WAL checkpointed into it, ``-wal`` and ``-shm`` removed): a
+        read-only reader of a WAL file creates both and, unable to checkpoint, leaves them
+        (every finished run kept them); of a rollback-journal file it creates nothing, needs no
+        write access to the folder, and the next writer turns WAL on again (:meth:`_connect`).
+        With another connection open the file stays in WAL mode (no waiting: busy timeout 0)."""
+        if not self.readonly:
+            try:
+                if not self.conn.in_transaction:
+                    self.conn.execute("PRAGMA busy_timeout=0")
+                    self.conn.execute("PRAGMA journal_mode=DELETE")
+            except sqlite3.Error:
+                pass  # a reader has it open, or the connection is closed already
         self.conn.close()
 
     def __enter__(self) -> "ResultStore":
