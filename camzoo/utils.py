@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-from contextlib import nullcontext
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from contextlib import contextmanager, nullcontext
+from contextvars import ContextVar
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
 
 import torch
 
@@ -260,3 +261,26 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: 
     rules = {"r": "---:", "c": ":---:"}
     rule = "|" + "|".join(rules.get(align[i:i + 1], ":---") for i in range(len(header))) + "|"
     return [line(header), rule] + [line(r) for r in rows]
+
+
+#: the callback of :func:`forward_meter` in this context (None: nobody is counting)
+_FORWARD_METER: ContextVar[Optional[Callable[[int], None]]] = ContextVar("camzoo_forward_meter", default=None)
+
+
+def count_forwards(n: int) -> None:
+    """Report ``n`` images just sent through a classifier (a forward chunk of a metric or of
+    a perturbation explainer) to the :func:`forward_meter` of this context, if any: what lets
+    the engine's progress advance within a batch. Costs one context-variable read."""
+    meter = _FORWARD_METER.get()
+    if meter is not None:
+        meter(int(n))
+
+
+@contextmanager
+def forward_meter(callback: Callable[[int], None]) -> Iterator[None]:
+    """Within the block, every :func:`count_forwards` of this thread calls ``callback(n)``."""
+    token = _FORWARD_METER.set(callback)
+    try:
+        yield
+    finally:
+        _FORWARD_METER.reset(token)

@@ -19,7 +19,7 @@ LAYERS = ["api", "cli", "engine", "train", "results", "metrics", "explainers", "
           "base"]
 #: top-level modules of the package and their layers (sub-packages are their own layer)
 TOP_LEVEL = {"__init__": "api", "__main__": "api", "bench": "api", "stats": "api", "sanity": "api",
-             "utils": "base",
+             "utils": "base", "progress": "base",
              "registry": "base", "version": "base"}
 
 

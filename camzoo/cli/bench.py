@@ -59,6 +59,8 @@ def bench_cmd(ctx, **_) -> None:
 
     with user_errors():
         r = run(BenchConfig.from_cli(given(ctx)), echo=click.echo)
+        if r is None:  # --dry-run: the plan was printed, nothing written
+            return
         n_failed = len(r.failures()[["method", "image_id"]].drop_duplicates())
     _exit_status(ctx, r, n_failed)
 

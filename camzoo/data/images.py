@@ -115,11 +115,16 @@ def load_image(path: Union[str, os.PathLike]) -> Image.Image:
         raise ImageReadError(f"cannot read image {path_text(path)}: {type(exc).__name__}: "
                              f"{path_text(str(exc))}") from None
     limit = Image.MAX_IMAGE_PIXELS
-    if limit is not None and size[0] * size[1] > limit:
+    if limit is not None and size[0] * size[1] > limit and path not in _SAID_LARGE:
+        _SAID_LARGE.add(path)  # once per file and process (a run's probe reads it again)
         sys.stderr.write(f"warning: {path_text(path)} is {size[0]}x{size[1]} ({size[0] * size[1]:,} "
                          f"pixels), more than PIL's decompression-bomb limit of {limit:,} pixels "
                          "(PIL.Image.MAX_IMAGE_PIXELS); read and evaluated as usual\n")
     return rgb
+
+
+#: the large images :func:`load_image` has named on stderr in this process
+_SAID_LARGE: set = set()
 
 
 def sample_photos() -> List[Tuple[str, Image.Image]]:

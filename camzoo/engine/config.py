@@ -177,9 +177,15 @@ class BenchConfig:
     save_maps: bool = option(False, "also write maps/<method>/<image_id>.npy (float32 [H,W])", kind=bool)
     target: str = option("pred", "explain and score the model's top-1 class or the ground-truth class",
                          identity="target", choices=("pred", "gt"))
-    grid_images: int = option(4, "images in the overlay grid figure", kind=int)
+    grid_images: int = option(8, "images in the overlay grid figure (the run's first readable images)", kind=int)
     figures: bool = option(True, "write the figures at the end", kind=bool)
-    progress: bool = option(True, "show progress bars", kind=bool)
+    report: bool = option(False, "also write report.html, the run's self-contained HTML report "
+                                 "(camzoo report RUN)", kind=bool)
+    progress: bool = option(True, "show the run's progress (a bar on a terminal, a plain line every "
+                                  "30 s in a log)", kind=bool)
+    dry_run: bool = option(False, "print the plan (methods, images, forwards per image) and its "
+                                  "estimated time from a short probe on this device, then exit; "
+                                  "nothing is written", kind=bool)
     tune_malloc: bool = option(
         False, "on CPU, keep freed memory in glibc's heap for the next forward (process-wide; ~1.9x "
                "faster CPU forwards, benchmarks/speed/bench_malloc.py); the environment variables "

@@ -54,7 +54,8 @@ class Plan:
         protocol_options: validated options per protocol.
         out: the run directory.
         cfg: the ``config.json`` written for this process.
-        lock: this process's lock (the run's, or its shard's), held until the run ends.
+        lock: this process's lock (the run's, or its shard's), held until the run ends; None
+            for a ``dry_run`` plan (nothing written).
         shard: which images this process evaluates, and into which store.
         batch_size, eval_batch_size: as resolved (given, CPU defaults, or probed on CUDA).
         workers: image-decoding worker processes.
@@ -69,7 +70,7 @@ class Plan:
     protocol_options: Dict[str, Dict[str, Any]]
     out: str
     cfg: Dict[str, Any]
-    lock: RunLock
+    lock: Optional[RunLock]
     shard: Shard = Shard()
     batch_size: int = CPU_BATCH_SIZE
     eval_batch_size: int = CPU_EVAL_BATCH_SIZE
@@ -124,6 +125,12 @@ def prepare(config: BenchConfig, echo: Echo = print, shard: Optional[Shard] = No
     cfg = _config_json({"backbone": bb, "dataset": ds, "device": device, "methods": methods,
                         "protocols": protocols, "popts": popts, "out": out}, config, malloc_tuned)
     cfg["world_size"] = shard.world
+    if config.dry_run:  # the plan only: nothing is created, locked or written
+        if config.resume and os.path.isfile(os.path.join(out, CONFIG_NAME)):
+            _continue(cfg, read_config(out), config, out, shard, echo)
+        bs, ebs = _batch_sizes(config, bb, device, None, echo)
+        workers = int(config.workers) if config.workers is not None else _default_workers(device, shard)
+        return Plan(config, device, bb, ds, methods, protocols, popts, out, cfg, None, shard, bs, ebs, workers)
     # everything above can be refused without a trace; from here on the run directory is ours
     writing(out, "the run directory", lambda: os.makedirs(out, exist_ok=True))
     lock = RunLock(out, shard.lock_name).acquire()
@@ -565,10 +572,11 @@ def _subset_line(ds: Dataset) -> str:
     return line
 
 
-def _batch_sizes(config: BenchConfig, bb: Backbone, device: torch.device, out: str,
+def _batch_sizes(config: BenchConfig, bb: Backbone, device: torch.device, out: Optional[str],
                  echo: Echo) -> Tuple[int, int]:
     """``(batch_size, eval_batch_size)``: as given; else 16 / 64 on CPU and, on CUDA, the
-    largest that fits (probed once, cached in the run directory)."""
+    largest that fits (probed once, cached in the run directory ``out``; not cached when
+    ``out`` is None)."""
     got = []
     for kind, cpu_default in (("batch_size", CPU_BATCH_SIZE), ("eval_batch_size", CPU_EVAL_BATCH_SIZE)):
         v = getattr(config, kind)

@@ -43,9 +43,11 @@ from ..models.zoo import load_backbone
 from ..explainers.base import describe_invalid, valid_maps
 from ..results.run import CONFIG_NAME, Run, RunLock, RunLockedError, map_path
 from ..results.store import DB_NAME, ResultStore
-from ..utils import UserError, atomic_write
+from ..progress import Progress
+from ..utils import UserError, atomic_write, forward_meter, synchronize
 from .accel import ieee_fp32
 from .config import BenchConfig
+from .estimate import Estimate, UnitTimes, Work, cheap, estimate, probe_images
 from .maps import MAIN_VIEW, MapBatch, MapMethod, Maps, explain_checked, iterate_maps, same_normalization
 from .plan import Echo, Plan, prepare, writing
 from .shard import (CONFIG_LOCK, Shard, merge_shards, read_config, reading_store, resolve_shard,
@@ -59,13 +61,21 @@ def _mean_std(clf: Backbone) -> Optional[Tuple[Tensor, Tensor]]:
     return (clf.mean, clf.std) if type(clf).normalize is Backbone.normalize else None
 
 
+#: seconds the probe may spend on each map or protocol it times (before the run's estimate)
+PROBE_BUDGET_S = 2.0
+
 #: seconds a torchrun rank may wait at the final barrier for the slowest rank (a day: shards
 #: are balanced, but a long study's ranks may finish hours apart)
 BARRIER_TIMEOUT_S = 24 * 3600.0
 
 
-def run(config: BenchConfig, echo: Echo = print) -> Run:
+def run(config: BenchConfig, echo: Echo = print) -> Optional[Run]:
     """Run (or resume) a benchmark; returns the finished :class:`~camzoo.bench.Run`.
+
+    Before evaluating, it prints the plan (methods, images, forwards per image per method and
+    protocol) and the time estimated from a short probe on this device
+    (:mod:`camzoo.engine.estimate`). With ``config.dry_run`` it prints only that and returns
+    None: nothing is created or written.
 
     The config's preset is applied first (see :mod:`camzoo.engine.config`), so
     ``run(BenchConfig())`` is what a bare ``camzoo bench`` runs. Raises ``ValueError`` for
@@ -90,7 +100,7 @@ def run(config: BenchConfig, echo: Echo = print) -> Run:
         return _run(config, echo, shard, dev)
 
 
-def _run(config: BenchConfig, echo: Echo, shard: Shard, device: Optional[torch.device]) -> Run:
+def _run(config: BenchConfig, echo: Echo, shard: Shard, device: Optional[torch.device]) -> Optional[Run]:
     base = echo
     if shard.world > 1:
         echo = lambda s: base(f"[shard {shard.rank}/{shard.world}] {s}")  # noqa: E731
@@ -98,7 +108,25 @@ def _run(config: BenchConfig, echo: Echo, shard: Shard, device: Optional[torch.d
             config = dataclasses.replace(config, progress=False)  # one set of bars per node's log
     plan = prepare(config, echo, shard, device)
     with ieee_fp32(plan.device, plan.config.amp):  # fp32 means IEEE fp32; restored afterwards
+        if plan.lock is None:
+            _dry_run(plan, echo)
+            return None
         return _evaluate(plan, echo, base, shard)
+
+
+def _dry_run(plan: Plan, echo: Echo) -> None:
+    """The plan and its estimate of a ``dry_run`` plan; nothing is written (a resumed run's
+    store is read only, to count what it lacks)."""
+    layout = plan.cfg["columns"]["protocols"]
+    path = os.path.join(plan.out, plan.shard.store_name)
+    store = (ResultStore(path, readonly=True) if os.path.isfile(path)
+             else ResultStore(":memory:", protocols=layout))
+    try:
+        Runner(plan, store).loop(echo)
+    finally:
+        store.close()
+    echo(f"dry run: nothing was written; run the same command without --dry-run to start it "
+         f"(-> {plan.out})")
 
 
 def _evaluate(plan: Plan, echo: Echo, base: Echo, shard: Shard) -> Run:
@@ -114,7 +142,8 @@ def _evaluate(plan: Plan, echo: Echo, base: Echo, shard: Shard) -> Run:
         if shard.world == 1:
             result = Run(plan.out)
             finish(result, echo, dataset=plan.dataset, backbone=plan.backbone,
-                   figures=plan.config.figures, grid_images=plan.config.grid_images)
+                   figures=plan.config.figures, grid_images=plan.config.grid_images,
+                   report=plan.config.report)
             return result
     finally:
         plan.lock.release()
@@ -175,7 +204,7 @@ def merge(run_dir: str, echo: Echo = print, *, dataset: Optional[Dataset] = None
             dataset = backbone = None
     result = Run(run_dir)
     finish(result, echo, dataset=dataset, backbone=backbone, figures=figures,
-           grid_images=bc.grid_images)
+           grid_images=bc.grid_images, report=bc.report)
     return result
 
 
@@ -225,7 +254,11 @@ class Runner:
                                        amp=self.config.amp)
                         for m in plan.methods}
         self.clock = Clock(plan.device)
-        self.bars: Dict[str, Any] = {}
+        #: the run's progress display (None: progress off, or before the loop), advanced in
+        #: estimated seconds of work (:attr:`est`): ``_left`` of the unit at work not shown yet
+        self.bar: Optional[Progress] = None
+        self.est: Optional[Estimate] = None
+        self._left, self._n_images = 0.0, 0
         self.health = {m.name: _Health() for m in plan.methods}
         self.protocol_health = {(m.name, p): _Health() for m in plan.methods for p in plan.protocols}
         #: (method, image_id) -> the protocols its store lacks (pairs of this process's images)
@@ -233,7 +266,8 @@ class Runner:
         self.grid_ids: set = set()
 
     def loop(self, echo: Echo) -> None:
-        """Evaluate every missing (method, image, protocol) unit; write ``timings.json``."""
+        """Print the plan and its estimate; evaluate every missing (method, image, protocol)
+        unit (not for a ``dry_run`` plan); write ``timings.json``."""
         plan, store, config = self.plan, self.store, self.config
         t_loop = time.perf_counter()
         known_errors = store.error_ids()
@@ -244,25 +278,143 @@ class Runner:
         done = self._missing_units(indexed)
         pending = [(i, it) for i, it in indexed
                    if any((m.name, it.image_id) not in done for m in plan.methods)]
-        if pending:
-            echo(f"bench: {len(plan.methods)} method(s) x {len(pending)} image(s) to do "
-                 f"({len(indexed) - len(pending)} done, {len(known_errors)} unreadable) -> {plan.out}"
-                 + self._partial_note())
+        if not pending:
+            if config.dry_run:
+                echo(f"nothing to do: every (method, image, protocol) of {plan.out} is stored")
+            return
+        echo(f"bench: {len(plan.methods)} method(s) x {len(pending)} image(s) to do "
+             f"({len(indexed) - len(pending)} done, {len(known_errors)} unreadable) -> {plan.out}"
+             + self._partial_note())
+        est = estimate(self._work(pending, done), self.probe(pending))
+        echo(est.text())
+        if config.dry_run:
+            return
+        self.est = est
         if config.progress:
-            self._open_bars(indexed, done)
+            self.bar = Progress(est.total, "bench")
         batches = iterate_maps(plan.dataset, pending, plan.methods, views={MAIN_VIEW: plan.backbone},
                                batch_size=plan.batch_size, target=config.target, done=done,
                                clock=self.clock, warmup=True, amp=config.amp,
                                model_of=plan.forward_model, workers=plan.workers,
                                stored=self.store.stored_pairs())
         try:
-            with contextlib.closing(batches):
+            with contextlib.closing(batches), forward_meter(self._forwards_done):
                 for batch in batches:
                     self._store_batch(batch, echo)
+                    self._images_done(len(batch.items) + len(batch.errors), len(pending))
+            if self.bar is not None:
+                self._begin("bench", 0.0)
+                self.bar.update(max(0.0, self.bar.total - self.bar.n))  # failed or skipped: not left to do
         finally:
-            for b in self.bars.values():
-                b.close()
+            if self.bar is not None:
+                self.bar.close()
         self._write_timings(len(pending), time.perf_counter() - t_loop)
+
+    def _work(self, pending: Sequence[Tuple[int, Any]], done: set) -> Work:
+        """What the run lacks: maps and (method, protocol) units of the ``pending`` images."""
+        plan = self.plan
+        maps = {m.name: sum((m.name, it.image_id) not in done for _, it in pending) for m in plan.methods}
+        units: Dict[str, Dict[str, int]] = {}
+        for m in plan.methods:
+            for _, it in pending:
+                for p in self.missing.get((m.name, it.image_id), ()):
+                    units.setdefault(m.name, {}).setdefault(p, 0)
+                    units[m.name][p] += 1
+        return Work(images=len(pending), maps=maps, units=units,
+                    map_forwards={m.name: int(m.forward_passes) for m in plan.methods},
+                    protocol_forwards={p: PROTOCOLS.get(p).forwards_per_image(**plan.protocol_options[p])
+                                       for p in plan.protocols},
+                    explanations={p: PROTOCOLS.get(p).explanations_per_image(**plan.protocol_options[p])
+                                  for p in plan.protocols})
+
+    def probe(self, pending: Sequence[Tuple[int, Any]], budget_s: float = PROBE_BUDGET_S) -> UnitTimes:
+        """Seconds per image of the run's parts, measured on its first few ``pending`` images
+        (nothing is stored; the real run makes their maps again): the clean forward, one
+        classifier forward at the metric batch size, the map of every method and every
+        protocol whose forwards on those images fit in ``budget_s`` at that rate (the others
+        are priced by their forwards, :func:`~camzoo.engine.estimate.estimate`)."""
+        plan, config = self.plan, self.config
+        t0 = time.perf_counter()
+        b = probe_images(len(pending), plan.batch_size)
+        runner = Runner(plan, self.store)  # its own clock and scorers: nothing of it is kept
+        batches = iterate_maps(plan.dataset, list(pending[:b]), plan.methods,
+                               views={MAIN_VIEW: plan.backbone}, batch_size=b, target=config.target,
+                               clock=runner.clock, warmup=True, amp=config.amp,
+                               model_of=plan.forward_model, workers=0)
+        with contextlib.closing(batches):
+            batch = next((bt for bt in batches if bt.items), None)
+            if batch is None:  # no readable image among them: a rough guess from nothing
+                return UnitTimes(forward=0.0, clean=0.0, probe_seconds=time.perf_counter() - t0)
+            n = len(batch.items)
+            times = UnitTimes(forward=self._forward_seconds(batch),
+                              clean=runner.clock.wall.get("clean", 0.0) / n)
+            base = None
+            for m in plan.methods:
+                if cheap(m.forward_passes, times.forward, n, budget_s):
+                    with contextlib.suppress(Exception):  # a failing method fails in the run
+                        maps = batch.maps_of(m)
+                        times.maps[m.name] = maps.seconds
+                        if base is None or maps.seconds < times.maps[base[0].name]:
+                            base = (m, maps)
+            if base is not None:
+                self._probe_protocols(runner, base, times, n, budget_s)
+        times.probe_seconds = time.perf_counter() - t0
+        return times
+
+    def _forward_seconds(self, batch: MapBatch) -> float:
+        """Seconds per image of one metric forward (``eval_batch_size`` copies of the batch's
+        images through the classifier, as the protocols' forwards go)."""
+        x, c = batch.x[MAIN_VIEW], batch.clean[self.plan.methods[0].classifier_key].c
+        k = min(self.plan.eval_batch_size, 64 if x.device.type == "cpu" else self.plan.eval_batch_size)
+        reps = -(-k // x.shape[0])
+        xx, cc = x.repeat(reps, 1, 1, 1)[:k], c.repeat(reps)[:k]
+        scorer = Scorer(self.plan.forward_model(self.plan.backbone), k, amp=self.config.amp)
+        scorer.probs(xx[:1], cc[:1], "probe")  # warm-up
+        synchronize(x.device)
+        t = time.perf_counter()
+        scorer.probs(xx, cc, "probe")
+        synchronize(x.device)
+        return (time.perf_counter() - t) / k
+
+    def _probe_protocols(self, runner: "Runner", base: Tuple[MapMethod, Maps], times: UnitTimes,
+                         n: int, budget_s: float) -> None:
+        """The protocols' own seconds per image (and, when undeclared, forwards per image) on
+        the cheapest method's probe maps."""
+        m, maps = base
+        for p in self.plan.protocols:
+            proto = PROTOCOLS.get(p)
+            declared = proto.forwards_per_image(**self.plan.protocol_options[p])
+            if not cheap(declared, times.forward, n, budget_s):
+                continue
+            before = runner.scorers[m.name].total
+            with contextlib.suppress(Exception):  # a failing protocol fails in the run
+                runner.evaluate(m, p, maps, defaultdict(int))
+                times.protocols[p] = runner.clock.wall.get(f"metric/{p}", 0.0) / n
+                if declared is None:
+                    times.protocol_forwards[p] = (runner.scorers[m.name].total - before) / n
+
+    def _begin(self, what: str, seconds: float) -> None:
+        """Start a unit of ``seconds`` estimated work on the bar (ending the one before)."""
+        bar = self.bar
+        if bar is None:
+            return
+        if self._left > 0:
+            bar.update(self._left)
+        self._left = seconds
+        bar.describe(what)
+
+    def _forwards_done(self, n: int) -> None:
+        """``n`` forwards done inside the unit at work (the forward meter's callback)."""
+        if self.bar is not None and self._left > 0:
+            step = min(self._left, n * self.est.times.forward)
+            self._left -= step
+            self.bar.update(step)
+
+    def _images_done(self, n: int, total: int) -> None:
+        self._n_images += n
+        if self.bar is not None:
+            self._begin(self.bar.desc, 0.0)
+            self.bar.describe(self.bar.desc, f"{self._n_images}/{total} images")
 
     def _missing_units(self, indexed: Sequence[Tuple[int, Any]]) -> set:
         """Fill :attr:`missing` for the images ``indexed``; return the pairs that lack nothing."""
@@ -290,9 +442,8 @@ class Runner:
         """Evaluate one batch and write it in one transaction."""
         for e in batch.errors:
             echo(f"error: {e[3]}")
-            for b in self.bars.values():
-                b.total -= 1
-                b.refresh()
+        if self.bar is not None:  # the clean forwards, done before the batch arrived
+            self.bar.update(len(batch.items) * self.est.times.clean)
         rows, fails = self.batch(batch, echo)
         t = self.clock.start()
         writing(self.plan.out, "the result store (rows.sqlite)",
@@ -311,14 +462,6 @@ class Runner:
         name = plan.shard.timings_name
         writing(plan.out, name, lambda: atomic_write(os.path.join(plan.out, name), json.dumps(timings, indent=2)))
 
-    def _open_bars(self, indexed, done) -> None:
-        from tqdm.auto import tqdm
-
-        for pos, m in enumerate(self.plan.methods):
-            n_done = sum((m.name, it.image_id) in done for _, it in indexed)
-            self.bars[m.name] = tqdm(total=len(indexed), initial=n_done, desc=f"{m.name:>16s}",
-                                     unit="img", position=pos, leave=True, dynamic_ncols=True)
-
     def batch(self, batch: MapBatch, echo: Echo = print) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
         """Every method's maps and missing protocols on ``batch``, each method and each
         protocol isolated from the others.
@@ -335,7 +478,6 @@ class Runner:
             r, f = self._method(m, batch, sel, echo)
             rows += r
             fails += f
-            self._advance(m, len(sel))
         return rows, fails
 
     def _todo(self, m: MapMethod, batch: MapBatch, sel: Sequence[int]) -> Dict[str, List[int]]:
@@ -372,8 +514,6 @@ class Runner:
         t = self.clock.start()
         rows = self.rows(m, batch, maps, values)
         self.clock.stop("rows", t)
-        if m.name in self.bars:
-            self.bars[m.name].set_postfix_str(f"{maps.seconds:.3g} s/img map", refresh=False)
         return rows, fails + proto_fails
 
     def _maps(self, m: MapMethod, batch: MapBatch, sel: Sequence[int],
@@ -383,6 +523,8 @@ class Runner:
         h = self.health[m.name]
         fails: List[Dict[str, Any]] = []
         good = None
+        if self.est is not None:
+            self._begin(f"{m.name}: maps", len(sel) * self.est.per_map(m.name))
         try:
             maps = batch.maps_of(m)
             ok = valid_maps(maps.V)
@@ -433,6 +575,8 @@ class Runner:
         raised; stops ``p`` for ``m`` when it failed on each of its first batches."""
         hp = self.protocol_health[(m.name, p)]
         fails: List[Dict[str, Any]] = []
+        if self.est is not None:
+            self._begin(f"{m.name}: {p}", len(maps.sel) * self.est.per_unit(m.name, p))
         try:
             got: Optional[Dict[str, Tensor]] = self.evaluate(m, p, maps, batch.forwards)
         except UserError:
@@ -445,10 +589,6 @@ class Runner:
         hp.record(got is None, int(self.config.max_failed_batches), f"{m.name}: protocol {p}",
                   self.plan.out, echo)
         return got, fails
-
-    def _advance(self, m: MapMethod, n: int) -> None:
-        if m.name in self.bars:
-            self.bars[m.name].update(n)
 
     def _failures(self, m: MapMethod, batch: MapBatch, sel: Sequence[int], kind: str, error: str,
                   message: str, tb: Optional[str] = None, protocol: str = "") -> List[Dict[str, Any]]:
@@ -533,14 +673,15 @@ def _save_map(out: str, path: str, arr: np.ndarray) -> None:
 
 
 def finish(result: Run, echo: Echo, *, dataset: Optional[Dataset], backbone: Optional[Backbone],
-           figures: bool = True, grid_images: int = 4) -> None:
-    """Tables and figures of a finished run (the overlay grid needs ``dataset`` and
-    ``backbone``; without them only the curves are drawn)."""
+           figures: bool = True, grid_images: int = 8, report: bool = False) -> None:
+    """Tables, figures (the overlay grid needs ``dataset`` and ``backbone``; without them only
+    the curves are drawn), with ``report`` the HTML report, and the footer
+    (:func:`camzoo.engine.footer.footer`) of a finished run."""
     from ..results.tables import write_tables
+    from .footer import footer
 
     md = writing(result.dir, "the tables", lambda: write_tables(result))
     echo(md)
-    echo(f"run directory: {result.dir}")
     if figures:
         from ..results.plots import bench_figures
 
@@ -549,3 +690,13 @@ def finish(result: Run, echo: Echo, *, dataset: Optional[Dataset], backbone: Opt
         except Exception as exc:  # the rows and tables are safe; the run still fails
             raise UserError(f"the tables are written, but the figures in {result.dir} failed: "
                             f"{type(exc).__name__}: {exc}") from None
+    if report:
+        from .report import write_report
+
+        echo(f"report: {writing(result.dir, 'report.html', lambda: write_report([result], echo=echo))}")
+    commands = []
+    if (result.config.get("bench_config") or {}).get("preset") == "quick":
+        commands.append("camzoo bench --preset full --dry-run    the full protocol's plan and estimated time")
+    for line in footer(result, commands):
+        echo(line)
+    echo(f"run directory: {result.dir}")

@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..utils import make_generator
-from .base import Explainer, minmax, register_explainer
 from ..utils import autocast as autocast_context
+from ..utils import count_forwards, make_generator
+from .base import Explainer, minmax, register_explainer
 from .perturb import default_batch_size, inference_model
 
 
@@ -138,6 +138,7 @@ class RISE(Explainer):
                 with amp:
                     logits = net(masked)
                 probs.view(-1)[p] = torch.softmax(logits.float(), dim=1).gather(1, y[b, None])[:, 0]
+                count_forwards(masked.shape[0])  # the engine's progress within a batch
             sal += torch.einsum("bm,mhw->bhw", probs, masks)
         return sal / (n * p1)
 

@@ -39,6 +39,7 @@ from torch import Tensor
 
 from .base import Explainer, cam_to_map, minmax, register_explainer
 from ..utils import autocast as autocast_context
+from ..utils import count_forwards
 from .perturb import default_batch_size, inference_model
 
 VARIANTS = ("official", "grad-cam")
@@ -127,6 +128,7 @@ class ScoreCAM(Explainer):
             else:
                 s = logits.gather(1, y[b, None])[:, 0]
             scores[idx] = s
+            count_forwards(masked.shape[0])  # the engine's progress within a batch
         return scores.reshape(B, K)
 
     @torch.inference_mode()

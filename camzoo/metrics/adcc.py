@@ -184,6 +184,12 @@ class ADCCProtocol(Protocol):
     def row_keys(self, **opts: Any) -> List[str]:
         return ["adcc_O", "adcc_ad", "coherency", "complexity", "adcc"]
 
+    def forwards_per_image(self, **opts: Any) -> int:
+        return 1  # E = x * V
+
+    def explanations_per_image(self, **opts: Any) -> int:
+        return 1  # the map of E (Coherency)
+
     def evaluate(self, inputs: MetricInputs, **opts: Any) -> Dict[str, Tensor]:
         o = self.options(**opts)
         if inputs.explain_fn is None:

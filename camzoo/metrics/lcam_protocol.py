@@ -296,6 +296,9 @@ class LCAMProtocol(Protocol):
         nus = self.options(**opts)["nus"]
         return [f"{k}_{nu_label(nu)}" for nu in nus for k in ("O", "ad", "ic")]
 
+    def forwards_per_image(self, **opts: Any) -> int:
+        return len(self.options(**opts)["nus"])  # one masked image per threshold
+
     def evaluate(self, inputs: MetricInputs, **opts: Any) -> Dict[str, Tensor]:
         o = self.options(**opts)
         return lcam_scores(inputs.scorer, inputs.images01(), inputs.V, inputs.c, inputs.Y,

@@ -172,6 +172,18 @@ class Protocol:
         """Names of per-image curves ``[B,L]`` :meth:`evaluate` also returns (may be empty)."""
         return []
 
+    def forwards_per_image(self, **opts: Any) -> Optional[int]:
+        """Images this protocol sends through the classifier per evaluated image (its scorer
+        forwards, every family together), for the run's plan and estimate; None when it is not
+        known in advance (the engine then measures it on its probe). The built-ins' counts
+        equal the forwards the engine stores (tested)."""
+        return None
+
+    def explanations_per_image(self, **opts: Any) -> int:
+        """Maps the protocol asks the method for per image, besides the evaluated one (the
+        ADCC protocol's Coherency map of ``x * V``: 1); each costs the method's forwards."""
+        return 0
+
     def evaluate(self, inputs: MetricInputs, **opts: Any) -> Dict[str, Tensor]:
         """Per-image values for one batch: ``{key: [B]}`` for :meth:`row_keys` plus curves."""
         raise NotImplementedError

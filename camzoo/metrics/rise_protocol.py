@@ -277,6 +277,13 @@ class RISEProtocol(Protocol):
     def curve_keys(self, **opts: Any) -> List[str]:
         return [f"{m[:3]}_curve" for m in self.options(**opts)["modes"]]
 
+    def families(self, **opts: Any) -> Tuple[str, ...]:
+        return tuple(self.options(**opts)["modes"])  # the scorer counts each curve under its mode
+
+    def forwards_per_image(self, **opts: Any) -> int:
+        o = self.options(**opts)
+        return len(o["modes"]) * (int(o["steps"]) + 1)  # every point of every curve
+
     def evaluate(self, inputs: MetricInputs, **opts: Any) -> Dict[str, Tensor]:
         o = self.options(**opts)
         return rise_scores(inputs.scorer, inputs.x, inputs.V, inputs.c, int(o["steps"]),

@@ -15,7 +15,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from ..utils import autocast, check_amp
+from ..utils import autocast, check_amp, count_forwards
 
 
 class Scorer:
@@ -71,6 +71,7 @@ class Scorer:
             logits = self.model(x)
         p = torch.softmax(logits.float(), dim=1)
         self.counts[family] += int(x.shape[0])
+        count_forwards(x.shape[0])
         c = c.long().reshape(-1)
         return p.gather(1, c.reshape(-1, 1)).squeeze(1), p.argmax(dim=1) == c
 

@@ -85,7 +85,8 @@ def test_a_method_failing_on_its_first_batches_is_stopped(tmp_path):
                             max_failed_batches=2, out=str(tmp_path / "run"), **QUIET),
                 echo=lambda s: None)
     f = r.failures()
-    assert AlwaysBoom.calls == 2  # not 6 (warm-up calls included: the warm-up raised)
+    # 2, not 6 (warm-up calls included: the warm-up raised), and the probe of the estimate
+    assert AlwaysBoom.calls == 3
     assert sorted(f.kind.value_counts().items()) == [("error", 2), ("skipped", 4)]
     assert all("stopped after failing on each of its first 2 batches" in m
                for m in f[f.kind == "skipped"].message)

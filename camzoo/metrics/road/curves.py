@@ -298,6 +298,9 @@ class ROADProtocol(Protocol):
         o = self.options(**opts)
         return [*(ACC_CURVES if o["accuracy"] else ()), *PROB_CURVES]
 
+    def forwards_per_image(self, **opts: Any) -> int:
+        return len(ORDERS) * len(self.options(**opts)["fractions"])  # one imputed image per point
+
     def evaluate(self, inputs: MetricInputs, **opts: Any) -> Dict[str, Tensor]:
         o = self.options(**opts)
         return road_scores(inputs.scorer, inputs.images01(), inputs.V, inputs.c, inputs.normalize,
