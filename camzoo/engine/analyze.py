@@ -113,7 +113,10 @@ def per_class_table(run: Run, names: Sequence[str]) -> pd.DataFrame:
     return out
 
 
-def _rebuild(run: Run, backbone: Optional[Backbone], device):
+def rebuild_run(run: Run, backbone: Optional[Backbone], device):
+    """``(backbone, {method: options})`` of a stored run, rebuilt from its ``config.json``
+    (``backbone`` given: used instead of loading it); shared by ``camzoo analyze`` and
+    ``camzoo report``."""
     cfg = run.config
     b = cfg["backbone"]
     if backbone is None:
@@ -128,7 +131,8 @@ def _rebuild(run: Run, backbone: Optional[Backbone], device):
     return backbone, opts
 
 
-def _dataset(run: Run):
+def run_dataset(run: Run):
+    """The stored run's dataset, opened again from its ``config.json`` (its manifest's images)."""
     d = run.config["data"]
     bc = run.config["bench_config"]
     data = d["root"] if bc.get("data") is None else bc["data"]  # torchvision's layout: root is ROOT/val
@@ -172,7 +176,7 @@ def analyze(run: Union[str, Run], *, methods: Optional[Sequence[str]] = None, to
     recs: List[Dict[str, Any]] = []
     figs: Dict[str, tuple] = {}
     if len(wrong):
-        bb, opts = _rebuild(r, backbone, device)
+        bb, opts = rebuild_run(r, backbone, device)
         remade = _remake(r, bb, opts, names, wrong, batch_size, max_figures, echo)
         recs = _pair_records(wrong, names, remade, bb, top)
         figs = remade.figures(names)
@@ -244,7 +248,7 @@ def _remake(r: Run, bb: Backbone, opts: Dict[str, Dict[str, Any]], names: Sequen
     """Each method's maps of the ``wrong`` images for the ground-truth and the predicted class,
     through the shared map path with the run's options (``opts``, complete: a ``--layer`` of
     the run is in them)."""
-    ds = _dataset(r)
+    ds = run_dataset(r)
     ids = set(wrong.image_id)
     items = [(i, it) for i, it in enumerate(ds.items) if it.image_id in ids]
     mm = make_methods(bb, names, {m: opts[m] for m in names})

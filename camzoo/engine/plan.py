@@ -508,6 +508,11 @@ def _environment_json(config: BenchConfig, device: torch.device, malloc_tuned: b
     return {
         "camzoo_version": __version__,
         "torch_version": torch.__version__,
+        "torchvision_version": _version_of("torchvision"),
+        "timm_version": _version_of("timm"),
+        "cuda_version": torch.version.cuda,
+        "cudnn_version": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "hostname": platform.node(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "device": str(device),
@@ -517,6 +522,16 @@ def _environment_json(config: BenchConfig, device: torch.device, malloc_tuned: b
         # fp32 runs are IEEE fp32 (ieee_fp32); with --amp the user's TF32 settings stay
         "tf32": device.type == "cuda" and config.amp is not None and bool(torch.backends.cudnn.allow_tf32),
     }
+
+
+def _version_of(package: str) -> Optional[str]:
+    """The installed version of ``package`` (None when it is not installed)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def _backbone_json(config: BenchConfig, bb: Backbone, label: str) -> Dict[str, Any]:

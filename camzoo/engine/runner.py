@@ -455,6 +455,10 @@ class Runner:
         plan, config = self.plan, self.config
         timings = {**self.clock.to_dict(), "scorer_forwards": {
             f"{m}/{f}": int(n) for m, s in self.scorers.items() for f, n in s.counts.items()},
+            # the estimate printed before the loop (the probe's time is part of loop_wall_s)
+            "estimate": None if self.est is None else {
+                "seconds": self.est.total, "probe_s": self.est.times.probe_seconds,
+                "per_method_s": self.est.seconds, "forward_s": self.est.times.forward},
             "process": {"shard": plan.shard.name, "images": n_images, "loop_wall_s": loop_s,
                         "device": str(plan.device), "batch_size": plan.batch_size,
                         "eval_batch_size": plan.eval_batch_size, "amp": config.amp,
@@ -693,7 +697,7 @@ def finish(result: Run, echo: Echo, *, dataset: Optional[Dataset], backbone: Opt
     if report:
         from .report import write_report
 
-        echo(f"report: {writing(result.dir, 'report.html', lambda: write_report([result], echo=echo))}")
+        echo(f"report: {writing(result.dir, 'report.html', lambda: write_report([result], backbone=backbone, echo=echo))}")
     commands = []
     if (result.config.get("bench_config") or {}).get("preset") == "quick":
         commands.append("camzoo bench --preset full --dry-run    the full protocol's plan and estimated time")

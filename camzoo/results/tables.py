@@ -368,7 +368,8 @@ def compare(runs: Sequence, **options) -> Table:
 
 
 # -- formatting --------------------------------------------------------------------------
-def _fmt(col: str, v: float) -> str:
+def format_value(col: str, v: float) -> str:
+    """A value of column ``col`` as the tables print it (``-`` for a missing one)."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
     if col == FW_COL:
@@ -470,7 +471,7 @@ def legend(table: Table) -> List[str]:
     return out
 
 
-def _cells(table: Table, i: int, style, plain=str) -> List[str]:
+def cells(table: Table, i: int, style, plain=str) -> List[str]:
     """The rendered value cells of row ``i``: ``style(value, half_width, mark, near)``
     renders a metric cell (``half_width``: float, None = no interval, NaN = not shown),
     ``plain(text)`` the others."""
@@ -479,7 +480,7 @@ def _cells(table: Table, i: int, style, plain=str) -> List[str]:
     out = []
     for col in df.columns:
         v = df.iloc[i][col]
-        s = _fmt(col, v)
+        s = format_value(col, v)
         if col in table.higher_is_better and s != "-":
             hw = _half_width(table, i, col) if table.show_ci else float("nan")
             s = style(s, hw, mk.iloc[i][col], bool(nb.iloc[i][col]))
@@ -549,7 +550,7 @@ def to_markdown(table: Table) -> str:
     df = table.df
     multi = isinstance(df.index, pd.MultiIndex)
     head = ([BACKBONE_COL] if multi else []) + [METHOD_COL] + list(df.columns)
-    rows = [(list(key) if multi else [key]) + _cells(table, i, MARKDOWN.cell)
+    rows = [(list(key) if multi else [key]) + cells(table, i, MARKDOWN.cell)
             for i, key in enumerate(df.index)]
     lines = markdown_table(head, rows, "l" * (2 if multi else 1) + "r" * len(df.columns))
     for n in legend(table) + table.footnotes:
@@ -591,7 +592,7 @@ def to_latex(table: Table) -> str:
                 prev = block
         else:
             method = key
-        lines.append(" & ".join([_tex(method)] + _cells(table, i, LATEX.cell, _tex)) + r" \\")
+        lines.append(" & ".join([_tex(method)] + cells(table, i, LATEX.cell, _tex)) + r" \\")
     lines.append(r"\bottomrule")
     for n in legend(table) + table.footnotes:
         lines.append(rf"\multicolumn{{{ncol}}}{{l}}{{\footnotesize {_tex(n)}}} \\")
