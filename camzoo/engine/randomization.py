@@ -251,7 +251,7 @@ def _figures(res: SanityResult, bb: Backbone, ds: Dataset, grid, out: str, names
             for m in names:
                 imgs.append(img)
                 rows.append(per[m])
-                titles.append(f"{iid[-18:]}\n{m}")
+                titles.append(f"{iid.rsplit('/', 1)[-1]}\n{m}")  # the grid fits its labels
         cols = [ORIGINAL] + [("" if res.mode == "independent" else "→ ") + b for b in res.blocks]
         p = os.path.join(out, "sanity_cascade.png")
         overlay_grid(imgs, rows, titles, cols[: max(len(r) for r in rows)], p)
