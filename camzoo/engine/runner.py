@@ -335,7 +335,8 @@ class Runner:
         are priced by their forwards, :func:`~camzoo.engine.estimate.estimate`)."""
         plan, config = self.plan, self.config
         t0 = time.perf_counter()
-        b = probe_images(len(pending), plan.batch_size)
+        # a few images: 2 on CPU, where the probe's seconds are the run's, 4 on a GPU
+        b = probe_images(len(pending), plan.batch_size, 2 if plan.device.type == "cpu" else 4)
         runner = Runner(plan, self.store)  # its own clock and scorers: nothing of it is kept
         batches = iterate_maps(plan.dataset, list(pending[:b]), plan.methods,
                                views={MAIN_VIEW: plan.backbone}, batch_size=b, target=config.target,
@@ -365,7 +366,7 @@ class Runner:
         """Seconds per image of one metric forward (``eval_batch_size`` copies of the batch's
         images through the classifier, as the protocols' forwards go)."""
         x, c = batch.x[MAIN_VIEW], batch.clean[self.plan.methods[0].classifier_key].c
-        k = min(self.plan.eval_batch_size, 64 if x.device.type == "cpu" else self.plan.eval_batch_size)
+        k = min(self.plan.eval_batch_size, 32 if x.device.type == "cpu" else self.plan.eval_batch_size)
         reps = -(-k // x.shape[0])
         xx, cc = x.repeat(reps, 1, 1, 1)[:k], c.repeat(reps)[:k]
         scorer = Scorer(self.plan.forward_model(self.plan.backbone), k, amp=self.config.amp)
