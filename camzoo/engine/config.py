@@ -7,7 +7,8 @@
 Presets fill only what the user left unset (``None`` fields, and explainer options not given):
 
 - ``quick`` (the default without ``--data``: the six sample photos, about 3 minutes on a 2-core
-  CPU): 16 insertion/deletion steps, Score-CAM skipped, RISE with 64 masks;
+  CPU): 16 insertion/deletion steps, six fast methods (Fake-CAM, Grad-CAM, Grad-CAM++, RISE with
+  64 masks, Smooth Grad-CAM++, XGrad-CAM);
 - ``full`` (the default with ``--data``): every protocol at its defaults.
 
 Resume rules (:func:`resume_config`, :func:`check_resume`): ``--resume --out RUN`` reads the
@@ -37,13 +38,11 @@ class Preset:
     Attributes:
         metric_options: protocol options set unless given, for the protocols the run
             computes (``{"rise": {"steps": 16}}``).
-        skip_methods: dropped from an unset ``methods`` (unless options name them).
         options: explainer options set unless given (``{"rise": {"n_masks": 64}}``).
         summary: one line for messages.
     """
 
     metric_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    skip_methods: Tuple[str, ...] = ()
     options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     summary: str = ""
     methods: Tuple[str, ...] = ()
@@ -55,12 +54,15 @@ class Preset:
     needs_data: bool = False
 
 
-#: Preset fields beyond the first four: ``methods`` replaces an unset method list, plus each of
+#: Preset fields beyond the first three: ``methods`` replaces an unset method list, plus each of
 #: ``learned`` whose ``checkpoint`` option is given; ``metrics``, ``subset`` fill those fields;
 #: ``layers`` the layer per backbone name; ``backbone_options`` explainer options per backbone
 #: name; ``needs_data``: refused without ``data``.
 PRESETS: Dict[str, Preset] = {
-    "quick": Preset(metric_options={"rise": {"steps": 16}}, skip_methods=("scorecam",), options={"rise": {"n_masks": 64}},
+    # the methods of a first run: the seeds' fast ones and the Fake-CAM baseline (Score-CAM,
+    # Ablation-CAM and the rest of the family: --methods all, or --preset full)
+    "quick": Preset(metric_options={"rise": {"steps": 16}}, options={"rise": {"n_masks": 64}},
+                    methods=("fakecam", "gradcam", "gradcam++", "rise", "smoothgradcam++", "xgradcam"),
                     summary="fast demo settings (default without --data)"),
     "full": Preset(summary="every protocol and method at its defaults (default with --data)"),
     # L-CAM paper, Sec. 4.2-4.3 and Table 1 (Gkartzonika et al., ECCV 2022 Workshops)
@@ -135,7 +137,7 @@ class BenchConfig:
         identity="backbone.layer")
     methods: Union[None, str, Sequence[str]] = option(
         None, "'all' (every explainer needing no checkpoint, plus learned ones given a checkpoint) or "
-              "comma-separated names [default: all less the preset's skipped ones]", identity="methods")
+              "comma-separated names [default: the preset's]", identity="methods")
     options: Dict[str, Dict[str, Any]] = option(
         help="METHOD.OPTION=VALUE, repeatable (e.g. rise.n_masks=8000)", identity="methods.<m>.options",
         kind="dotted", flag="--opt", metavar="METHOD.OPTION=VALUE", factory=dict)
@@ -389,12 +391,6 @@ def apply_preset(config: BenchConfig) -> Tuple[BenchConfig, List[str]]:
         changes["methods"] = ",".join(names)
         picked.append(f"--methods {changes['methods']}")
     names = resolve_methods(changes.get("methods", config.methods), options)
-    if config.methods is None and not p.methods:
-        skipped = [m for m in names if m in p.skip_methods and m not in options]
-        names = [m for m in names if m not in skipped]
-        changes["methods"] = ",".join(names)
-        if skipped:
-            picked.append(f"--methods {changes['methods']} (skipped: {', '.join(skipped)})")
     per_backbone = p.backbone_options.get(bb_name, {})
     preset_options = {m: {**p.options.get(m, {}), **per_backbone.get(m, {})}
                       for m in dict.fromkeys([*p.options, *per_backbone])}
@@ -525,6 +521,8 @@ def config_identity(cfg: Dict[str, Any]) -> Dict[str, Any]:
                     for m, v in cfg["methods"].items()},
         # not their docs, nor their runtime options (Protocol.runtime_options)
         "protocols": {p: protocol_options(p, v["options"]) for p, v in cfg["protocols"].items()},
+        # each protocol option naming a file (the localization protocol's boxes): its sha256
+        "protocol_files": {p: v.get("file_sha256") or {} for p, v in cfg["protocols"].items()},
         "target": cfg["target"],
         "data": {k: cfg["data"][k] for k in ("manifest_hash", "n_images")},
         "amp": cfg.get("amp"),  # runs stored before --amp existed ran in fp32
@@ -533,7 +531,8 @@ def config_identity(cfg: Dict[str, Any]) -> Dict[str, Any]:
 
 def file_hashes(options: Mapping[str, Any]) -> Dict[str, str]:
     """``{option: sha256 of the file}`` for each option whose value names an existing file (an
-    explainer's ``checkpoint``; ``{"weights": --weights}``): recorded in ``config.json`` and
+    explainer's ``checkpoint``, a protocol's ``boxes``; ``{"weights": --weights}``): recorded in
+    ``config.json`` and
     part of the run identity, so that a resume never mixes two files' rows."""
     return {k: file_sha256(v) for k, v in options.items()
             if isinstance(v, (str, os.PathLike)) and os.path.isfile(v)}
@@ -553,6 +552,11 @@ def _changed_files(a: Dict[str, Any], b: Dict[str, Any], new: Dict[str, Any]) ->
         for opt, h in stored.get(m, {}).items():
             files.append((f"methods.{m}.options.{opt}", h, now[m].get(opt),
                           new["methods"][m]["options"].get(opt)))
+    stored_p, now_p = a.pop("protocol_files", {}), b.pop("protocol_files", {})
+    for p in now_p:
+        for opt, h in stored_p.get(p, {}).items():
+            files.append((f"protocols.{p}.options.{opt}", h, now_p[p].get(opt),
+                          new["protocols"][p]["options"].get(opt)))
     out = []
     for key, then, here, path in files:
         if then is None or then == here:

@@ -487,7 +487,8 @@ def _config_json(plan_parts: Dict[str, Any], config: BenchConfig, malloc_tuned: 
         **_environment_json(config, device, malloc_tuned),
         "backbone": _backbone_json(config, bb, label),
         "methods": _methods_json(methods),
-        "protocols": {p: {"options": jsonable(popts[p]), "source": PROTOCOLS.get(p).source}
+        "protocols": {p: {"options": jsonable(popts[p]), "source": PROTOCOLS.get(p).source,
+                          "file_sha256": {**file_hashes(popts[p]), **PROTOCOLS.get(p).file_hashes(popts[p])}}
                       for p in protocols},
         "target": config.target,
         "amp": config.amp,

@@ -583,7 +583,8 @@ class Runner:
         if self.est is not None:
             self._begin(f"{m.name}: {p}", len(maps.sel) * self.est.per_unit(m.name, p))
         try:
-            got: Optional[Dict[str, Tensor]] = self.evaluate(m, p, maps, batch.forwards)
+            got: Optional[Dict[str, Tensor]] = self.evaluate(m, p, maps, batch.forwards,
+                                                             [batch.items[j][1] for j in maps.sel])
         except UserError:
             raise  # the run cannot go on: not this protocol's fault
         except Exception as exc:
@@ -620,18 +621,25 @@ class Runner:
 
         return explain_fn
 
-    def evaluate(self, m: MapMethod, p: str, maps: Maps, forwards) -> Dict[str, Tensor]:
-        """Protocol ``p``'s per-image values for one method's maps. Its forwards (scorer
-        families and ``<p>_explain``) are added to ``forwards`` only when it succeeds, so the
-        stored counts are those of the stored values."""
+    def evaluate(self, m: MapMethod, p: str, maps: Maps, forwards,
+                 items: Optional[Sequence[Any]] = None) -> Dict[str, Tensor]:
+        """Protocol ``p``'s per-image values for one method's maps (of the ``ImageItem``s
+        ``items``, when given: their ids, files and labels go to the protocol). Its forwards
+        (scorer families and ``<p>_explain``) are added to ``forwards`` only when it succeeds,
+        so the stored counts are those of the stored values."""
         clock, clf, scorer = self.clock, m.classifier, self.scorers[m.name]
         before = dict(scorer.counts)
         mine: Dict[Tuple[str, str], int] = defaultdict(int)
         family = f"{p}_explain"
+        labels = None if items is None else torch.tensor(
+            [-1 if it.label is None else int(it.label) for it in items], dtype=torch.long, device=maps.clean.c.device)
         inputs = MetricInputs(scorer=scorer, x=maps.clean.x, V=maps.V, c=maps.clean.c,
                               Y=maps.clean.Y, normalize=clf.normalize, denormalize=clf.denormalize,
                               explain_fn=self._reexplain(m, family, mine),
-                              x01=maps.x01, mean_std=_mean_std(clf), classifier=clf)
+                              x01=maps.x01, mean_std=_mean_std(clf), classifier=clf,
+                              pred=maps.clean.pred, labels=labels,
+                              image_ids=None if items is None else [it.image_id for it in items],
+                              paths=None if items is None else [it.path for it in items])
         w0, c0 = clock.wall.get(family, 0.0), clock.cpu.get(family, 0.0)
         t = clock.start()
         try:

@@ -6,6 +6,8 @@
   -- :mod:`.adcc`
 - ``road``: ROAD MoRF / LeRF with noisy linear imputation (ROAD paper and code; not in
   ``all``) -- :mod:`.road`
+- ``localization``: pointing game, energy-based pointing game, localization error against
+  ground-truth boxes (``--boxes``; not in ``all``) -- :mod:`.localization`
 - stability of maps across models (LFI-CAM paper): binarized IoU -- :mod:`.stability`
 
 :class:`Scorer` (:mod:`.scorer`) does every forward (batched, counted per family).
@@ -20,6 +22,7 @@ from .protocol import PROTOCOLS, MetricInputs, MetricSpec, Protocol, register_pr
 from .road.solver import impute
 from .road.masks import removal_masks
 from .road.curves import road_curves, road_scores
+from . import localization  # noqa: F401  (registers the protocol 'localization')
 from .scorer import Scorer
 
 __all__ = [

@@ -78,6 +78,10 @@ class MetricInputs:
             channel: lets the ``lcam`` protocol build each masked image in one fused pass.
         classifier: the evaluated :class:`camzoo.Backbone` (layers, class names, ...), for
             protocols that need more than the scorer.
+        pred: LongTensor ``[B]``, the classifier's top-1 on ``x`` (the engine's clean forward).
+        labels: LongTensor ``[B]``, the ground-truth classes, -1 where the data has none.
+        image_ids: the images' ids (``ImageItem.image_id``), e.g. to find their annotations.
+        paths: the images' files (``ImageItem.path``; ``None`` for an in-memory image).
     """
 
     scorer: Scorer
@@ -91,6 +95,10 @@ class MetricInputs:
     x01: Optional[Tensor] = None
     mean_std: Optional[Tuple[Tensor, Tensor]] = None
     classifier: Any = None
+    pred: Optional[Tensor] = None
+    labels: Optional[Tensor] = None
+    image_ids: Optional[Sequence[str]] = None
+    paths: Optional[Sequence[Optional[str]]] = None
 
     def images01(self) -> Tensor:
         """The images in [0,1] ``[B,3,H,W]`` (``x01``, or ``denormalize(x)``)."""
@@ -154,6 +162,12 @@ class Protocol:
     def check_backbone(self, opts: Dict[str, Any], backbone: Any) -> None:
         """Raise ``ValueError`` when the options cannot work with ``backbone`` (e.g. more
         steps than pixels); the engine calls it before a run starts (override)."""
+
+    def file_hashes(self, opts: Dict[str, Any]) -> Dict[str, str]:
+        """``{option: sha256}`` of the content of each option naming a file or folder the values
+        depend on (``localization``'s ``boxes``), for ``config.json`` and the run identity, so
+        that a resume never mixes two files' rows (default: none)."""
+        return {}
 
     def families(self, **opts: Any) -> Tuple[str, ...]:
         """Scorer families the forwards of this protocol are counted under."""
@@ -230,7 +244,8 @@ def shorthand_flags() -> Dict[str, Tuple[str, type, str]]:
         for opt, help_ in proto.shorthands.items():
             if opt in out:
                 raise ValueError(f"protocols {out[opt][0]} and {n} both declare the shorthand --{opt}")
-            out[opt] = (n, type(proto.defaults[opt]), f"{help_} (= --metric-opt {n}.{opt}=N)")
+            kind = type(proto.defaults[opt])
+            out[opt] = (n, kind, f"{help_} (= --metric-opt {n}.{opt}={'N' if kind is int else opt.upper()})")
     return out
 
 

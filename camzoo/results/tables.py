@@ -124,7 +124,7 @@ def summary(run, ci: bool = True, n_resamples: int = bootstrap.DEFAULT_RESAMPLES
     table = Table(df, better, _summary_notes(run, rows, bbn) + fail_notes, alpha=alpha,
                   unmarked=unmarked, backbone=bbn, n_images=n_images,
                   binary={s.header for s in specs if s.binary})
-    table.footnotes += coverage_notes(table)
+    table.footnotes += coverage_notes(table) + unscored_notes(table, rows.groupby("method").size())
     if not (ci or tests) or not specs:
         return table
     mats = bootstrap.table_matrices(rows, specs, methods)
@@ -203,6 +203,26 @@ def coverage_notes(table: Table) -> List[str]:
         notes.append(f"{name}: {'; '.join(parts)}; not ranked (compared on fewer images than the "
                      "other methods).")
     return notes
+
+
+def unscored_notes(table: Table, per_method: pd.Series) -> List[str]:
+    """One footnote for the columns whose values cover fewer of a method's images than it has
+    rows (``per_method``: rows per method): a protocol that scores only some images (the
+    localization protocol: images with a box of the explained class)."""
+    if table.n_images is None:
+        return []
+    short: Dict[Tuple[int, int], List[str]] = {}
+    for m in table.df.index:
+        total = int(per_method.get(m, 0))
+        for col in [c for c in table.df.columns if c in table.n_images.columns]:
+            k = int(table.n_images[col].get(m, 0))
+            if 0 < k < total:
+                short.setdefault((k, total), []).append(col)
+    # one line per (k, n), columns once: the same images are unscored for every method
+    lines = {f"{', '.join(dict.fromkeys(cols))}: means over the {k} of {n} images the protocol "
+             "scored (no value for the others, e.g. no box of the explained class)"
+             for (k, n), cols in short.items()}
+    return sorted(lines)
 
 
 def _summary_notes(run, rows: pd.DataFrame, bbn: str) -> List[str]:

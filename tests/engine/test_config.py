@@ -26,8 +26,9 @@ def test_every_field_is_a_bench_option_and_every_option_a_field():
 def test_a_protocol_shorthand_is_declared_by_its_protocol_and_sets_its_option():
     """``--steps`` is the rise protocol's (its ``shorthands``), not a config field: it becomes
     ``metric_options["rise"]["steps"]``, on the command line and in a stored run's config."""
-    assert shorthand_flags() == {"steps": ("rise", int, shorthand_flags()["steps"][2])}
-    assert "steps" not in {f.name for f in dataclasses.fields(BenchConfig)}
+    flags = shorthand_flags()
+    assert flags == {"steps": ("rise", int, flags["steps"][2]), "boxes": ("localization", str, flags["boxes"][2])}
+    assert not {"steps", "boxes"} & {f.name for f in dataclasses.fields(BenchConfig)}
     cfg = BenchConfig.from_cli({"steps": 8, "metric_options": ("lcam.nus=1",)})
     assert cfg.metric_options == {"lcam": {"nus": 1}, "rise": {"steps": 8}}
     assert route_shorthands({"steps": 8, "metric_options": {"rise": {"steps": 4}}})["metric_options"] == \

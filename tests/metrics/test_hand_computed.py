@@ -409,9 +409,9 @@ def test_protocol_specs_and_table_columns():
     arrows = "".join(m.arrow for m in table_metrics())
     assert arrows == "↓↑↓↑↓↑↑↓↑↓↑"
     assert all(m.source for m in table_metrics(include_hidden=True))
-    # road is registered but not in 'all': the default columns above stay the three papers'
-    assert set(PROTOCOLS.names()) == {"lcam", "adcc", "rise", "road"}
-    with pytest.raises(KeyError, match="adcc, lcam, rise"):
+    # road and localization are registered but not in 'all': the default columns stay the three papers'
+    assert set(PROTOCOLS.names()) == {"lcam", "adcc", "rise", "road", "localization"}
+    with pytest.raises(KeyError, match="adcc, lcam, localization, rise"):
         table_metrics(["lcam", "nope"])
     with pytest.raises(ValueError, match="steps=224"):
         PROTOCOLS.get("rise").options(step=3)
