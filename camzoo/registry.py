@@ -6,6 +6,15 @@ that fails to import produces a warning naming it, and the remaining ones still 
 are checked (:func:`check_name`: they become file names), and a plugin cannot replace a name
 that is already registered (a warning names both).
 
+A registry may also hold **parametrized names**, ``<family>:<argument>`` (e.g. the explainer
+``blur:gradcam``): :meth:`Registry.add_family` registers a function that makes the object from
+the argument, and :meth:`Registry.get` calls it for every name of the family (the maker keeps
+what it made where the argument's own object is unchanged, so that the same name gives the same
+object and a re-registered argument a new one). Registered names cannot
+contain ``:`` (:data:`NAME_PATTERN`), so a parametrized name never shadows one. :meth:`names`
+lists the registered names only (what ``all`` expands to); :meth:`families` the families, each
+with one example name.
+
 =================  ===========================  =========================================
 group              entry point object           registry
 =================  ===========================  =========================================
@@ -21,7 +30,7 @@ from __future__ import annotations
 import re
 import warnings
 from importlib.metadata import entry_points
-from typing import Any, Callable, Dict, Generic, Iterator, List, Optional, TypeVar
+from typing import Any, Callable, Dict, Generic, Iterator, List, NamedTuple, Optional, TypeVar
 
 T = TypeVar("T")
 
@@ -50,6 +59,33 @@ class UnknownNameError(KeyError):
         return str(self.args[0])
 
 
+#: separates a family from its argument in a parametrized name (``blur:gradcam``)
+FAMILY_SEPARATOR = ":"
+
+
+#: what a parametrized name's separator becomes in a file name (``:`` is refused by Windows:
+#: a ``blur:gradcam.npy`` there writes the alternate data stream ``gradcam.npy`` of the file
+#: ``blur``); ``@`` is outside :data:`NAME_PATTERN`, so no registered name can collide
+FILE_SEPARATOR = "@"
+
+
+def file_name(name: str) -> str:
+    """A registry name as a file or folder name on every OS: ``blur:gradcam`` -> ``blur@gradcam``
+    (registered names are returned unchanged: they are file names already)."""
+    return name.replace(FAMILY_SEPARATOR, FILE_SEPARATOR)
+
+
+class Family(NamedTuple):
+    """A family of parametrized names ``<prefix>:<argument>`` (see :meth:`Registry.add_family`)."""
+
+    make: Callable[[str], Any]
+    #: how listings show the family, e.g. ``blur:<method>``
+    pattern: str
+    #: one name of the family that works (``list_explainers`` and the contract tests use it)
+    example: str
+    summary: str
+
+
 def _qualname(obj: Any) -> str:
     cls = obj if isinstance(obj, type) or callable(obj) and hasattr(obj, "__qualname__") else type(obj)
     return f"{getattr(cls, '__module__', '?')}.{getattr(cls, '__qualname__', repr(cls))}"
@@ -73,6 +109,7 @@ class Registry(Generic[T]):
         self._items: Dict[str, T] = {}
         self._entry_points_loaded = entry_point_group is None
         self.plugin_errors: Dict[str, str] = {}
+        self._families: Dict[str, Family] = {}
 
     def register(self, name: Optional[str] = None) -> Callable[[T], T]:
         """Decorator: ``@REG.register("name")`` (or the object's ``name`` attribute)."""
@@ -91,6 +128,29 @@ class Registry(Generic[T]):
         if name in self._items and not overwrite and self._items[name] is not obj:
             raise ValueError(f"{self.kind} {name!r} is already registered")
         self._items[name] = obj
+
+    def add_family(self, prefix: str, make: Callable[[str], T], *, example: str, arg: str = "name",
+                   summary: str = "") -> None:
+        """Register the parametrized names ``<prefix>:<argument>``.
+
+        Args:
+            prefix: the family's name (validated by :func:`check_name`).
+            make: ``make(argument) -> object``, called on every lookup of a name of the family
+                (it may keep what it made); it raises (``KeyError`` / ``ValueError``) for an
+                argument that does not work, and the error reaches the caller of :meth:`get`.
+            example: an argument that works (e.g. ``"gradcam"``): :meth:`families` shows it.
+            arg: how listings call the argument (``blur:<method>``).
+            summary: one line for listings.
+        """
+        check_name(f"{self.kind} family", prefix)
+        if prefix in self._families and self._families[prefix].make is not make:
+            raise ValueError(f"{self.kind} family {prefix!r} is already registered")
+        self._families[prefix] = Family(make, f"{prefix}{FAMILY_SEPARATOR}<{arg}>",
+                                        f"{prefix}{FAMILY_SEPARATOR}{example}", summary)
+
+    def families(self) -> Dict[str, Family]:
+        """The parametrized-name families, by prefix (see :meth:`add_family`)."""
+        return dict(self._families)
 
     def _load_entry_points(self) -> None:
         if self._entry_points_loaded:
@@ -125,17 +185,26 @@ class Registry(Generic[T]):
         return sorted(self._items)
 
     def get(self, name: str) -> T:
+        """The object of a registered name or of a parametrized name ``<family>:<argument>``
+        (made by its family); an unknown name raises :class:`UnknownNameError` listing the
+        valid names and families."""
         self._load_entry_points()
-        try:
+        if name in self._items:
             return self._items[name]
-        except KeyError:
-            raise UnknownNameError(
-                f"unknown {self.kind} {name!r}; available: {', '.join(self.names())}"
-            ) from None
+        prefix, sep, arg = name.partition(FAMILY_SEPARATOR) if isinstance(name, str) else ("", "", "")
+        if sep and prefix in self._families:
+            return self._families[prefix].make(arg)
+        available = self.names() + [f.pattern for f in self._families.values()]
+        raise UnknownNameError(f"unknown {self.kind} {name!r}; available: {', '.join(available)}")
 
     def __contains__(self, name: object) -> bool:
-        self._load_entry_points()
-        return name in self._items
+        if not isinstance(name, str):
+            return False
+        try:
+            self.get(name)
+        except (KeyError, ValueError):
+            return False
+        return True
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())

@@ -16,13 +16,15 @@ def list_cmd() -> None:
     for name in EXPLAINERS.names():
         cls = EXPLAINERS.get(name)
         extra = " (needs checkpoint=PATH)" if getattr(cls, "needs_checkpoint", False) else ""
-        click.echo(f"  {name:18s} {getattr(cls, 'summary', '')}{extra}")
+        click.echo(f"  {name:20s} {getattr(cls, 'summary', '')}{extra}")
+    for fam in EXPLAINERS.families().values():  # parametrized names, once per family
+        click.echo(f"  {fam.pattern:20s} {fam.summary}; e.g. {fam.example}")
     for name, err in EXPLAINERS.plugin_errors.items():
-        click.echo(f"  {name:18s} [plugin failed to load: {err}]")
+        click.echo(f"  {name:20s} [plugin failed to load: {err}]")
     click.echo("backbones (layers, default marked *; weights without --weights):")
     for name, (layers, default) in BACKBONE_LAYERS.items():
         ls = ", ".join(f"{l}*" if l == default else l for l in layers)
-        click.echo(f"  {name:18s} {ls}; weights: {default_weights(name)}")
+        click.echo(f"  {name:20s} {ls}; weights: {default_weights(name)}")
     click.echo("  timm:<model>       any timm CNN: its feature stages, default the last; timm's pretrained")
     click.echo("                     weights (hub cache; timm:hf-hub:org/name too), --weights FILE")
     click.echo("  timm:<vit|deit|..> ViT-style: blocks.<i>, blocks.<last>.norm1* (pytorch-grad-cam's advice);")
@@ -33,6 +35,6 @@ def list_cmd() -> None:
     click.echo("  (--weights random: random weights for smoke tests, marked in every output)")
     click.echo("metric protocols (--metrics; 'all' = " + ",".join(all_protocols()) + "):")
     for name in PROTOCOLS.names():
-        click.echo(f"  {name:18s} {PROTOCOLS.get(name).summary}")
+        click.echo(f"  {name:20s} {PROTOCOLS.get(name).summary}")
     for name, err in PROTOCOLS.plugin_errors.items():
-        click.echo(f"  {name:18s} [plugin failed to load: {err}]")
+        click.echo(f"  {name:20s} [plugin failed to load: {err}]")

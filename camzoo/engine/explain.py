@@ -16,6 +16,7 @@ from ..data.datasets import read_labels_csv
 from ..models.backbone import Backbone
 from ..models.zoo import load_backbone
 from ..models.weights import backbone_label
+from ..registry import file_name
 from ..results.plots import explanation_grid
 from ..utils import atomic_write
 from .maps import MAIN_VIEW, MapBatch, iterate_maps, make_methods
@@ -122,7 +123,7 @@ def _write_image(batch: MapBatch, bb: Backbone, out_dir: str) -> None:
     maps, titles = [], []
     for m, mp in batch.each_method():
         v = mp.V[0].cpu().numpy().astype(np.float32)
-        atomic_write(os.path.join(out_dir, item.image_id, f"{m.name}.npy"),
+        atomic_write(os.path.join(out_dir, item.image_id, f"{file_name(m.name)}.npy"),
                      lambda tmp, v=v: np.save(tmp, v))
         c = int(mp.clean.c[0])
         maps.append(v)

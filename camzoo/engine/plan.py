@@ -28,7 +28,7 @@ from ..models.zoo import load_backbone
 from ..models.weights import backbone_label, is_random
 from ..results.run import CONFIG_NAME, LOCK_NAME, MANIFEST_NAME, RunLock, load_run_config
 from ..results.store import DB_NAME
-from ..utils import UserError, atomic_write, check_amp, jsonable, resolve_device
+from ..utils import UserError, atomic_write, check_amp, jsonable, resolve_device, split_names
 from ..version import __version__
 from .accel import CPU_BATCH_SIZE, CPU_EVAL_BATCH_SIZE, auto_batch_size, compiled_model
 from .config import (FULL_HINT, BenchConfig, absolute_paths, apply_preset, check_resume,
@@ -116,6 +116,7 @@ def prepare(config: BenchConfig, echo: Echo = print, shard: Optional[Shard] = No
         _check_apart(config.out, ds)  # the run's outputs never become its data
     bb = _load_checked_backbone(config, device, ds, protocols, popts, shard)
     methods = make_methods(bb, method_names, config.options, config.layer, amp=config.amp)
+    methods = _applicable(methods, config, echo, shard)
     _check_methods(methods)
     if ds.unlisted and shard.rank == 0:
         echo(f"warning: {len(ds.unlisted)} image(s) in {ds.root} are not listed in "
@@ -371,6 +372,26 @@ def _run_above(folder: str, seen: Dict[str, Optional[str]]) -> Optional[str]:
     for p in path:
         seen[p] = hit
     return hit
+
+
+def _applicable(methods: List[MapMethod], config: BenchConfig, echo: Echo, shard: Shard) -> List[MapMethod]:
+    """Under ``--methods all``, the methods that apply to the backbone: one the user gave no
+    option and whose ``check_backbone`` refuses this backbone (FullGrad on a vision
+    transformer) is left out, said once. Methods named, or given options, are checked as they
+    are (:func:`_check_methods`: refused)."""
+    if split_names("all" if config.methods is None else config.methods) != ["all"]:
+        return methods
+    keep = []
+    for m in methods:
+        if m.name not in config.options:
+            try:
+                m.explainer.check_backbone(m.backbone)
+            except ValueError as exc:
+                if shard.rank == 0:
+                    echo(f"--methods all: {m.name} left out ({exc})")
+                continue
+        keep.append(m)
+    return keep
 
 
 def _check_methods(methods: Sequence[MapMethod]) -> None:

@@ -229,14 +229,17 @@ def predict(model, x: Tensor) -> Tensor:
 
 
 def get_explainer(name: str, **options: Any) -> Explainer:
-    """Instantiate the explainer ``name`` with ``options`` (unknown names/options list the valid ones)."""
+    """Instantiate the explainer ``name`` with ``options`` (unknown names/options list the valid
+    ones). ``name`` may be parametrized, e.g. ``"blur:gradcam"`` (the ``blur:<method>`` control
+    of :mod:`camzoo.explainers.controls`)."""
     cls = EXPLAINERS.get(name)
     return cls(**options)
 
 
 def list_explainers() -> List[str]:
-    """Names of all registered explainers, built-in and plugins."""
-    return EXPLAINERS.names()
+    """Names of all registered explainers, built-in and plugins, then one example name of each
+    parametrized family (``blur:gradcam`` stands for ``blur:<method>``)."""
+    return EXPLAINERS.names() + [f.example for f in EXPLAINERS.families().values()]
 
 
 def explain(method: str, model, x: Tensor, y: Optional[Tensor] = None, **options: Any) -> Tensor:

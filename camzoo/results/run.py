@@ -13,6 +13,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import pandas as pd
 
+from ..registry import file_name
 from ..utils import UserError
 from .store import DB_NAME, ResultStore
 
@@ -241,12 +242,13 @@ def map_path(run_dir: str, kind: str, method: str, image_id: str) -> str:
     """Where a run keeps one map: ``<run_dir>/<kind>/<method>/<image_id>.npy``.
 
     ``kind`` is ``"maps"`` (``--save-maps``, float32) or ``"grid"`` (the figure's maps,
-    float16). Image ids keep their ``/`` folders; a ``..`` or ``.`` part (an id made from a
+    float16). A family member's name becomes a file name (``blur:gradcam`` -> ``blur@gradcam``:
+    on Windows a ``:`` would write an alternate data stream). Image ids keep their ``/`` folders; a ``..`` or ``.`` part (an id made from a
     path outside the data folder) becomes ``_up_`` / ``_``, so every file stays inside
     ``run_dir``.
     """
     parts = [{"..": "_up_", ".": "_", "": "_"}.get(p, p) for p in image_id.replace("\\", "/").split("/")]
-    return os.path.join(run_dir, kind, method, *parts[:-1], parts[-1] + ".npy")
+    return os.path.join(run_dir, kind, file_name(method), *parts[:-1], parts[-1] + ".npy")
 
 
 class Run:
