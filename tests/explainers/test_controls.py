@@ -277,3 +277,17 @@ def test_opt_parses_a_parametrized_name():
     cfg = BenchConfig.from_cli({"methods": "gradcam,blur:gradcam", "options": ["blur:gradcam.sigma=4",
                                                                               "blur:gradcam.layer=features"]})
     assert cfg.options == {"blur:gradcam": {"sigma": 4, "layer": "features"}}
+
+
+def test_the_controls_through_the_sanity_check():
+    """A control that knows nothing of the model keeps its map when the model is randomized
+    (similarity 1 at every step): the sanity check shows what it is; blur:gradcam follows the
+    model as Grad-CAM does."""
+    import camzoo.sanity
+
+    res = camzoo.sanity.run(tiny_backbone(), "centre,random,blur:gradcam", SAMPLES, limit=2,
+                            progress=False, figures=False)
+    sp = res.summary("spearman")
+    assert np.isfinite(sp.to_numpy(dtype=float)).all()
+    assert sp[["centre", "random"]].to_numpy() == pytest.approx(1.0)
+    assert sp["blur:gradcam"].iloc[-1] < 0.95

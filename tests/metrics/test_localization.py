@@ -428,3 +428,32 @@ def test_a_resume_with_changed_boxes_is_refused(loc_run, tmp_path):
     res = CliRunner().invoke(main, args[:-2] + ["--resume", "--out", out])
     assert res.exit_code == 1, res.output
     assert "protocols.localization.options.boxes" in res.output and "changed since the run started" in res.output
+
+
+def test_a_folder_of_voc_xml_gives_the_csv_values(loc_run, tmp_path):
+    """The same boxes as Pascal-VOC XML files (one per image, wnid class names, as the devkit's
+    ILSVRC2012_bbox_val_v3): the bench's values equal the CSV run's."""
+    from camzoo.bench import BenchConfig, run
+    from camzoo.data.boxes import _wnids
+
+    r, boxes, *_ = loc_run
+    wnid = {i: w for w, i in _wnids().items()}
+    folder = tmp_path / "xml"
+    folder.mkdir()
+    for name, bs in boxes.items():
+        w, h = SIZES[name]
+        objs = "".join(f"<object><name>{wnid[cl]}</name><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin>"
+                       f"<xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>" for x0, y0, x1, y1, cl in bs)
+        (folder / f"{name}.xml").write_text(f"<annotation><filename>{name}</filename><size><width>{w}</width>"
+                                             f"<height>{h}</height><depth>3</depth></size>{objs}</annotation>")
+    cfg = r.config
+    xml = run(BenchConfig(backbone=TINY1000, weights="random", data=cfg["data"]["root"], methods="gradcam,fakecam",
+                          metrics="localization",
+                          metric_options={"localization": {"boxes": str(folder), "tolerance": TOLERANCE}},
+                          target="gt", out=str(tmp_path / "run"), progress=False, figures=False),
+              echo=lambda s: None)
+    keys = ["pointing", "energy_pointing", "loc_error", "top1_loc_error"]
+    a = r.rows().set_index(["method", "image_id"]).sort_index()[keys]
+    b = xml.rows().set_index(["method", "image_id"]).sort_index()[keys]
+    pd.testing.assert_frame_equal(a, b)
+    assert a["pointing"].notna().sum() == 4  # 2 scored images x 2 methods
