@@ -433,8 +433,6 @@ def bench_figures(run, ds, bb, n_images: int = 4) -> List[str]:
       id, the explained class and the backbone's probability of it, the top-1 class when it is
       another, and the ground truth; one colour bar.
     """
-    from .run import map_path
-
     from ..models.weights import backbone_label
 
     b = run.config["backbone"]
@@ -455,36 +453,46 @@ def bench_figures(run, ds, bb, n_images: int = 4) -> List[str]:
         p = os.path.join(run.dir, "road.png")
         road_mean_curves(road, p, title=title, ylabel=ylabel, fractions=_road_fractions(run))
         written.append(p)
-    grid_dir = os.path.join(run.dir, "grid")
-    if n_images > 0 and ds is not None and bb is not None and os.path.isdir(grid_dir):
-        shown = []
-        for it in ds.items:  # the images with grid maps, in manifest order
-            files = [map_path(run.dir, "grid", m, it.image_id) for m in run.methods]
-            if any(os.path.isfile(f) for f in files):
-                shown.append((it, files))
-                if len(shown) == n_images:
-                    break
-        rows = run.rows()
-        if len(rows):  # one row per image, the benchmarked backbone's (a method may have its own)
-            own = rows["classifier"] != "backbone" if "classifier" in rows.columns else False
-            rows = (rows.assign(_own=own).sort_values("_own", kind="stable")
-                    .drop_duplicates("image_id").set_index("image_id"))
-        imgs, maps, titles = [], [], []
-        for it, files in shown:
-            x = bb.preprocess(ds.load(it)).unsqueeze(0).to(bb.device)
-            imgs.append(bb.denormalize(x)[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy())
-            maps.append([np.load(f).astype(np.float32) if os.path.isfile(f) else None for f in files])
-            if it.image_id in rows.index:
-                r = rows.loc[it.image_id]
-                titles.append(grid_row_label(it.image_id, r["c"], r["Y"], r.get("label"), r.get("pred"),
-                                             bb.class_names))
-            else:
-                titles.append(grid_row_label(it.image_id, None, None, it.label, None, bb.class_names))
-        if imgs:
-            p = os.path.join(run.dir, "grid.png")
-            overlay_grid(imgs, maps, titles, run.methods, p, title=title)
-            written.append(p)
+    grid = _grid_png(run, ds, bb, n_images, title)
+    if grid:
+        written.append(grid)
     return written
+
+
+def _grid_png(run, ds, bb, n_images: int, title: str) -> Optional[str]:
+    """``grid.png`` of :func:`bench_figures` (its path), or None when there is nothing to show."""
+    from .run import map_path
+
+    if not (n_images > 0 and ds is not None and bb is not None and os.path.isdir(os.path.join(run.dir, "grid"))):
+        return None
+    shown = []
+    for it in ds.items:  # the images with grid maps, in manifest order
+        files = [map_path(run.dir, "grid", m, it.image_id) for m in run.methods]
+        if any(os.path.isfile(f) for f in files):
+            shown.append((it, files))
+            if len(shown) == n_images:
+                break
+    rows = run.rows()
+    if len(rows):  # one row per image, the benchmarked backbone's (a method may have its own)
+        own = rows["classifier"] != "backbone" if "classifier" in rows.columns else False
+        rows = (rows.assign(_own=own).sort_values("_own", kind="stable")
+                .drop_duplicates("image_id").set_index("image_id"))
+    imgs, maps, titles = [], [], []
+    for it, files in shown:
+        x = bb.preprocess(ds.load(it)).unsqueeze(0).to(bb.device)
+        imgs.append(bb.denormalize(x)[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy())
+        maps.append([np.load(f).astype(np.float32) if os.path.isfile(f) else None for f in files])
+        if it.image_id in rows.index:
+            r = rows.loc[it.image_id]
+            titles.append(grid_row_label(it.image_id, r["c"], r["Y"], r.get("label"), r.get("pred"),
+                                         bb.class_names))
+        else:
+            titles.append(grid_row_label(it.image_id, None, None, it.label, None, bb.class_names))
+    if not imgs:
+        return None
+    p = os.path.join(run.dir, "grid.png")
+    overlay_grid(imgs, maps, titles, run.methods, p, title=title)
+    return p
 
 
 def agreement_heatmap(matrix, path: str, title: str = "") -> None:
