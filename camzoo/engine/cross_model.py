@@ -20,6 +20,7 @@ from ..explainers.base import upsample
 from ..explainers.learned.checkpoint import load_checkpoint
 from ..metrics.stability import DEFAULT_THRESHOLD, StabilityResult, binarize, iou, pick_baseline
 from ..models.zoo import load_backbone
+from ..progress import Progress
 from .maps import MapMethod, iterate_maps
 
 
@@ -178,9 +179,7 @@ def _masks(sources: List[MapSource], ds: Dataset, measure: Set[str], batch_size:
     n_lab = 0
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(ds), desc="stability", unit="img")
+        bar = Progress(len(ds), "stability", unit="img")
     batches = iterate_maps(ds, list(enumerate(ds.items)), methods, views=views,
                            batch_size=batch_size, target="pred")
     try:

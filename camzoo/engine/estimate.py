@@ -4,7 +4,7 @@ The engine knows, before it evaluates anything, exactly how many forwards each m
 protocol costs per image (:meth:`Explainer.forward_passes`,
 :meth:`Protocol.forwards_per_image`, :meth:`Protocol.explanations_per_image`) and which
 (method, image, protocol) units a run still lacks. A short probe on this device
-(:meth:`camzoo.engine.runner.Runner.probe`) measures the seconds per image of what is cheap to
+(:func:`camzoo.engine.probe.probe`) measures the seconds per image of what is cheap to
 measure (the clean forward, one classifier forward at the metric batch size, the maps of the
 methods that need few forwards, the protocols that need few); the rest is priced at its
 forwards times the measured forward. :func:`estimate` multiplies the two; nothing here runs a

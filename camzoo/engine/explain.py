@@ -16,6 +16,7 @@ from ..data.datasets import read_labels_csv
 from ..models.backbone import Backbone
 from ..models.zoo import load_backbone
 from ..models.weights import backbone_label
+from ..progress import Progress
 from ..registry import file_name
 from ..results.plots import explanation_grid
 from ..utils import atomic_write
@@ -92,9 +93,7 @@ def explain_files(
 
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(items), desc="explain", unit="img")
+        bar = Progress(len(items), "explain", unit="img")
     os.makedirs(out_dir, exist_ok=True)
     errors: List[str] = []
     n_ok = 0

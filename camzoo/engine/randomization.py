@@ -36,6 +36,7 @@ from ..metrics.similarity import SIMILARITIES, map_similarities
 from ..models.backbone import Backbone
 from ..models.zoo import load_backbone
 from ..models.surgery import clone_backbone, randomization_blocks, reinit_modules
+from ..progress import Progress
 from ..utils import atomic_write, markdown_table, split_names
 from .maps import MAIN_VIEW, iterate_maps, make_methods
 
@@ -147,9 +148,7 @@ def run(backbone: Union[str, Backbone] = "efficientnet_lite0", methods: Union[st
 
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(blocks) + 1, desc=f"sanity ({mode})", unit="step")
+        bar = Progress(len(blocks) + 1, f"sanity ({mode})", unit="step")
     ref, cls0, pred = _maps(bb, ds, names, options, layer, batch_size, "pred")
     if bar:
         bar.update(1)

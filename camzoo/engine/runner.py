@@ -44,12 +44,13 @@ from ..explainers.base import describe_invalid, valid_maps
 from ..results.run import CONFIG_NAME, Run, RunLock, RunLockedError, map_path
 from ..results.store import DB_NAME, ResultStore
 from ..progress import Progress
-from ..utils import UserError, atomic_write, forward_meter, synchronize
+from ..utils import UserError, atomic_write, forward_meter
 from .accel import ieee_fp32
 from .config import BenchConfig
-from .estimate import Estimate, UnitTimes, Work, cheap, estimate, probe_images
+from .estimate import Estimate, Work, estimate
 from .maps import MAIN_VIEW, MapBatch, MapMethod, Maps, explain_checked, iterate_maps, same_normalization
 from .plan import Echo, Plan, prepare, writing
+from .probe import probe
 from .shard import (CONFIG_LOCK, Shard, merge_shards, read_config, reading_store, resolve_shard,
                     shard_states)
 from .timing import Clock
@@ -60,9 +61,6 @@ def _mean_std(clf: Backbone) -> Optional[Tuple[Tensor, Tensor]]:
     (lets the lcam protocol fuse its masking and normalization), else None."""
     return (clf.mean, clf.std) if type(clf).normalize is Backbone.normalize else None
 
-
-#: seconds the probe may spend on each map or protocol it times (before the run's estimate)
-PROBE_BUDGET_S = 2.0
 
 #: seconds a torchrun rank may wait at the final barrier for the slowest rank (a day: shards
 #: are balanced, but a long study's ranks may finish hours apart)
@@ -285,7 +283,8 @@ class Runner:
         echo(f"bench: {len(plan.methods)} method(s) x {len(pending)} image(s) to do "
              f"({len(indexed) - len(pending)} done, {len(known_errors)} unreadable) -> {plan.out}"
              + self._partial_note())
-        est = estimate(self._work(pending, done), self.probe(pending))
+        # the probe runs a runner of its own: its clock, scorers and counts are not kept
+        est = estimate(self._work(pending, done), probe(Runner(plan, store), pending))
         echo(est.text())
         if config.dry_run:
             return
@@ -326,73 +325,6 @@ class Runner:
                                        for p in plan.protocols},
                     explanations={p: PROTOCOLS.get(p).explanations_per_image(**plan.protocol_options[p])
                                   for p in plan.protocols})
-
-    def probe(self, pending: Sequence[Tuple[int, Any]], budget_s: float = PROBE_BUDGET_S) -> UnitTimes:
-        """Seconds per image of the run's parts, measured on its first few ``pending`` images
-        (nothing is stored; the real run makes their maps again): the clean forward, one
-        classifier forward at the metric batch size, the map of every method and every
-        protocol whose forwards on those images fit in ``budget_s`` at that rate (the others
-        are priced by their forwards, :func:`~camzoo.engine.estimate.estimate`)."""
-        plan, config = self.plan, self.config
-        t0 = time.perf_counter()
-        # a few images: 2 on CPU, where the probe's seconds are the run's, 4 on a GPU
-        b = probe_images(len(pending), plan.batch_size, 2 if plan.device.type == "cpu" else 4)
-        runner = Runner(plan, self.store)  # its own clock and scorers: nothing of it is kept
-        batches = iterate_maps(plan.dataset, list(pending[:b]), plan.methods,
-                               views={MAIN_VIEW: plan.backbone}, batch_size=b, target=config.target,
-                               clock=runner.clock, warmup=True, amp=config.amp,
-                               model_of=plan.forward_model, workers=0)
-        with contextlib.closing(batches):
-            batch = next((bt for bt in batches if bt.items), None)
-            if batch is None:  # no readable image among them: a rough guess from nothing
-                return UnitTimes(forward=0.0, clean=0.0, probe_seconds=time.perf_counter() - t0)
-            n = len(batch.items)
-            times = UnitTimes(forward=self._forward_seconds(batch),
-                              clean=runner.clock.wall.get("clean", 0.0) / n)
-            base = None
-            for m in plan.methods:
-                if cheap(m.forward_passes, times.forward, n, budget_s):
-                    with contextlib.suppress(Exception):  # a failing method fails in the run
-                        maps = batch.maps_of(m)
-                        times.maps[m.name] = maps.seconds
-                        if base is None or maps.seconds < times.maps[base[0].name]:
-                            base = (m, maps)
-            if base is not None:
-                self._probe_protocols(runner, base, times, n, budget_s)
-        times.probe_seconds = time.perf_counter() - t0
-        return times
-
-    def _forward_seconds(self, batch: MapBatch) -> float:
-        """Seconds per image of one metric forward (``eval_batch_size`` copies of the batch's
-        images through the classifier, as the protocols' forwards go)."""
-        x, c = batch.x[MAIN_VIEW], batch.clean[self.plan.methods[0].classifier_key].c
-        k = min(self.plan.eval_batch_size, 32 if x.device.type == "cpu" else self.plan.eval_batch_size)
-        reps = -(-k // x.shape[0])
-        xx, cc = x.repeat(reps, 1, 1, 1)[:k], c.repeat(reps)[:k]
-        scorer = Scorer(self.plan.forward_model(self.plan.backbone), k, amp=self.config.amp)
-        scorer.probs(xx[:1], cc[:1], "probe")  # warm-up
-        synchronize(x.device)
-        t = time.perf_counter()
-        scorer.probs(xx, cc, "probe")
-        synchronize(x.device)
-        return (time.perf_counter() - t) / k
-
-    def _probe_protocols(self, runner: "Runner", base: Tuple[MapMethod, Maps], times: UnitTimes,
-                         n: int, budget_s: float) -> None:
-        """The protocols' own seconds per image (and, when undeclared, forwards per image) on
-        the cheapest method's probe maps."""
-        m, maps = base
-        for p in self.plan.protocols:
-            proto = PROTOCOLS.get(p)
-            declared = proto.forwards_per_image(**self.plan.protocol_options[p])
-            if not cheap(declared, times.forward, n, budget_s):
-                continue
-            before = runner.scorers[m.name].total
-            with contextlib.suppress(Exception):  # a failing protocol fails in the run
-                runner.evaluate(m, p, maps, defaultdict(int))
-                times.protocols[p] = runner.clock.wall.get(f"metric/{p}", 0.0) / n
-                if declared is None:
-                    times.protocol_forwards[p] = (runner.scorers[m.name].total - before) / n
 
     def _begin(self, what: str, seconds: float) -> None:
         """Start a unit of ``seconds`` estimated work on the bar (ending the one before)."""

@@ -49,6 +49,7 @@ from ..data.images import load_image
 from ..explainers.learned.lficam import gray_image
 from ..models.backbone import Backbone
 from ..models.backbone import backbone_hash
+from ..progress import Progress
 from ..utils import atomic_write, dict_diff
 from .data import TrainImages
 
@@ -230,10 +231,7 @@ def build_cache(path: PathLike, key: Dict[str, Any], backbone: Backbone, layer: 
     loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(data), desc=f"feature cache ({views.spec}, {len(base)} images)",
-                   dynamic_ncols=True)
+        bar = Progress(len(data), f"feature cache ({views.spec}, {len(base)} images)", unit="img")
     was_training = backbone.model.training
     backbone.model.eval()
     try:
@@ -257,7 +255,7 @@ def _write_features(folder: str, loader: DataLoader, total: int, backbone: Backb
                     bar) -> Optional[Tuple[int, int, int]]:
     """Run ``backbone`` (already in eval mode) over ``loader``'s ``total`` images and write
     their ``layer`` features, top-1 classes and gray images into the memory-mapped files of
-    ``folder`` (created at the first batch, unmapped on return); advances the tqdm ``bar``
+    ``folder`` (created at the first batch, unmapped on return); advances the progress ``bar``
     (or None). Returns the features' shape ``(K, h, w)`` (None when ``loader`` is empty)."""
     arrays: Optional[Tuple[Tensor, Tensor, Tensor]] = None
     shape = None
