@@ -16,9 +16,10 @@ writing the tables; ``benchmarks/speed/estimate_accuracy.py`` compares it with m
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ..progress import clock_text
+from ..metrics.protocol import PROTOCOLS
+from ..progress import Progress, clock_text
 from ..utils import markdown_table
 
 
@@ -155,3 +156,82 @@ def cheap(forwards_per_image: Optional[float], forward_s: float, images: int, bu
 def probe_images(n_available: int, batch_size: int, limit: int = 4) -> int:
     """Images the probe uses: a few, never more than the run has or a batch holds."""
     return max(1, min(n_available, batch_size, limit))
+
+
+def lacking(methods: Sequence[Any], protocol_options: Dict[str, Dict[str, Any]],
+            pending: Sequence[Tuple[int, Any]], done: set,
+            missing: Dict[Tuple[str, str], List[str]]) -> Work:
+    """What a run lacks: the maps and (method, protocol) units of its ``pending`` images
+    (``(index, ImageItem)``); ``done``: the (method, image_id) pairs that lack nothing;
+    ``missing``: (method, image_id) -> the protocols it lacks; ``methods``: the run's
+    :class:`~camzoo.engine.maps.MapMethod` s."""
+    maps = {m.name: sum((m.name, it.image_id) not in done for _, it in pending) for m in methods}
+    units: Dict[str, Dict[str, int]] = {}
+    for m in methods:
+        for _, it in pending:
+            for p in missing.get((m.name, it.image_id), ()):
+                units.setdefault(m.name, {}).setdefault(p, 0)
+                units[m.name][p] += 1
+    protos = {p: PROTOCOLS.get(p) for p in protocol_options}
+    return Work(images=len(pending), maps=maps, units=units,
+                map_forwards={m.name: int(m.forward_passes) for m in methods},
+                protocol_forwards={p: pr.forwards_per_image(**protocol_options[p]) for p, pr in protos.items()},
+                explanations={p: pr.explanations_per_image(**protocol_options[p]) for p, pr in protos.items()})
+
+
+class WorkMeter:
+    """A run's one progress display, advanced in estimated seconds of work: each unit (a
+    method's maps of a batch, a protocol on them, the batch's clean forwards) starts with its
+    estimated seconds (:meth:`Estimate.per_map`, :meth:`Estimate.per_unit`); the forwards
+    reported inside it (:meth:`forwards`, the engine's ``forward_meter``) advance the display
+    by their estimated seconds, and the rest of the unit is shown when the next one starts.
+    The time left is the display's own, from the rate so far. ``show=False``: no display."""
+
+    def __init__(self, est: Estimate, n_images: int, show: bool = True) -> None:
+        self.est, self.n_images, self.done_images, self.left = est, n_images, 0, 0.0
+        self.bar: Optional[Progress] = Progress(est.total, "bench") if show else None
+
+    def _begin(self, what: str, seconds: float) -> None:
+        if self.bar is None:
+            return
+        if self.left > 0:
+            self.bar.update(self.left)
+        self.left = seconds
+        self.bar.describe(what)
+
+    def maps(self, method: str, n: int) -> None:
+        """``method`` starts its maps of ``n`` images."""
+        self._begin(f"{method}: maps", n * self.est.per_map(method))
+
+    def protocol(self, method: str, protocol: str, n: int) -> None:
+        """``protocol`` starts on ``method``'s maps of ``n`` images."""
+        self._begin(f"{method}: {protocol}", n * self.est.per_unit(method, protocol))
+
+    def clean(self, n: int) -> None:
+        """The clean forwards of ``n`` images are done."""
+        if self.bar is not None:
+            self.bar.update(n * self.est.times.clean)
+
+    def forwards(self, n: int) -> None:
+        """``n`` forwards done inside the unit at work."""
+        if self.bar is not None and self.left > 0:
+            step = min(self.left, n * self.est.times.forward)
+            self.left -= step
+            self.bar.update(step)
+
+    def images(self, n: int) -> None:
+        """A batch of ``n`` images is stored."""
+        self.done_images += n
+        if self.bar is not None:
+            self._begin(self.bar.desc, 0.0)
+            self.bar.describe(self.bar.desc, f"{self.done_images}/{self.n_images} images")
+
+    def finish(self) -> None:
+        """The loop ended: what failed or was skipped is not left to do."""
+        if self.bar is not None:
+            self._begin("bench", 0.0)
+            self.bar.update(max(0.0, self.bar.total - self.bar.n))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -43,11 +43,10 @@ from ..models.zoo import load_backbone
 from ..explainers.base import describe_invalid, valid_maps
 from ..results.run import CONFIG_NAME, Run, RunLock, RunLockedError, map_path
 from ..results.store import DB_NAME, ResultStore
-from ..progress import Progress
 from ..utils import UserError, atomic_write, forward_meter
 from .accel import ieee_fp32
 from .config import BenchConfig
-from .estimate import Estimate, Work, estimate
+from .estimate import Estimate, WorkMeter, estimate, lacking
 from .maps import MAIN_VIEW, MapBatch, MapMethod, Maps, explain_checked, iterate_maps, same_normalization
 from .plan import Echo, Plan, prepare, writing
 from .probe import probe
@@ -252,11 +251,9 @@ class Runner:
                                        amp=self.config.amp)
                         for m in plan.methods}
         self.clock = Clock(plan.device)
-        #: the run's progress display (None: progress off, or before the loop), advanced in
-        #: estimated seconds of work (:attr:`est`): ``_left`` of the unit at work not shown yet
-        self.bar: Optional[Progress] = None
+        #: the run's estimate and its progress display (None before the loop, and in a probe)
         self.est: Optional[Estimate] = None
-        self._left, self._n_images = 0.0, 0
+        self.meter: Optional[WorkMeter] = None
         self.health = {m.name: _Health() for m in plan.methods}
         self.protocol_health = {(m.name, p): _Health() for m in plan.methods for p in plan.protocols}
         #: (method, image_id) -> the protocols its store lacks (pairs of this process's images)
@@ -284,70 +281,27 @@ class Runner:
              f"({len(indexed) - len(pending)} done, {len(known_errors)} unreadable) -> {plan.out}"
              + self._partial_note())
         # the probe runs a runner of its own: its clock, scorers and counts are not kept
-        est = estimate(self._work(pending, done), probe(Runner(plan, store), pending))
+        work = lacking(plan.methods, plan.protocol_options, pending, done, self.missing)
+        est = estimate(work, probe(Runner(plan, store), pending))
         echo(est.text())
         if config.dry_run:
             return
-        self.est = est
-        if config.progress:
-            self.bar = Progress(est.total, "bench")
+        self.est, meter = est, WorkMeter(est, len(pending), show=config.progress)
+        self.meter = meter
         batches = iterate_maps(plan.dataset, pending, plan.methods, views={MAIN_VIEW: plan.backbone},
                                batch_size=plan.batch_size, target=config.target, done=done,
                                clock=self.clock, warmup=True, amp=config.amp,
                                model_of=plan.forward_model, workers=plan.workers,
                                stored=self.store.stored_pairs())
         try:
-            with contextlib.closing(batches), forward_meter(self._forwards_done):
+            with contextlib.closing(batches), forward_meter(meter.forwards):
                 for batch in batches:
                     self._store_batch(batch, echo)
-                    self._images_done(len(batch.items) + len(batch.errors), len(pending))
-            if self.bar is not None:
-                self._begin("bench", 0.0)
-                self.bar.update(max(0.0, self.bar.total - self.bar.n))  # failed or skipped: not left to do
+                    meter.images(len(batch.items) + len(batch.errors))
+            meter.finish()
         finally:
-            if self.bar is not None:
-                self.bar.close()
+            meter.close()
         self._write_timings(len(pending), time.perf_counter() - t_loop)
-
-    def _work(self, pending: Sequence[Tuple[int, Any]], done: set) -> Work:
-        """What the run lacks: maps and (method, protocol) units of the ``pending`` images."""
-        plan = self.plan
-        maps = {m.name: sum((m.name, it.image_id) not in done for _, it in pending) for m in plan.methods}
-        units: Dict[str, Dict[str, int]] = {}
-        for m in plan.methods:
-            for _, it in pending:
-                for p in self.missing.get((m.name, it.image_id), ()):
-                    units.setdefault(m.name, {}).setdefault(p, 0)
-                    units[m.name][p] += 1
-        return Work(images=len(pending), maps=maps, units=units,
-                    map_forwards={m.name: int(m.forward_passes) for m in plan.methods},
-                    protocol_forwards={p: PROTOCOLS.get(p).forwards_per_image(**plan.protocol_options[p])
-                                       for p in plan.protocols},
-                    explanations={p: PROTOCOLS.get(p).explanations_per_image(**plan.protocol_options[p])
-                                  for p in plan.protocols})
-
-    def _begin(self, what: str, seconds: float) -> None:
-        """Start a unit of ``seconds`` estimated work on the bar (ending the one before)."""
-        bar = self.bar
-        if bar is None:
-            return
-        if self._left > 0:
-            bar.update(self._left)
-        self._left = seconds
-        bar.describe(what)
-
-    def _forwards_done(self, n: int) -> None:
-        """``n`` forwards done inside the unit at work (the forward meter's callback)."""
-        if self.bar is not None and self._left > 0:
-            step = min(self._left, n * self.est.times.forward)
-            self._left -= step
-            self.bar.update(step)
-
-    def _images_done(self, n: int, total: int) -> None:
-        self._n_images += n
-        if self.bar is not None:
-            self._begin(self.bar.desc, 0.0)
-            self.bar.describe(self.bar.desc, f"{self._n_images}/{total} images")
 
     def _missing_units(self, indexed: Sequence[Tuple[int, Any]]) -> set:
         """Fill :attr:`missing` for the images ``indexed``; return the pairs that lack nothing."""
@@ -375,8 +329,8 @@ class Runner:
         """Evaluate one batch and write it in one transaction."""
         for e in batch.errors:
             echo(f"error: {e[3]}")
-        if self.bar is not None:  # the clean forwards, done before the batch arrived
-            self.bar.update(len(batch.items) * self.est.times.clean)
+        if self.meter is not None:  # the clean forwards, done before the batch arrived
+            self.meter.clean(len(batch.items))
         rows, fails = self.batch(batch, echo)
         t = self.clock.start()
         writing(self.plan.out, "the result store (rows.sqlite)",
@@ -460,8 +414,8 @@ class Runner:
         h = self.health[m.name]
         fails: List[Dict[str, Any]] = []
         good = None
-        if self.est is not None:
-            self._begin(f"{m.name}: maps", len(sel) * self.est.per_map(m.name))
+        if self.meter is not None:
+            self.meter.maps(m.name, len(sel))
         try:
             maps = batch.maps_of(m)
             ok = valid_maps(maps.V)
@@ -512,8 +466,8 @@ class Runner:
         raised; stops ``p`` for ``m`` when it failed on each of its first batches."""
         hp = self.protocol_health[(m.name, p)]
         fails: List[Dict[str, Any]] = []
-        if self.est is not None:
-            self._begin(f"{m.name}: {p}", len(maps.sel) * self.est.per_unit(m.name, p))
+        if self.meter is not None:
+            self.meter.protocol(m.name, p, len(maps.sel))
         try:
             got: Optional[Dict[str, Tensor]] = self.evaluate(m, p, maps, batch.forwards,
                                                              [batch.items[j][1] for j in maps.sel])

@@ -92,3 +92,33 @@ def test_dry_run_of_a_resume_counts_only_what_is_missing(tmp_path):
     said.clear()
     run(_config(out, **first, resume=True, dry_run=True), echo=said.append)
     assert any(s.startswith("nothing to do") for s in said)
+
+
+def test_the_work_meter_advances_in_estimated_seconds():
+    """A unit starts with its estimated seconds; forwards inside it advance by their estimate
+    (never past the unit); the rest is shown when the next unit starts; finish fills the bar."""
+    import io
+
+    from camzoo.engine.estimate import WorkMeter
+    from camzoo.progress import Progress
+
+    work = Work(images=10, maps={"a": 10}, units={"a": {"p": 10}}, map_forwards={"a": 1},
+                protocol_forwards={"p": 3}, explanations={"p": 0})
+    est = estimate(work, UnitTimes(forward=0.01, clean=0.02, maps={"a": 0.5}))
+    meter = WorkMeter(est, 10, show=False)
+    assert meter.bar is None
+    meter.bar = Progress(est.total, "bench", stream=io.StringIO(), tty=False, interval=3600)
+    meter.clean(10)
+    assert meter.bar.n == pytest.approx(0.2)
+    meter.maps("a", 10)  # 5 s of maps
+    meter.forwards(100)  # 1 s of forwards
+    assert meter.bar.n == pytest.approx(1.2) and meter.bar.desc == "a: maps"
+    meter.forwards(10_000)  # never past the unit's 5 s
+    assert meter.bar.n == pytest.approx(5.2)
+    meter.protocol("a", "p", 10)  # 0.3 s
+    meter.images(10)
+    assert meter.bar.n == pytest.approx(est.total) == pytest.approx(5.5)
+    assert meter.bar.postfix == "10/10 images"
+    meter.finish()
+    meter.close()
+    assert meter.bar.n == pytest.approx(est.total)
