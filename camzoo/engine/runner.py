@@ -592,7 +592,7 @@ def finish(result: Run, echo: Echo, *, dataset: Optional[Dataset], backbone: Opt
     if report:
         from .report import write_report
 
-        echo(f"report: {writing(result.dir, 'report.html', lambda: write_report([result], backbone=backbone, echo=echo))}")
+        writing(result.dir, "report.html", lambda: write_report([result], backbone=backbone, echo=echo))
     commands = []
     if (result.config.get("bench_config") or {}).get("preset") == "quick":
         commands.append("camzoo bench --preset full --dry-run    the full protocol's plan and estimated time")

@@ -296,3 +296,21 @@ def test_user_errors_are_one_line(report_run, tmp_path):
         res = runner.invoke(main, args)
         assert res.exit_code in (1, 2) and said in res.output, (args, res.output)
         assert "Traceback" not in res.output and res.exception is None or isinstance(res.exception, SystemExit)
+
+
+def test_bench_report_writes_the_page_at_the_end(tmp_path):
+    """`camzoo bench --report` writes RUN/report.html once the tables are written."""
+    from click.testing import CliRunner
+
+    from camzoo.cli import main
+    from tests.conftest import SAMPLES
+    from tests.helpers import TINY1000
+
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["bench", "--backbone", TINY1000, "--weights", "random", "--data", SAMPLES,
+                                    "--limit", "2", "--methods", "gradcam,fakecam", "--metrics", "lcam",
+                                    "--no-progress", "--no-figures", "--report", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    page = (out / "report.html").read_text()
+    assert res.output.count("report.html") == 1
+    assert "gradcam" in page and "fakecam" in page and "http://" not in page and "https://" not in page
