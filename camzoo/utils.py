@@ -60,6 +60,14 @@ def file_sha256(path: PathLike) -> str:
     return h.hexdigest()
 
 
+def file_hashes(options: Dict[str, Any]) -> Dict[str, str]:
+    """``{option: sha256 of the file}`` for each option whose value names an existing file (an
+    explainer's ``checkpoint``, ``{"weights": --weights}``, a protocol's file): recorded in a
+    run's ``config.json`` and part of its identity, so that a resume never mixes two files' rows."""
+    return {k: file_sha256(v) for k, v in options.items()
+            if isinstance(v, (str, os.PathLike)) and v and os.path.isfile(v)}
+
+
 def load_torch_file(path: PathLike, what: str = "file") -> Any:
     """``torch.load(path, map_location="cpu", weights_only=True)`` with one clear message.
 

@@ -28,7 +28,7 @@ from ..explainers.base import EXPLAINERS
 from ..metrics.protocol import PROTOCOLS, all_protocols, ordered_protocols, shorthand_flags
 from ..models.backbone import Backbone
 from ..results.run import CONFIG_NAME, load_run_config
-from ..utils import dict_diff, file_sha256, jsonable, markdown_table, parse_dotted, split_names
+from ..utils import dict_diff, jsonable, markdown_table, parse_dotted, split_names
 
 
 @dataclass(frozen=True)
@@ -527,15 +527,6 @@ def config_identity(cfg: Dict[str, Any]) -> Dict[str, Any]:
         "data": {k: cfg["data"][k] for k in ("manifest_hash", "n_images")},
         "amp": cfg.get("amp"),  # runs stored before --amp existed ran in fp32
     })
-
-
-def file_hashes(options: Mapping[str, Any]) -> Dict[str, str]:
-    """``{option: sha256 of the file}`` for each option whose value names an existing file (an
-    explainer's ``checkpoint``, a protocol's ``boxes``; ``{"weights": --weights}``): recorded in
-    ``config.json`` and
-    part of the run identity, so that a resume never mixes two files' rows."""
-    return {k: file_sha256(v) for k, v in options.items()
-            if isinstance(v, (str, os.PathLike)) and os.path.isfile(v)}
 
 
 def _changed_files(a: Dict[str, Any], b: Dict[str, Any], new: Dict[str, Any]) -> List[str]:

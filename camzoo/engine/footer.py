@@ -27,11 +27,12 @@ def model_independent(run) -> List[str]:
     return [m for m in run.methods if methods.get(m, {}).get("forward_passes", 1) == 0]
 
 
-def identical_methods(run) -> List[Tuple[str, str, int]]:
+def identical_methods(run, rows=None) -> List[Tuple[str, str, int]]:
     """``(a, b, n_images)`` for each pair of methods whose every table value is equal, to
     float32 rounding (relative 1e-4), on every image both were evaluated on (at least 2
-    images): maps equal up to rounding give values equal up to rounding, not bit for bit."""
-    rows = run.rows()
+    images): maps equal up to rounding give values equal up to rounding, not bit for bit.
+    ``rows``: ``run.rows()`` when the caller has them."""
+    rows = run.rows() if rows is None else rows
     keys = [s.key for s in run.specs() if s.key in rows.columns]
     if not keys or not len(rows):
         return []
@@ -64,10 +65,11 @@ def footer(run, commands: Sequence[str] = ()) -> List[str]:
                      "baseline, here to calibrate the metrics): a metric that ranks it best is not "
                      "measuring the model's explanations.")
     layer = (run.config.get("backbone") or {}).get("layer") or "the explained layer"
-    for a, b, n in identical_methods(run):
+    rows = run.rows()
+    for a, b, n in identical_methods(run, rows):
         lines.append(f"note: {a} and {b} have the same values on all {n} images (to float rounding): "
                      f"{_same_reason(a, b, layer)}.")
-    n_images = int(run.rows()["image_id"].nunique()) if len(run.methods) else 0
+    n_images = int(rows["image_id"].nunique()) if len(rows) else 0
     if 0 < n_images < FEW_IMAGES:
         lines.append(f"note: {n_images} images give wide intervals, so most cells are ≈ (not "
                      f"significantly worse than the best); `camzoo stats {run.dir}` says how many "

@@ -28,11 +28,11 @@ from ..models.zoo import load_backbone
 from ..models.weights import backbone_label, is_random
 from ..results.run import CONFIG_NAME, LOCK_NAME, MANIFEST_NAME, RunLock, load_run_config
 from ..results.store import DB_NAME
-from ..utils import UserError, atomic_write, check_amp, jsonable, resolve_device, split_names
+from ..utils import UserError, atomic_write, check_amp, file_hashes, jsonable, resolve_device, split_names
 from ..version import __version__
 from .accel import CPU_BATCH_SIZE, CPU_EVAL_BATCH_SIZE, auto_batch_size, compiled_model
 from .config import (FULL_HINT, BenchConfig, absolute_paths, apply_preset, check_resume,
-                     default_out, file_hashes, protocol_options, resolve_methods, resolve_protocols)
+                     default_out, protocol_options, resolve_methods, resolve_protocols)
 from .maps import MapMethod, make_methods
 from .shard import CONFIG_LOCK, Shard, check_world, read_config, shard_stores, stored_methods
 from .timing import malloc_env_set, tune_cpu_allocator
@@ -116,8 +116,7 @@ def prepare(config: BenchConfig, echo: Echo = print, shard: Optional[Shard] = No
         _check_apart(config.out, ds)  # the run's outputs never become its data
     bb = _load_checked_backbone(config, device, ds, protocols, popts, shard)
     methods = make_methods(bb, method_names, config.options, config.layer, amp=config.amp)
-    methods = _applicable(methods, config, echo, shard)
-    _check_methods(methods)
+    methods = _check_methods(methods, config, echo, shard)
     if ds.unlisted and shard.rank == 0:
         echo(f"warning: {len(ds.unlisted)} image(s) in {ds.root} are not listed in "
              f"{ds.labels_file} and are not evaluated: {', '.join(map(path_text, ds.unlisted[:5]))}"
@@ -374,32 +373,25 @@ def _run_above(folder: str, seen: Dict[str, Optional[str]]) -> Optional[str]:
     return hit
 
 
-def _applicable(methods: List[MapMethod], config: BenchConfig, echo: Echo, shard: Shard) -> List[MapMethod]:
-    """Under ``--methods all``, the methods that apply to the backbone: one the user gave no
-    option and whose ``check_backbone`` refuses this backbone (FullGrad on a vision
-    transformer) is left out, said once. Methods named, or given options, are checked as they
-    are (:func:`_check_methods`: refused)."""
-    if split_names("all" if config.methods is None else config.methods) != ["all"]:
-        return methods
-    keep = []
-    for m in methods:
-        if m.name not in config.options:
-            try:
-                m.explainer.check_backbone(m.backbone)
-            except ValueError as exc:
-                if shard.rank == 0:
-                    echo(f"--methods all: {m.name} left out ({exc})")
-                continue
-        keep.append(m)
-    return keep
-
-
-def _check_methods(methods: Sequence[MapMethod]) -> None:
+def _check_methods(methods: List[MapMethod], config: BenchConfig, echo: Echo, shard: Shard) -> List[MapMethod]:
     """Every method's options, layer and checkpoint checked against its backbone
     (:meth:`~camzoo.explainers.base.Explainer.check_backbone`) before the run directory is
-    created: a ``ValueError`` naming the method, the option and why."""
+    created: a ``ValueError`` naming the method, the option and why. Under ``--methods all`` a
+    method the user gave no option that refuses this backbone (FullGrad on a vision
+    transformer) is left out instead, said once; returns the methods of the run."""
+    every = split_names("all" if config.methods is None else config.methods) == ["all"]
+    keep = []
     for m in methods:
-        m.explainer.check_backbone(m.backbone)
+        try:
+            m.explainer.check_backbone(m.backbone)
+        except ValueError as exc:
+            if not every or m.name in config.options:
+                raise
+            if shard.rank == 0:
+                echo(f"--methods all: {m.name} left out ({exc})")
+            continue
+        keep.append(m)
+    return keep
 
 
 def _write_config(cfg: Dict[str, Any], config: BenchConfig, ds: Dataset, out: str, shard: Shard,
@@ -509,7 +501,7 @@ def _config_json(plan_parts: Dict[str, Any], config: BenchConfig, malloc_tuned: 
         "backbone": _backbone_json(config, bb, label),
         "methods": _methods_json(methods),
         "protocols": {p: {"options": jsonable(popts[p]), "source": PROTOCOLS.get(p).source,
-                          "file_sha256": {**file_hashes(popts[p]), **PROTOCOLS.get(p).file_hashes(popts[p])}}
+                          "file_sha256": PROTOCOLS.get(p).file_hashes(popts[p])}
                       for p in protocols},
         "target": config.target,
         "amp": config.amp,

@@ -17,7 +17,7 @@ from typing import Any, Callable, ClassVar, Dict, Iterable, List, Optional, Sequ
 from torch import Tensor
 
 from ..registry import PROTOCOL_ENTRY_POINT_GROUP, Registry
-from ..utils import check_options
+from ..utils import check_options, file_hashes
 from .scorer import Scorer
 
 
@@ -164,10 +164,11 @@ class Protocol:
         steps than pixels); the engine calls it before a run starts (override)."""
 
     def file_hashes(self, opts: Dict[str, Any]) -> Dict[str, str]:
-        """``{option: sha256}`` of the content of each option naming a file or folder the values
-        depend on (``localization``'s ``boxes``), for ``config.json`` and the run identity, so
-        that a resume never mixes two files' rows (default: none)."""
-        return {}
+        """``{option: sha256}`` of the content of each option naming a file the values depend
+        on, for ``config.json`` and the run identity, so that a resume never mixes two files'
+        rows (default: every option whose value names an existing file; ``localization``
+        overrides it for a folder of boxes)."""
+        return file_hashes(opts)
 
     def families(self, **opts: Any) -> Tuple[str, ...]:
         """Scorer families the forwards of this protocol are counted under."""
