@@ -42,7 +42,7 @@ A learned explainer plugs in by subclassing :class:`TrainTask`:
 ``seed`` and the epoch; datasets with ``set_epoch(epoch)`` get it called, so per-sample
 augmentation can be seeded per epoch too; a dataset with ``get_batch(indices) -> (x, y)``
 reads whole batches itself, as :class:`camzoo.train.cache.CachedViews` does), the optimizer and per-epoch scheduler (given as
-factories), a tqdm progress bar showing the running loss components, a checkpoint written
+factories), a progress display (a bar on a terminal, plain lines in a log) showing the running loss components, a checkpoint written
 atomically after every epoch, the best-by-validation checkpoint, the per-step log
 ``NAME.train_log.csv`` and its curves ``NAME.training.png`` beside the checkpoint
 (:mod:`camzoo.train.records`), ``resume``, and DistributedDataParallel when
@@ -81,6 +81,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from ..explainers.learned.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+from ..progress import Progress
 from ..utils import resolve_device
 from ..version import __version__
 from .records import RunFiles, better, read_log, run_files, write_log
@@ -516,25 +517,25 @@ class _Run:
         lr = self.opt.param_groups[0]["lr"]
         steps: List[Dict[str, Tensor]] = []
         keep = self.s.files is not None and self.s.rank == 0
-        for step, (x, y) in enumerate(bar if bar is not None else self.loader):
+        for step, (x, y) in enumerate(self.loader):
             step_logs, b = self._step(epoch, step, x, y)
             sums.add(step_logs, b)
             if keep:
                 steps.append(step_logs)
-            if bar is not None and (step % 5 == 0 or step == len(self.loader) - 1):
-                bar.set_postfix_str(sums.running())
+            if bar is not None:
+                if step % 5 == 0 or step == len(self.loader) - 1:
+                    bar.describe(bar.desc, sums.running())
+                bar.update(1)
         if bar is not None:
             bar.close()
         return sums.mean(), lr, steps
 
-    def _progress_bar(self, epoch: int):
-        """A tqdm bar over the training loader (rank 0 with ``progress``), else None."""
+    def _progress_bar(self, epoch: int) -> Optional[Progress]:
+        """The epoch's progress over the training loader's steps (rank 0 with ``progress``; a
+        bar on a terminal, plain lines in a log), else None."""
         if not (self.s.progress and self.s.rank == 0):
             return None
-        from tqdm.auto import tqdm
-
-        return tqdm(self.loader, desc=f"epoch {epoch + 1}/{self.s.epochs}", leave=True,
-                    dynamic_ncols=True)
+        return Progress(len(self.loader), f"epoch {epoch + 1}/{self.s.epochs}", unit="step")
 
     def _step(self, epoch: int, step: int, x: Any, y: Any) -> Tuple[Dict[str, Tensor], int]:
         """One optimizer step on batch ``(x, y)``; an error on a non-finite loss. Returns the
@@ -672,7 +673,8 @@ def fit(
             ``set_epoch``; the task seeds its own initialization.
         num_workers: DataLoader worker processes.
         device: where the trainable part runs (default: ``task``'s parameters' device).
-        progress: show a tqdm bar (rank 0 only).
+        progress: show the progress of each epoch (rank 0 only; a bar on a terminal, plain lines
+            in a log).
         eval_batch_size: batch size of the held-out loader (default: ``batch_size``).
         log: where per-epoch summary lines go (rank 0 only).
         best_metric: ``(held-out metric, "min" | "max")`` choosing ``NAME.best.pt``

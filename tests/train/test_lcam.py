@@ -378,3 +378,18 @@ def test_torchrun_ddp_gloo_matches_single_process(tmp_path):
                                                rel=1e-5)
     for k, v in b["state_dict"].items():
         assert torch.allclose(a["state_dict"][k], v, atol=1e-6), k
+
+
+def test_training_progress_in_a_log_is_plain_lines(capfd, monkeypatch):
+    """Rank 0's progress of each epoch: plain lines (no carriage return, no escape code) when
+    stderr is not a terminal, the running loss in them, the last at 100 %."""
+    monkeypatch.setenv("CAMZOO_PROGRESS_INTERVAL", "0")
+    bb = tiny_backbone(num_classes=4, seed=0)
+    data = ShapesDataset(16, bb, seed=1)
+    train_lcam(bb, data, None, variant="fm", epochs=1, batch_size=8, lr=0.1, progress=True,
+               log=lambda s: None, figure=False)
+    err = capfd.readouterr().err
+    assert "\r" not in err and "\x1b" not in err
+    lines = [s for s in err.splitlines() if s.startswith("epoch 1/1")]
+    assert len(lines) == 3 and lines[-1].startswith("epoch 1/1 100% 2/2 step [")
+    assert "loss" in lines[-1]
