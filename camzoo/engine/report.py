@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..explainers.base import valid_maps
 from ..metrics.similarity import SIMILARITIES
 from ..models.backbone import Backbone
 from ..results import tables
@@ -92,15 +93,10 @@ def photos(bb: Backbone, ds, ids: Set[str]) -> Dict[str, np.ndarray]:
         if it.image_id not in ids:
             continue
         try:
-            x = bb.preprocess(ds.load(it)).unsqueeze(0).to(bb.device)
+            out[it.image_id] = bb.picture(ds.load(it))
         except Exception:  # unreadable now: the card says "no photo"
             continue
-        out[it.image_id] = bb.denormalize(x)[0].clamp(0, 1).permute(1, 2, 0).float().cpu().numpy()
     return out
-
-
-def _valid(V: np.ndarray) -> bool:
-    return bool(np.isfinite(V).all() and V.min() >= 0 and V.max() <= 1)
 
 
 def recompute_maps(run: Run, bb: Backbone, options: Dict[str, Dict[str, Any]], ds, pairs: Set[Pair],
@@ -134,10 +130,10 @@ def recompute_maps(run: Run, bb: Backbone, options: Dict[str, Dict[str, Any]], d
                     continue
                 if mp is None:
                     continue
-                V = mp.V.detach().float().cpu().numpy()
+                V, ok = mp.V.detach().float().cpu().numpy(), valid_maps(mp.V).tolist()
                 for k, j in enumerate(mp.sel):
                     pair = (m.name, batch.items[j][1].image_id)
-                    if _valid(V[k]):
+                    if ok[k]:
                         maps[pair] = V[k]
                     else:
                         why[pair] = "invalid map (not finite or outside [0,1])"

@@ -23,6 +23,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Union
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -93,6 +94,12 @@ class Backbone:
     def denormalize(self, x: Tensor) -> Tensor:
         """Normalized ``[B,3,H,W]`` -> image in [0,1] (not clamped)."""
         return x * self.std.view(1, -1, 1, 1) + self.mean.view(1, -1, 1, 1)
+
+    def picture(self, image) -> np.ndarray:
+        """A PIL image as the model sees it (``preprocess``: resize, crop), for drawing: float32
+        ``[H,W,3]`` in [0,1] on the host."""
+        x = self.preprocess(image).unsqueeze(0).to(self.device)
+        return self.denormalize(x)[0].clamp(0, 1).permute(1, 2, 0).float().cpu().numpy()
 
     # -- layers ------------------------------------------------------------------------
     def layer(self, name: Optional[str] = None) -> nn.Module:

@@ -479,8 +479,7 @@ def _grid_png(run, ds, bb, n_images: int, title: str) -> Optional[str]:
                 .drop_duplicates("image_id").set_index("image_id"))
     imgs, maps, titles = [], [], []
     for it, files in shown:
-        x = bb.preprocess(ds.load(it)).unsqueeze(0).to(bb.device)
-        imgs.append(bb.denormalize(x)[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy())
+        imgs.append(bb.picture(ds.load(it)))
         maps.append([np.load(f).astype(np.float32) if os.path.isfile(f) else None for f in files])
         if it.image_id in rows.index:
             r = rows.loc[it.image_id]
