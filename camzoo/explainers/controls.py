@@ -59,6 +59,9 @@ def gaussian_blur(maps: Tensor, sigma: float, truncate: float = TRUNCATE) -> Ten
 
     Equal to ``scipy.ndimage.gaussian_filter(map, sigma, mode="mirror", truncate=truncate)``
     per map (float32 here). ``sigma`` in pixels; 0 returns the maps unchanged (as float32).
+    Not torchvision's ``gaussian_blur``: its reflect padding must be narrower than the map, and
+    this one mirrors by index, so any ``sigma`` works on any map (small test maps, coarse
+    layers).
 
     Args:
         maps: ``[B,H,W]`` float tensor.
